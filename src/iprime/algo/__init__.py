@@ -1,0 +1,75 @@
+"""The PRIME algorithm as pure tensor functions (no models, no I/O).
+
+Shapes: response tensors are ``[B, T]``; ``mask`` marks valid response tokens; per-sequence
+tensors are ``[B]``; rows are grouped consecutively, ``group_size`` responses per prompt.
+"""
+
+from .advantages import (
+    advantage_estimator_names,
+    batch_norm_process_rewards,
+    gae_advantages,
+    gae_advantages_and_returns,
+    get_advantage_estimator,
+    grpo_advantages,
+    leave_one_out_baseline,
+    prime_rloo_advantages,
+    process_rloo_rewards,
+    register_advantage_estimator,
+    reinforce_advantages,
+    reinforce_pp_advantages,
+    rloo_advantages,
+)
+from .filters import filter_groups, group_accuracy
+from .losses import (
+    aggregate_loss,
+    entropy_from_logits,
+    kl_loss,
+    kl_penalty,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from .masked import discounted_returns, masked_mean, masked_whiten, place_on_last_token
+from .rewards import (
+    implicit_process_rewards,
+    prm_ce_loss,
+    prm_dpo_loss,
+    prm_pairwise_accuracy,
+    sequence_logratio,
+    step_ends_from_delimiter,
+    sum_into_steps,
+)
+
+__all__ = [
+    "advantage_estimator_names",
+    "aggregate_loss",
+    "batch_norm_process_rewards",
+    "discounted_returns",
+    "entropy_from_logits",
+    "filter_groups",
+    "gae_advantages",
+    "gae_advantages_and_returns",
+    "get_advantage_estimator",
+    "group_accuracy",
+    "grpo_advantages",
+    "implicit_process_rewards",
+    "kl_loss",
+    "kl_penalty",
+    "leave_one_out_baseline",
+    "masked_mean",
+    "masked_whiten",
+    "place_on_last_token",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "prime_rloo_advantages",
+    "prm_ce_loss",
+    "prm_dpo_loss",
+    "prm_pairwise_accuracy",
+    "process_rloo_rewards",
+    "register_advantage_estimator",
+    "reinforce_advantages",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
+    "sequence_logratio",
+    "step_ends_from_delimiter",
+    "sum_into_steps",
+]

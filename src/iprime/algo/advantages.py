@@ -1,0 +1,286 @@
+"""Advantage estimators: PRIME's RLOO on outcome and process rewards, and the usual baselines.
+
+Every estimator is a pure function of ``[B]`` outcome scores and ``[B, T]`` response tensors,
+registered by name (:func:`get_advantage_estimator`) so that "PRIME vs. baseline" is one
+config value apart. Rows are grouped consecutively: rows ``g*K .. g*K+K-1`` are the ``K``
+responses to prompt ``g`` (``K = group_size``). Every estimator returns advantages ``[B, T]``,
+zero outside ``mask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ._checks import (
+    check_choice,
+    check_finite,
+    check_gamma,
+    check_groups,
+    check_loo_groups,
+    check_per_sequence,
+    check_same_shape,
+)
+from .masked import discounted_returns, masked_mean, masked_whiten, place_on_last_token, zero_outside
+
+Tensor = torch.Tensor
+
+PROCESS_BASELINES = ("paper", "reference")
+NORMALIZATIONS = (None, "batch_norm")
+
+_REGISTRY: dict[str, Callable[..., Tensor]] = {}
+
+
+def register_advantage_estimator(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in _REGISTRY:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_advantage_estimator(name: str) -> Callable[..., Tensor]:
+    """The estimator registered under ``name`` (see :func:`advantage_estimator_names`)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown advantage estimator {name!r}; known: {sorted(_REGISTRY)}") from None
+
+
+def advantage_estimator_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _check_outcome_inputs(outcome: Tensor, mask: Tensor) -> None:
+    from ._checks import check_2d
+
+    check_2d("mask", mask)
+    check_per_sequence("outcome", outcome, mask.shape[0])
+    check_finite("outcome", outcome)
+
+
+def leave_one_out_baseline(values: Tensor, group_size: int) -> Tensor:
+    """``[B]`` -> ``[B]``: ``b_i = mean_{j != i} v_j`` over the other members of i's group."""
+    groups = check_loo_groups(values.shape[0], group_size)
+    v = values.view(groups, group_size)
+    return ((v.sum(1, keepdim=True) - v) / (group_size - 1)).reshape(-1)
+
+
+def _broadcast_to_tokens(per_sequence: Tensor, mask: Tensor) -> Tensor:
+    return zero_outside(per_sequence.unsqueeze(1).expand(mask.shape), mask)
+
+
+@register_advantage_estimator("rloo")
+def rloo_advantages(outcome: Tensor, mask: Tensor, group_size: int, gamma: float = 1.0) -> Tensor:
+    """Outcome-only RLOO: ``A_i = r_i - mean_{j != i} r_j``, placed on the last valid token and
+    carried back as the discounted return (every valid token gets ``A_i`` when ``gamma == 1``)."""
+    _check_outcome_inputs(outcome, mask)
+    check_gamma("gamma", gamma)
+    r = outcome.to(torch.float32)
+    advantage = r - leave_one_out_baseline(r, group_size)
+    return discounted_returns(place_on_last_token(advantage, mask), mask, gamma)
+
+
+@register_advantage_estimator("grpo")
+def grpo_advantages(
+    outcome: Tensor, mask: Tensor, group_size: int, eps: float = 1e-6, norm_by_std: bool = True
+) -> Tensor:
+    """GRPO: ``(r_i - mean_g) / (std_g + eps)`` on every valid token (std with Bessel's
+    correction, as in the GRPO paper's code); ``norm_by_std=False`` is Dr. GRPO's ``r_i - mean_g``."""
+    _check_outcome_inputs(outcome, mask)
+    groups = check_loo_groups(outcome.shape[0], group_size)
+    r = outcome.to(torch.float32).view(groups, group_size)
+    centered = r - r.mean(1, keepdim=True)
+    if norm_by_std:
+        centered = centered / (r.std(1, keepdim=True) + eps)
+    return _broadcast_to_tokens(centered.reshape(-1), mask)
+
+
+@register_advantage_estimator("reinforce")
+def reinforce_advantages(outcome: Tensor, mask: Tensor, group_size: int = 1, gamma: float = 1.0) -> Tensor:
+    """REINFORCE with the batch-mean baseline: ``A_i = r_i - mean_batch(r)``, as a discounted
+    return from the last valid token. ``group_size`` is only checked (the baseline ignores groups)."""
+    _check_outcome_inputs(outcome, mask)
+    check_groups(outcome.shape[0], group_size)
+    check_gamma("gamma", gamma)
+    r = outcome.to(torch.float32)
+    return discounted_returns(place_on_last_token(r - r.mean(), mask), mask, gamma)
+
+
+@register_advantage_estimator("reinforce_pp")
+def reinforce_pp_advantages(
+    outcome: Tensor,
+    mask: Tensor,
+    group_size: int = 1,
+    kl: Tensor | None = None,
+    kl_coef: float = 0.0,
+    gamma: float = 1.0,
+) -> Tensor:
+    """REINFORCE++: token reward ``-kl_coef * kl_t`` on every valid token plus the outcome on the
+    last one; the discounted return, whitened over all valid tokens of the batch.
+
+    ``kl`` ``[B, T]`` is a per-token KL estimate to the reference (e.g. ``kl_penalty(..., "k1")``).
+    """
+    _check_outcome_inputs(outcome, mask)
+    check_groups(outcome.shape[0], group_size)
+    check_gamma("gamma", gamma)
+    rewards = place_on_last_token(outcome.to(torch.float32), mask)
+    if kl is not None:
+        check_same_shape(kl=kl, mask=mask)
+        check_finite("kl", kl, mask)
+        rewards = rewards - kl_coef * zero_outside(kl.to(torch.float32), mask)
+    elif kl_coef != 0.0:
+        raise ValueError("reinforce_pp: kl_coef is non-zero but no kl tensor was given")
+    return masked_whiten(discounted_returns(rewards, mask, gamma), mask)
+
+
+def gae_advantages_and_returns(
+    outcome: Tensor,
+    mask: Tensor,
+    values: Tensor,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+    token_rewards: Tensor | None = None,
+    whiten: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation with a learned value model.
+
+    Rewards: the outcome on the last valid token plus optional ``token_rewards`` ``[B, T]``
+    (e.g. a KL penalty). Over valid tokens ``t`` with ``t'`` the next valid token:
+    ``delta_t = r_t + gamma * V_{t'} - V_t`` (``V`` after the last token is 0) and
+    ``A_t = delta_t + gamma * lam * A_{t'}``. Returns ``(advantages, returns)`` with
+    ``returns = A + V`` (the value target, before whitening) and advantages whitened over
+    valid tokens when ``whiten``.
+    """
+    _check_outcome_inputs(outcome, mask)
+    check_same_shape(values=values, mask=mask)
+    check_finite("values", values, mask)
+    check_gamma("gamma", gamma)
+    check_gamma("lam", lam)
+    valid = mask.bool()
+    v = zero_outside(values.to(torch.float32), valid)
+    rewards = place_on_last_token(outcome.to(torch.float32), mask)
+    if token_rewards is not None:
+        check_same_shape(token_rewards=token_rewards, mask=mask)
+        check_finite("token_rewards", token_rewards, mask)
+        rewards = rewards + zero_outside(token_rewards.to(torch.float32), valid)
+    advantages = torch.zeros_like(v)
+    next_value = torch.zeros_like(v[:, 0])
+    next_advantage = torch.zeros_like(v[:, 0])
+    for t in range(v.shape[1] - 1, -1, -1):
+        delta = rewards[:, t] + gamma * next_value - v[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        # padding and holes in the mask are skipped: the recursion links valid tokens only
+        next_value = torch.where(valid[:, t], v[:, t], next_value)
+        next_advantage = torch.where(valid[:, t], advantage, next_advantage)
+        advantages[:, t] = torch.where(valid[:, t], advantage, torch.zeros_like(advantage))
+    returns = zero_outside(advantages + v, valid)
+    if whiten:
+        advantages = masked_whiten(advantages, mask)
+    return advantages, returns
+
+
+@register_advantage_estimator("gae")
+def gae_advantages(
+    outcome: Tensor,
+    mask: Tensor,
+    group_size: int = 1,
+    values: Tensor | None = None,
+    gamma: float = 1.0,
+    lam: float = 1.0,
+    token_rewards: Tensor | None = None,
+    whiten: bool = True,
+) -> Tensor:
+    """Registry entry for GAE (PPO with a value model); see :func:`gae_advantages_and_returns`."""
+    if values is None:
+        raise ValueError("the gae estimator needs values [B, T] from a value model")
+    _check_outcome_inputs(outcome, mask)
+    check_groups(outcome.shape[0], group_size)
+    return gae_advantages_and_returns(outcome, mask, values, gamma, lam, token_rewards, whiten)[0]
+
+
+def batch_norm_process_rewards(process_rewards: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
+    """The reference code's ``prime_norm="batch_norm"``: divide the token rewards by the largest
+    absolute reverse cumulative sum (undiscounted return) anywhere in the batch, plus ``eps``,
+    so no process return exceeds 1 in magnitude while relative values are kept."""
+    r = zero_outside(process_rewards, mask)
+    return r / (discounted_returns(r, mask, 1.0).abs().max() + eps)
+
+
+def process_rloo_rewards(
+    process_rewards: Tensor, mask: Tensor, group_size: int, baseline: str = "paper"
+) -> Tensor:
+    """Leave-one-out centred token rewards ``[B, T]`` (before the return is taken).
+
+    ``"paper"`` (PRIME, Eq. 5): ``r_{i,t} - b_i`` with
+    ``b_i = 1/(K-1) * sum_{j != i} mean_t r_{j,t}``, the mean over valid tokens of response j.
+
+    ``"reference"`` (the PRIME repository's ``masked_rloo``): ``r_{i,t} * K/(K-1) -
+    1/(K-1) * sum_j mean_t r_{j,t}``, which equals the paper's value plus
+    ``(r_{i,t} - mean_t r_{i,t}) / (K-1)``: its baseline uses the token's own reward in
+    place of its response's mean. The two agree when a response's token rewards are constant.
+
+    An empty response has mean 0 (it contributes nothing to the others' baselines).
+    """
+    check_choice("process_baseline", baseline, PROCESS_BASELINES)
+    groups = check_loo_groups(process_rewards.shape[0], group_size)
+    r = zero_outside(process_rewards, mask)
+    response_mean = masked_mean(r, mask, dim=1)
+    group_sum = response_mean.view(groups, group_size).sum(1).repeat_interleave(group_size)
+    K = group_size
+    if baseline == "paper":
+        centred = r - ((group_sum - response_mean) / (K - 1)).unsqueeze(1)
+    else:
+        centred = r * (K / (K - 1)) - (group_sum / (K - 1)).unsqueeze(1)
+    return zero_outside(centred, mask)
+
+
+@register_advantage_estimator("prime")
+def prime_rloo_advantages(
+    outcome: Tensor,
+    process_rewards: Tensor,
+    mask: Tensor,
+    group_size: int,
+    rm_coef: float = 1.0,
+    gamma: float = 1.0,
+    normalize: str | None = None,
+    whiten: bool = False,
+    process_baseline: str = "paper",
+    outcome_coef: float = 1.0,
+    outcome_gamma: float | None = None,
+) -> Tensor:
+    """PRIME advantages: RLOO on the outcome reward plus RLOO on the implicit process reward.
+
+    - Outcome: ``A_o(i) = r_o(i) - mean_{j != i} r_o(j)`` on the last valid token, carried to
+      every valid token as its discounted return (``outcome_gamma``, default ``gamma``).
+    - Process: :func:`process_rloo_rewards` (``process_baseline``), then the discounted return
+      ``sum_{s >= t} gamma^(s-t) (r_{i,s} - b_i)`` to the end of the response.
+    - ``A = rm_coef * process + outcome_coef * outcome`` on valid tokens, 0 elsewhere.
+
+    ``normalize="batch_norm"`` first scales the process rewards by
+    :func:`batch_norm_process_rewards` (reference code); ``whiten=True`` whitens ``A`` over
+    all valid tokens of the batch (the reference code does, after combining).
+
+    Shapes: ``outcome`` ``[B]``; ``process_rewards`` and ``mask`` ``[B, T]`` -> ``[B, T]``.
+    """
+    check_same_shape(process_rewards=process_rewards, mask=mask)
+    _check_outcome_inputs(outcome, mask)
+    check_finite("process_rewards", process_rewards, mask)
+    check_loo_groups(outcome.shape[0], group_size)
+    check_gamma("gamma", gamma)
+    check_choice("normalize", normalize, NORMALIZATIONS)
+    outcome_gamma = gamma if outcome_gamma is None else outcome_gamma
+    check_gamma("outcome_gamma", outcome_gamma)
+
+    r = zero_outside(process_rewards.to(torch.float32), mask)
+    if normalize == "batch_norm":
+        r = batch_norm_process_rewards(r, mask)
+    process = discounted_returns(process_rloo_rewards(r, mask, group_size, process_baseline), mask, gamma)
+    outcome_part = rloo_advantages(outcome, mask, group_size, outcome_gamma)
+    advantages = rm_coef * process + outcome_coef * outcome_part
+    if whiten:
+        advantages = masked_whiten(advantages, mask)
+    return zero_outside(advantages, mask)
