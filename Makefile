@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[dev,lora]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,lora,gym]"
 	touch $(STAMP)
 
 run: $(STAMP)

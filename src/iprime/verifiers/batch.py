@@ -1,0 +1,256 @@
+"""Verifier protocol, registry by name, and batch verification over a process pool.
+
+The trainer picks a verifier by name (``"math"``, ``"code"``,
+``"gym:<dataset>"``) with :func:`get_verifier` and scores a whole rollout
+batch with :func:`verify_batch` (or a long-lived :class:`VerifierPool`). One
+sample's crash or timeout scores 0 with a reason; it never fails the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+from ._pool import DeadlinePool, TaskOutcome
+from .result import VerifyResult
+
+__all__ = [
+    "Verifier",
+    "MathVerifier",
+    "CodeVerifier",
+    "register_verifier",
+    "get_verifier",
+    "available_verifiers",
+    "VerifierPool",
+    "verify_batch",
+]
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Anything callable as ``verifier(response, reference) -> float`` in [0, 1].
+
+    Verifiers may also define ``detailed(response, reference) ->
+    VerifyResult`` to report reasons; :func:`verify_batch` uses it when
+    present. To run in worker processes a verifier must be picklable (a
+    module-level function or an instance of a module-level class).
+    """
+
+    def __call__(self, response: str, reference: Any) -> float: ...
+
+
+class MathVerifier:
+    """Registry entry ``"math"``: :func:`iprime.verifiers.math.verify_math`."""
+
+    def __init__(self, timeout_s: float = 5.0) -> None:
+        self.timeout_s = timeout_s
+
+    def __call__(self, response: str, reference: Any) -> float:
+        return self.detailed(response, reference).score
+
+    def detailed(self, response: str, reference: Any) -> VerifyResult:
+        from .math import verify_math_detailed
+
+        return verify_math_detailed(response, reference, self.timeout_s)
+
+
+class CodeVerifier:
+    """Registry entry ``"code"``: :func:`iprime.verifiers.code.verify_code`."""
+
+    def __init__(self, timeout_s: float = 10.0, all_or_nothing: bool = True) -> None:
+        self.timeout_s = timeout_s
+        self.all_or_nothing = all_or_nothing
+
+    def __call__(self, response: str, reference: Any) -> float:
+        return self.detailed(response, reference).score
+
+    def detailed(self, response: str, reference: Any) -> VerifyResult:
+        from .code import verify_code_detailed
+
+        return verify_code_detailed(response, reference, self.timeout_s, self.all_or_nothing)
+
+
+def _gym_factory(dataset: str, **kwargs: Any) -> Verifier:
+    from .gym import GymVerifier
+
+    return GymVerifier(dataset, **kwargs)
+
+
+def _arithmetic_factory() -> Verifier:
+    """Registry entry ``"arithmetic"``: the built-in task's exact boxed-integer check."""
+    from iprime.data.boxed import boxed_int_score
+
+    return boxed_int_score
+
+
+# name -> factory(**kwargs) -> Verifier. "gym:" is a prefix family.
+_REGISTRY: dict[str, Callable[..., Verifier]] = {
+    "math": MathVerifier,
+    "code": CodeVerifier,
+    "arithmetic": _arithmetic_factory,
+}
+
+
+def register_verifier(name: str, factory: Callable[..., Verifier]) -> None:
+    """Register ``factory(**kwargs) -> Verifier`` under ``name``.
+
+    The factory's verifiers must be picklable to run in :func:`verify_batch`
+    workers. Re-registering a name replaces it; ``gym:`` names are reserved.
+    """
+    if name.startswith("gym:"):
+        raise ValueError("names starting with 'gym:' are reserved for reasoning-gym datasets")
+    _REGISTRY[name] = factory
+
+
+def available_verifiers() -> list[str]:
+    """Registered names (plus the ``gym:<dataset>`` family)."""
+    return sorted(_REGISTRY) + ["gym:<dataset>"]
+
+
+def get_verifier(name: str, **kwargs: Any) -> Verifier:
+    """The verifier registered as ``name``; ``kwargs`` go to its factory.
+
+    ``"gym:basic_arithmetic"`` gives a reasoning-gym verifier for that dataset.
+    """
+    if name.startswith("gym:"):
+        dataset = name[len("gym:") :]
+        if not dataset:
+            raise ValueError("'gym:' needs a dataset name, e.g. 'gym:basic_arithmetic'")
+        return _gym_factory(dataset, **kwargs)
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown verifier {name!r}; available: {available_verifiers()}") from None
+    return factory(**kwargs)
+
+
+def _resolve(kind_or_fn: str | Verifier, timeout_s: float | None) -> Verifier:
+    if isinstance(kind_or_fn, str):
+        kwargs = {"timeout_s": timeout_s} if timeout_s is not None and kind_or_fn in ("math", "code") else {}
+        return get_verifier(kind_or_fn, **kwargs)
+    if not callable(kind_or_fn):
+        raise TypeError(f"expected a verifier name or a callable, got {type(kind_or_fn).__name__}")
+    return kind_or_fn
+
+
+def _verify_one(verifier: Verifier, response: str, reference: Any) -> VerifyResult:
+    """Run one sample (inside a worker, or inline when workers=0)."""
+    start = time.monotonic()
+    detailed = getattr(verifier, "detailed", None)
+    if detailed is not None:
+        result = detailed(response, reference)
+        if not isinstance(result, VerifyResult):
+            raise TypeError(f"{type(verifier).__name__}.detailed returned {type(result).__name__}, not VerifyResult")
+        return result
+    score = float(verifier(response, reference))
+    return VerifyResult(score, int(score >= 1.0), 1, "ok", time.monotonic() - start)
+
+
+def _warm_worker() -> None:
+    # Import the heavy modules once per worker, before any deadline starts.
+    import iprime.verifiers.code  # noqa: F401
+    from .math import _warm_math_worker
+
+    _warm_math_worker()
+
+
+def _hard_deadline(verifier: Verifier, timeout_s: float | None) -> float:
+    """Deadline after which a worker is killed.
+
+    The verifier's own (soft) timeout fires first and gives a precise
+    reason; the hard kill is the backstop for code that ignores signals.
+    """
+    soft = timeout_s if timeout_s is not None else getattr(verifier, "timeout_s", None)
+    if soft is None:
+        soft = 30.0
+    return soft + max(3.0, 0.25 * soft)
+
+
+def _to_result(outcome: TaskOutcome) -> VerifyResult:
+    if outcome.ok:
+        return outcome.value
+    return VerifyResult(0.0, 0, 0, f"verifier failed: {outcome.error}", outcome.elapsed_s)
+
+
+class VerifierPool:
+    """Long-lived worker processes for repeated :meth:`verify` calls.
+
+    Starting workers costs a second or two (Python + sympy imports); a
+    trainer should keep one pool for the whole run. ``memory_limit_bytes``
+    caps each worker's address space (the code sandbox has its own limits).
+    """
+
+    def __init__(self, workers: int = 2, memory_limit_bytes: int | None = 4 << 30) -> None:
+        self._pool = DeadlinePool(workers, memory_limit_bytes=memory_limit_bytes, warmup=_warm_worker)
+
+    def verify(
+        self,
+        kind_or_fn: str | Verifier,
+        responses: Sequence[str],
+        references: Sequence[Any],
+        *,
+        timeout_s: float | None = None,
+    ) -> list[VerifyResult]:
+        """See :func:`verify_batch`."""
+        if len(responses) != len(references):
+            raise ValueError(f"{len(responses)} responses but {len(references)} references")
+        verifier = _resolve(kind_or_fn, timeout_s)
+        outcomes = self._pool.map(
+            _verify_one,
+            [(verifier, r, ref) for r, ref in zip(responses, references)],
+            _hard_deadline(verifier, timeout_s),
+        )
+        return [_to_result(o) for o in outcomes]
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> "VerifierPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def verify_batch(
+    kind_or_fn: str | Verifier,
+    responses: Sequence[str],
+    references: Sequence[Any],
+    *,
+    workers: int = 2,
+    timeout_s: float | None = None,
+    pool: VerifierPool | None = None,
+) -> list[VerifyResult]:
+    """Verify many samples; results come back in input order.
+
+    Args:
+        kind_or_fn: a registry name (``"math"``, ``"code"``,
+            ``"gym:<dataset>"``) or a picklable :class:`Verifier`.
+        responses, references: equally long sequences.
+        workers: worker processes; ``0`` runs inline in this process (no
+            isolation from crashes; for debugging and baselines).
+        timeout_s: per-sample time limit. For ``"math"``/``"code"`` it is
+            also the verifier's own timeout; workers are killed at
+            ``timeout_s + max(3, timeout_s / 4)``.
+        pool: reuse a :class:`VerifierPool` instead of starting workers.
+
+    A sample whose verifier raises, crashes its worker or overruns scores
+    0.0 with the reason in ``VerifyResult.reason``.
+    """
+    if len(responses) != len(references):
+        raise ValueError(f"{len(responses)} responses but {len(references)} references")
+    if pool is not None:
+        return pool.verify(kind_or_fn, responses, references, timeout_s=timeout_s)
+    if workers == 0:
+        verifier = _resolve(kind_or_fn, timeout_s)
+        results = []
+        for response, reference in zip(responses, references):
+            try:
+                results.append(_verify_one(verifier, response, reference))
+            except Exception as exc:  # one sample's failure is that sample's 0
+                results.append(VerifyResult(0.0, 0, 0, f"verifier failed: {exc!r}"))
+        return results
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    with VerifierPool(min(workers, max(1, len(responses)))) as tmp:
+        return tmp.verify(kind_or_fn, responses, references, timeout_s=timeout_s)
