@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/iprime algo-demo
+	$(VENV)/bin/iprime quickstart --out $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -39,6 +41,68 @@ def algo_demo(beta: float = 0.5, rm_coef: float = 1.0, gamma: float = 1.0) -> No
         table.add_row(str(i), f"{outcome[i]:.0f}", fmt(rewards), fmt(adv))
     console.print(table)
     console.print(f"group kept by the [0.2, 0.8] accuracy filter: {bool(keep.all())}; PRM CE loss: {loss.item():.4f}")
+
+
+@app.command()
+def quickstart(out: str = typer.Option("runs/quickstart", help="output directory (replaced)"),
+               override: list[str] = typer.Option([], "--set", help="PRIME config override, e.g. train.steps=10")) -> None:
+    """Tiny model -> SFT on the built-in task -> evaluate -> PRIME -> evaluate, on the CPU."""
+    from iprime.quickstart import run_quickstart
+
+    run_quickstart(out, extra_overrides=tuple(override), log=console.print)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: str = typer.Option(None, "--config", help="YAML config file"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in train.out_dir"),
+) -> None:
+    """Run PRIME (or a baseline): iprime train --config FILE.yaml [dotted.key=value ...]."""
+    from iprime.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, list(ctx.args))
+    except ConfigError as err:
+        console.print(f"[red]config error:[/red] {err}")
+        raise typer.Exit(2) from None
+    if not cfg.model.policy:
+        console.print("[red]config error:[/red] model.policy: set the path (or hub id) of the SFT model")
+        raise typer.Exit(2)
+    if not cfg.data.train_path:
+        console.print("[red]config error:[/red] data.train_path: set the training data file")
+        raise typer.Exit(2)
+    from iprime.data.prompts import load_rows
+    from iprime.train.prime import PrimeTrainer
+    from iprime.verifiers import get_verifier
+
+    rows = load_rows(cfg.data.train_path, required=[cfg.data.prompt_key, cfg.data.reference_key])
+    trainer = PrimeTrainer(cfg.model.policy, cfg, rows, get_verifier(cfg.data.verifier))
+    trainer.train(resume=resume)
+    trainer.save_pretrained(Path(cfg.train.out_dir) / "final")
+
+
+@app.command()
+def sft(
+    model: str = typer.Option(..., help="path of the model to fine-tune"),
+    data: str = typer.Option(..., help="jsonl with prompt/response (or messages) rows"),
+    out: str = typer.Option(..., help="where to save the fine-tuned model"),
+    lr: float = 1e-3,
+    epochs: float = 1.0,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> None:
+    """Supervised fine-tuning, loss on response tokens only."""
+    from iprime.models import load_model, load_tokenizer
+    from iprime.train.sft import SFTConfig, load_sft_rows, run_sft
+
+    rows = load_sft_rows(data)
+    m, tok = load_model(model), load_tokenizer(model)
+    result = run_sft(m, tok, rows, SFTConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed),
+                     log=lambda r: console.print(r))
+    m.save_pretrained(out)
+    tok.save_pretrained(out)
+    console.print(f"final loss {result['final_loss']:.4f}; saved to {out}")
 
 
 def main() -> None:

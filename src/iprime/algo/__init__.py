@@ -28,7 +28,7 @@ from .losses import (
     ppo_policy_loss,
     ppo_value_loss,
 )
-from .masked import discounted_returns, masked_mean, masked_whiten, place_on_last_token
+from .masked import discounted_returns, masked_mean, masked_sum, masked_whiten, place_on_last_token, zero_outside
 from .rewards import (
     implicit_process_rewards,
     prm_ce_loss,
@@ -56,6 +56,7 @@ __all__ = [
     "kl_penalty",
     "leave_one_out_baseline",
     "masked_mean",
+    "masked_sum",
     "masked_whiten",
     "place_on_last_token",
     "ppo_policy_loss",
@@ -72,4 +73,5 @@ __all__ = [
     "sequence_logratio",
     "step_ends_from_delimiter",
     "sum_into_steps",
+    "zero_outside",
 ]

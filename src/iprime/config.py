@@ -1,0 +1,334 @@
+"""One typed dataclass tree for a whole PRIME run, loaded from YAML plus dotted overrides.
+
+``load_config("run.yaml", ["algo.rm_coef=2", "rollout.n=8"])`` reads the file, applies the
+overrides in order, and validates every value; an unknown key or a value of the wrong type
+stops with a :class:`ConfigError` that names the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value is invalid; the message names the dotted key."""
+
+
+@dataclass
+class ModelConfig:
+    """Which models play the three roles."""
+
+    policy: str = ""
+    """Path (or hub id) of the SFT model the policy starts from."""
+    prm: str | None = None
+    """Where the implicit PRM starts; ``None``: the policy's checkpoint (the paper's default)."""
+    reference: str = "sft"
+    """``"sft"``: a frozen copy of the policy's starting checkpoint; ``"policy"``: the policy's own
+    pre-update log-probs (saves a model); anything else: a path to load."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from and which fields the verifier reads."""
+
+    train_path: str | None = None
+    """jsonl / parquet file of training rows; ``None`` when a dataset object is passed in Python."""
+    eval_path: str | None = None
+    prompt_key: str = "prompt"
+    """Column holding the prompt text (or a list of chat messages)."""
+    reference_key: str = "answer"
+    """Column passed to the verifier as the reference (gold answer, tests, ...)."""
+    verifier: str = "math"
+    """Verifier by name (``iprime.verifiers.available_verifiers()``): ``math``, ``code``,
+    ``arithmetic`` (the built-in task), ``gym:<reasoning-gym dataset>``."""
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling of K responses per prompt."""
+
+    n: int = 4
+    """K, responses per prompt (the paper uses 4)."""
+    prompts_per_step: int = 16
+    """Prompts (groups) the policy trains on per step, after filtering."""
+    oversample: float = 2.0
+    """Prompts generated per round = ``ceil(prompts_per_step * oversample)``."""
+    max_rounds: int = 4
+    """Generation rounds per step before training on whatever passed the filter."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+    generation_batch_size: int | None = None
+
+
+@dataclass
+class FilterConfig:
+    """PRIME's accuracy filter: keep prompts of medium difficulty only."""
+
+    enabled: bool = True
+    low: float = 0.2
+    high: float = 0.8
+    drop_truncated: bool = True
+
+
+@dataclass
+class PRMConfig:
+    """The implicit process reward model."""
+
+    enabled: bool = True
+    beta: float = 0.05
+    """Scale of the implicit reward ``beta * log(pi_phi / pi_ref)``."""
+    update: Literal["after", "before", "none"] = "after"
+    """``after``: score with the PRM before this step's update (paper); ``before``: update then
+    score; ``none``: frozen PRM."""
+    loss: Literal["ce", "dpo"] = "ce"
+    granularity: Literal["token", "step", "whole"] = "token"
+    step_delimiter: str = "\n"
+    """Text whose tokens end a step when ``granularity == "step"``."""
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 16
+
+
+@dataclass
+class AlgoConfig:
+    """How advantages and the policy loss are computed."""
+
+    estimator: Literal["prime", "rloo", "grpo", "reinforce", "reinforce_pp", "gae"] = "prime"
+    rm_coef: float = 5.0
+    """Weight of the process advantage (the reference code's ``reward_dpo_coef``)."""
+    outcome_coef: float = 5.0
+    """Weight of the outcome advantage (the reference code's ``reward_gt_coef``)."""
+    gamma: float = 1.0
+    outcome_gamma: float | None = None
+    lam: float = 1.0
+    normalize: Literal["batch_norm"] | None = None
+    whiten: bool = True
+    process_baseline: Literal["paper", "reference"] = "paper"
+    kl_coef: float = 0.0
+    kl_mode: Literal["none", "reward", "loss"] = "none"
+    """``reward``: subtract ``kl_coef * kl`` from token rewards; ``loss``: add ``kl_coef * KL`` to the loss."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    entropy_coef: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """The PPO policy update."""
+
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    epochs: int = 1
+    mini_batch_size: int = 64
+    """Responses per optimizer step."""
+    micro_batch_size: int = 16
+    """Responses per forward/backward (gradient accumulation inside a mini-batch)."""
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    grad_clip: float = 1.0
+    value_lr: float = 1e-5
+    value_clip: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    """Run length, seeding, output and fault handling."""
+
+    steps: int = 100
+    seed: int = 0
+    out_dir: str = "runs/prime"
+    save_every: int = 10
+    eval_every: int = 0
+    log_samples_every: int = 10
+    max_bad_steps: int = 3
+    """Consecutive steps with a non-finite loss or gradient before the run stops."""
+    num_threads: int | None = None
+    tensorboard: bool = True
+    wandb: bool = False
+
+
+@dataclass
+class PrimeConfig:
+    """Everything a PRIME run needs; every field has a documented default."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    prm: PRMConfig = field(default_factory=PRMConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def validate(cfg: PrimeConfig) -> None:
+    """Cross-field checks that a type alone cannot express."""
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {message}")
+
+    need(cfg.rollout.n >= 2 or cfg.algo.estimator in ("reinforce", "reinforce_pp", "gae"), "rollout.n",
+         f"leave-one-out estimators need at least 2 responses per prompt, got {cfg.rollout.n}")
+    need(cfg.rollout.n >= 1, "rollout.n", "must be >= 1")
+    need(cfg.rollout.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
+    need(cfg.rollout.oversample >= 1.0, "rollout.oversample", "must be >= 1")
+    need(cfg.rollout.max_rounds >= 1, "rollout.max_rounds", "must be >= 1")
+    need(cfg.rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
+    need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
+    need(0.0 <= cfg.filter.low <= cfg.filter.high <= 1.0, "filter.low", "need 0 <= filter.low <= filter.high <= 1")
+    need(cfg.prm.beta > 0, "prm.beta", "must be > 0")
+    need(0.0 <= cfg.algo.gamma <= 1.0, "algo.gamma", "must lie in [0, 1]")
+    need(0.0 <= cfg.algo.lam <= 1.0, "algo.lam", "must lie in [0, 1]")
+    need(cfg.algo.estimator != "prime" or cfg.prm.enabled, "algo.estimator",
+         '"prime" needs the PRM (prm.enabled=true); use "rloo" for outcome-only RLOO')
+    need(cfg.algo.kl_mode == "none" or cfg.model.reference != "policy", "algo.kl_mode",
+         'a KL term against the policy itself is always zero; set model.reference="sft"')
+    need(cfg.algo.kl_mode != "reward" or cfg.algo.estimator in ("prime", "reinforce_pp", "gae"), "algo.kl_mode",
+         '"reward" is supported by the prime, reinforce_pp and gae estimators; use "loss" with the others')
+    need(cfg.optim.micro_batch_size >= 1, "optim.micro_batch_size", "must be >= 1")
+    need(cfg.optim.mini_batch_size >= cfg.optim.micro_batch_size, "optim.mini_batch_size",
+         "must be >= optim.micro_batch_size")
+    need(cfg.optim.epochs >= 1, "optim.epochs", "must be >= 1")
+    need(cfg.optim.dual_clip is None or cfg.optim.dual_clip > 1.0, "optim.dual_clip", "must be > 1")
+    need(cfg.train.steps >= 0, "train.steps", "must be >= 0")
+    need(cfg.train.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# building from plain data
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field annotation, converting where it is lossless."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        if value not in get_args(annotation):
+            raise ConfigError(f"{key}: must be one of {list(get_args(annotation))}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(annotation)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{key}: must not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: invalid value {value!r}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; accept any Python float literal
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {annotation!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {sorted(names)}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value, f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(value, annotation, dotted)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> PrimeConfig:
+    """Build and validate a :class:`PrimeConfig` from nested plain data."""
+    return _build(PrimeConfig, data or {}, "")
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``"section.key=value"`` to nested plain data; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    dotted, raw = assignment.split("=", 1)
+    parts = dotted.strip().split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"override {assignment!r} has an empty key")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {assignment!r}: value is not valid YAML ({err})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PrimeConfig:
+    """Read a YAML file (optional), apply dotted overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return config_from_dict(data)
+
+
+def save_config(cfg: PrimeConfig, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return p

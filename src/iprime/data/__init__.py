@@ -1,0 +1,42 @@
+"""Datasets: the built-in arithmetic task, its verifier, and jsonl I/O."""
+
+from .arithmetic import (
+    OPERATORS,
+    SLIP_KINDS,
+    ArithmeticConfig,
+    ArithmeticTask,
+    Problem,
+    Solution,
+    Step,
+    can_slip,
+    drop_carries,
+    generate_problems,
+    problem_row,
+    problem_split,
+    write_solution,
+)
+from .boxed import boxed_int_score, extract_boxed, parse_int_answer
+from .jsonl import JsonlError, read_jsonl, write_jsonl, write_sft_jsonl
+
+__all__ = [
+    "OPERATORS",
+    "SLIP_KINDS",
+    "ArithmeticConfig",
+    "ArithmeticTask",
+    "JsonlError",
+    "Problem",
+    "Solution",
+    "Step",
+    "boxed_int_score",
+    "can_slip",
+    "drop_carries",
+    "extract_boxed",
+    "generate_problems",
+    "parse_int_answer",
+    "problem_row",
+    "problem_split",
+    "read_jsonl",
+    "write_jsonl",
+    "write_sft_jsonl",
+    "write_solution",
+]

@@ -1,0 +1,29 @@
+"""Training loops: supervised fine-tuning and accuracy evaluation."""
+
+from .chat import render_prompt
+from .evaluate import evaluate_accuracy
+from .sft import (
+    IGNORE_INDEX,
+    SFTConfig,
+    collate,
+    encode_sft_example,
+    load_sft_rows,
+    lr_factor,
+    run_sft,
+    sft_loss,
+    split_row,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SFTConfig",
+    "collate",
+    "encode_sft_example",
+    "evaluate_accuracy",
+    "load_sft_rows",
+    "lr_factor",
+    "render_prompt",
+    "run_sft",
+    "sft_loss",
+    "split_row",
+]

@@ -1,0 +1,260 @@
+"""Supervised fine-tuning: next-token cross-entropy on response tokens only.
+
+Each row is ``{"prompt": str, "response": str}`` or ``{"messages": [...]}`` whose last message
+is the assistant's reply. The prompt is rendered through the tokenizer's chat template with
+``add_generation_prompt=True`` -- exactly the text a rollout starts from -- and the target is
+the response followed by the eos token, so the model learns to stop::
+
+    input_ids = [ chat_template(prompt) | response | eos ]
+    labels    = [ -100 ...              | response | eos ]
+
+The loss of a batch is the mean over its response tokens:
+``L = -(1 / sum_bt m_bt) * sum_bt m_bt * log p(y_bt | y_<bt)``, with ``m`` the response mask.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.jsonl import JsonlError, read_jsonl
+from .chat import render_prompt
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SFTConfig:
+    """Hyperparameters of :func:`run_sft`.
+
+    Training length is ``max_steps`` if set, else ``ceil(epochs * len(rows) / batch_size)``.
+    The learning rate warms up linearly for ``warmup_steps`` then follows ``schedule``
+    (``"cosine"`` to ``min_lr_ratio * lr``, ``"linear"`` to ``min_lr_ratio * lr``, or
+    ``"constant"``).
+    """
+
+    lr: float = 1e-3
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    max_length: int = 256
+    seed: int = 0
+    warmup_steps: int = 20
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0 when max_steps is not set, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.batch_size < 1 or self.max_length < 2 or self.warmup_steps < 0 or self.log_every < 1:
+            raise ValueError(f"invalid SFTConfig: {self}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"schedule must be 'cosine', 'linear' or 'constant', got {self.schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def num_steps(self, n_rows: int) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * n_rows / self.batch_size))
+
+
+def load_sft_rows(path: str | Path) -> list[dict]:
+    """SFT rows from jsonl: each line has string ``prompt`` and ``response``, or a ``messages``
+    list of ``{"role", "content"}`` ending with an assistant message. A bad row raises
+    :class:`~iprime.data.jsonl.JsonlError` naming its line."""
+    rows = read_jsonl(path)
+    # read_jsonl skips blank lines, so recover each row's line number for error messages
+    linenos = [i for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    for row, lineno in zip(rows, linenos):
+        try:
+            split_row(row)
+        except ValueError as e:
+            raise JsonlError(path, lineno, str(e)) from None
+    return rows
+
+
+def split_row(row: Mapping) -> tuple[list[dict] | str, str]:
+    """``(prompt, response)`` of an SFT row: prompt is a string or the list of messages that
+    precede the final assistant message. Raises ``ValueError`` on a malformed row."""
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or len(msgs) < 2:
+            raise ValueError("'messages' must be a list of at least 2 messages")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise ValueError(f"messages[{i}] must be an object with string 'role' and 'content'")
+        if msgs[-1]["role"] != "assistant":
+            raise ValueError(f"the last message must have role 'assistant', got {msgs[-1]['role']!r}")
+        return [dict(m) for m in msgs[:-1]], msgs[-1]["content"]
+    for key in ("prompt", "response"):
+        if key not in row:
+            raise ValueError(f"missing field {key!r} (need 'prompt' and 'response', or 'messages')")
+        if not isinstance(row[key], str):
+            raise ValueError(f"field {key!r} must be a string, got {type(row[key]).__name__}")
+    return row["prompt"], row["response"]
+
+
+def encode_sft_example(tokenizer, row: Mapping, max_length: int) -> tuple[list[int], list[int], bool]:
+    """``(input_ids, labels, truncated)`` for one row; labels are ``-100`` on prompt tokens.
+
+    Prompt and response are tokenized separately, as at generation time (the model continues
+    from the rendered prompt's tokens). Overlong examples lose their tail.
+    """
+    prompt, response = split_row(row)
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token; SFT needs one to teach the model to stop")
+    prompt_ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = prompt_ids + response_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
+    truncated = len(ids) > max_length
+    if len(prompt_ids) >= max_length:
+        raise ValueError(f"prompt alone is {len(prompt_ids)} tokens, >= max_length={max_length}")
+    return ids[:max_length], labels[:max_length], truncated
+
+
+def collate(examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: ``input_ids``/``attention_mask``/``labels`` of ``[B, T]``."""
+    T = max(len(ids) for ids, _ in examples)
+    B = len(examples)
+    input_ids = torch.full((B, T), pad_token_id, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((B, T), dtype=torch.long)
+    for i, (ids, lab) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        attention_mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def sft_loss(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over response tokens (``labels != -100``)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # position t predicts token t+1
+    logits = logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
+def lr_factor(step: int, total: int, config: SFTConfig) -> float:
+    """Multiplier of ``config.lr`` at optimizer step ``step`` (0-based)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
+    lo = config.min_lr_ratio
+    if config.schedule == "linear":
+        return lo + (1.0 - lo) * (1.0 - progress)
+    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def run_sft(
+    model,
+    tokenizer,
+    rows: Sequence[Mapping],
+    config: SFTConfig | None = None,
+    *,
+    log: Callable[[dict], None] | None = None,
+) -> dict:
+    """Fine-tune ``model`` in place on ``rows``; returns summary metrics.
+
+    ``log`` (if given) receives ``{"step", "loss", "lr", "tokens_per_s", "elapsed_s"}`` every
+    ``config.log_every`` steps and at the last step; ``loss`` is the mean over that window.
+    Returned: ``steps``, ``epochs``, ``first_loss``, ``final_loss`` (last window),
+    ``train_time_s``, ``examples``, ``response_tokens``, ``truncated`` and the config.
+    The model is left in eval mode.
+    """
+    config = config or SFTConfig()
+    if not rows:
+        raise ValueError("rows is empty")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded, n_truncated = [], 0
+    for i, row in enumerate(rows):
+        try:
+            ids, labels, truncated = encode_sft_example(tokenizer, row, config.max_length)
+        except ValueError as e:
+            raise ValueError(f"row {i}: {e}") from None
+        n_truncated += truncated
+        encoded.append((ids, labels))
+
+    device = next(model.parameters()).device
+    total = config.num_steps(len(encoded))
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # dropout, if the model has any
+    # no weight decay on biases and norms, the usual AdamW practice
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=config.betas,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, config))
+
+    model.train()
+    t0 = time.perf_counter()
+    order: list[int] = []
+    window, window_tokens, window_start = [], 0, 0.0
+    first_loss, last_window_loss, n_tokens = None, float("nan"), 0
+    for step in range(total):
+        if len(order) < config.batch_size:  # reshuffle each epoch; a short tail joins the next epoch
+            order += torch.randperm(len(encoded), generator=gen).tolist()
+        idx, order = order[: config.batch_size], order[config.batch_size :]
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
+        loss = sft_loss(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite SFT loss at step {step}: {loss.item()}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        sched.step()
+
+        value = loss.item()
+        first_loss = value if first_loss is None else first_loss
+        n_resp = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        n_tokens += n_resp
+        window.append(value)
+        window_tokens += int(batch["attention_mask"].sum())
+        if (step + 1) % config.log_every == 0 or step + 1 == total:
+            last_window_loss = sum(window) / len(window)
+            elapsed = time.perf_counter() - t0
+            if log is not None:
+                log({
+                    "step": step + 1,
+                    "loss": last_window_loss,
+                    "lr": sched.get_last_lr()[0],
+                    "tokens_per_s": window_tokens / max(elapsed - window_start, 1e-9),
+                    "elapsed_s": elapsed,
+                })
+            window, window_tokens, window_start = [], 0, elapsed
+    model.eval()
+    return {
+        "steps": total,
+        "epochs": total * config.batch_size / len(encoded),
+        "first_loss": first_loss,
+        "final_loss": last_window_loss,
+        "train_time_s": time.perf_counter() - t0,
+        "examples": len(encoded),
+        "response_tokens": n_tokens,
+        "truncated": n_truncated,
+        "config": asdict(config),
+    }

@@ -1,0 +1,173 @@
+"""The PRIME loop end to end on the tiny model: learning signal plumbing, filter/refill, resume,
+non-finite handling, baselines and bad data."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from iprime.config import load_config
+from iprime.train.prime import NonFiniteError, PrimeTrainer
+
+ROWS = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(24)]
+
+
+def parity_verifier(text: str, answer: str) -> float:
+    """Deterministic and roughly balanced on random text: gives the filter something to keep."""
+    return float(len(text) % 2 == 0)
+
+
+def make_config(tmp_path, *overrides: str):
+    base = [
+        f"train.out_dir={tmp_path}", "train.steps=3", "train.save_every=1", "train.tensorboard=false",
+        "rollout.n=4", "rollout.prompts_per_step=2", "rollout.max_new_tokens=8", "rollout.max_rounds=3",
+        "filter.enabled=false", "optim.lr=1e-3", "prm.lr=1e-3", "optim.micro_batch_size=4",
+        "optim.mini_batch_size=8", "prm.beta=0.5",
+    ]
+    return load_config(None, base + list(overrides))
+
+
+def params_of(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(before, model):
+    return any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_prime_run_end_to_end(tiny_model_dir, tmp_path):
+    trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path), ROWS, parity_verifier)
+    policy0, prm0, ref0 = params_of(trainer.policy), params_of(trainer.prm), params_of(trainer.reference)
+    history = trainer.train(progress=False)
+    assert [m["step"] for m in history] == [1, 2, 3]
+    for m in history:
+        for key in ("prm/loss", "policy/pg_loss", "policy/entropy", "adv/std", "batch/response_length"):
+            assert math.isfinite(m[key]), (key, m[key])
+    assert changed(policy0, trainer.policy) and changed(prm0, trainer.prm)
+    assert not changed(ref0, trainer.reference)  # the reference stays frozen
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert (tmp_path / "checkpoints" / "LATEST").read_text() == "step-000003"
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_filter_keeps_medium_groups_and_refills(tiny_model_dir, tmp_path):
+    # rows 0-19 are always solved or never solved; only rows 20-23 alternate 1, 0, 1, 0
+    alternating = itertools.cycle([1.0, 0.0])
+
+    def verifier(text, answer):
+        kind = int(answer) % 3
+        return next(alternating) if int(answer) > 40 else float(kind == 0)
+
+    cfg = make_config(tmp_path, "filter.enabled=true", "rollout.prompts_per_step=2", "rollout.oversample=1.0",
+                      "rollout.max_rounds=20", "train.steps=1", "filter.drop_truncated=false")
+    trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, verifier)
+    trainer.stream.shuffle = False  # walk the rows in order: 10 rounds before the first medium row
+    batch, stats = trainer.collect()
+    rows = batch.meta["row"]
+    assert len(batch) == 2 * 4 and all(r >= 20 for r in rows)
+    assert all(len(set(rows[g * 4 : g * 4 + 4])) == 1 for g in range(2))  # whole groups
+    assert stats["rollout/rounds"] == 11  # rows 0..21 in pairs: the 11th round holds rows 20, 21
+    assert stats["rollout/acc_after_filter"] == 0.5
+    assert 0 < stats["rollout/kept_group_frac"] < 0.2
+
+
+def test_surplus_groups_wait_in_the_buffer(tiny_model_dir, tmp_path):
+    cfg = make_config(tmp_path, "rollout.prompts_per_step=2", "rollout.oversample=2.0", "train.steps=1")
+    trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, parity_verifier)
+    batch, stats = trainer.collect()
+    assert len(batch) == 8 and stats["rollout/buffer_groups"] == 2
+    buffered = trainer.buffer.meta["row"]
+    batch2, stats2 = trainer.collect()
+    assert stats2["rollout/rounds"] == 0 and batch2.meta["row"] == buffered
+
+
+def _comparable(metrics):
+    return {k: v for k, v in metrics.items() if not k.startswith("time/") and k != "tokens_per_s"}
+
+
+def test_resume_gives_the_same_next_step(tiny_model_dir, tmp_path):
+    full = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "full"), ROWS, parity_verifier)
+    uninterrupted = full.train(progress=False)
+
+    first = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "cut", "train.steps=2"), ROWS, parity_verifier)
+    first.train(progress=False)
+    resumed = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "cut"), ROWS, parity_verifier)
+    after = resumed.train(resume=True, progress=False)
+    assert [m["step"] for m in after] == [3]
+    a, b = _comparable(uninterrupted[-1]), _comparable(after[0])
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6, nan_ok=True), key
+    for k, v in full.policy.state_dict().items():
+        assert torch.allclose(v, resumed.policy.state_dict()[k], atol=1e-6)
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_model_dir, tmp_path):
+    trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path), ROWS, parity_verifier)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        trainer.train(resume=True, progress=False)
+
+
+def test_non_finite_loss_skips_updates_then_stops(tiny_model_dir, tmp_path, monkeypatch):
+    import iprime.train.prime as prime_module
+
+    real = prime_module.algo.ppo_policy_loss
+
+    def poisoned(*args, **kwargs):
+        loss, metrics = real(*args, **kwargs)
+        return loss * float("nan"), metrics
+
+    monkeypatch.setattr(prime_module.algo, "ppo_policy_loss", poisoned)
+    cfg = make_config(tmp_path, "train.max_bad_steps=2", "prm.enabled=false", "algo.estimator=rloo")
+    trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, parity_verifier)
+    before = params_of(trainer.policy)
+    with pytest.raises(NonFiniteError, match="2 consecutive steps"):
+        trainer.train(progress=False)
+    assert not changed(before, trainer.policy)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["policy/skipped_updates"] >= 1 and lines[0]["policy/updates"] == 0
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "grpo", "reinforce", "reinforce_pp", "gae"])
+def test_baselines_are_one_flag_apart(tiny_model_dir, tmp_path, estimator):
+    cfg = make_config(tmp_path, f"algo.estimator={estimator}", "prm.enabled=false", "train.steps=1",
+                      "algo.kl_coef=0.01", "algo.kl_mode=" + ("reward" if estimator in ("reinforce_pp", "gae") else "loss"))
+    trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, parity_verifier)
+    assert trainer.prm is None and (trainer.value is not None) == (estimator == "gae")
+    before = params_of(trainer.policy)
+    (m,) = trainer.train(progress=False)
+    assert math.isfinite(m["policy/pg_loss"]) and math.isfinite(m["policy/kl_ref"])
+    assert changed(before, trainer.policy) or m["adv/std"] == 0.0
+
+
+@pytest.mark.parametrize("override", ["prm.granularity=step", "prm.granularity=whole", "prm.loss=dpo",
+                                      "prm.update=before", "model.reference=policy", "algo.normalize=batch_norm"])
+def test_prime_options_run(tiny_model_dir, tmp_path, override):
+    trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path, "train.steps=1", override), ROWS, parity_verifier)
+    (m,) = trainer.train(progress=False)
+    assert math.isfinite(m["prm/loss"]) and math.isfinite(m["policy/pg_loss"])
+
+
+def test_frozen_prm_is_not_updated(tiny_model_dir, tmp_path):
+    trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path, "train.steps=1", "prm.update=none"), ROWS,
+                           parity_verifier)
+    before = params_of(trainer.prm)
+    trainer.train(progress=False)
+    assert not changed(before, trainer.prm)
+
+
+def test_bad_rows_are_reported_with_their_index(tiny_model_dir, tmp_path):
+    rows = ROWS[:3] + [{"prompt": "Compute 1 + 1."}] + ROWS[3:]
+    with pytest.raises(ValueError, match=r"row 3: missing or empty field 'answer'"):
+        PrimeTrainer(str(tiny_model_dir), make_config(tmp_path), rows, parity_verifier)
+
+
+def test_a_verifier_out_of_range_stops_with_a_clear_error(tiny_model_dir, tmp_path):
+    trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path), ROWS, lambda text, ans: 2.0)
+    with pytest.raises(ValueError, match="scores must lie in"):
+        trainer.train(progress=False)
