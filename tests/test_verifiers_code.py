@@ -234,7 +234,9 @@ def test_cannot_delete_or_write_files_outside_its_directory(tmp_path) -> None:
         if os.path.exists(probe):
             os.remove(probe)
     assert sentinel.read_text() == "keep me"
-    assert result.score == 0.0 and "PermissionError" in result.reason
+    # denied either way: read-only where the path is visible, absent where it lies under a
+    # private tmpfs (a checkout under /tmp)
+    assert result.score == 0.0 and ("PermissionError" in result.reason or "FileNotFoundError" in result.reason)
     assert elapsed <= TIMEOUT + SLACK
 
 

@@ -39,10 +39,22 @@ import traceback
 RESULT_FD = -1  # set from the job: the host passes its report pipe under this number
 
 
-def _mount_private_tmp(dirs: list[str], size_bytes: int) -> None:
-    for path in dirs:
-        if os.path.isdir(path):
-            _mount("tmpfs", path, "tmpfs", 0, f"size={size_bytes},mode=1777")
+def _mount_private_tmp(dirs: list[str], size_bytes: int, keep: list[str]) -> None:
+    """Cover ``dirs`` with private tmpfs mounts, then bind the ``keep`` paths that lived under
+    them back in, read-only: the interpreter or this runner may be installed under /tmp (a
+    virtualenv in a CI checkout there), and covering them would leave nothing to run."""
+    private = [os.path.realpath(d) for d in dirs if os.path.isdir(d)]
+    inside = sorted({os.path.realpath(p) for p in keep if os.path.exists(p)})
+    inside = [p for p in inside if any(p.startswith(d.rstrip("/") + "/") for d in private)]
+    # O_PATH handles keep the originals reachable once the tmpfs covers them.
+    handles = [(p, os.open(p, os.O_PATH)) for p in inside]
+    for path in private:
+        _mount("tmpfs", path, "tmpfs", 0, f"size={size_bytes},mode=1777")
+    for path, fd in handles:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC, None)
+        _mount("none", path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None)
+        os.close(fd)
 
 
 _MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC = 1, 32, 4096, 16384
@@ -323,8 +335,9 @@ def main() -> None:
     boot = job["boot"]
     try:
         if boot["isolation"] == "namespaces":
-            _mount_private_tmp(boot["private_dirs"], int(boot["tmpfs_bytes"]))
-            _expose_paths([sys.base_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(os.path.abspath(__file__))])
+            needed = [sys.base_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(os.path.abspath(__file__))]
+            _mount_private_tmp(boot["private_dirs"], int(boot["tmpfs_bytes"]), keep=needed)
+            _expose_paths(needed)
             _drop_privileges(int(boot["uid"]), int(boot["gid"]))
         _apply_limits(job["limits"])
     except BaseException as exc:  # noqa: BLE001
