@@ -12,3 +12,55 @@ def tiny_model_dir(tmp_path_factory):
     from iprime.models import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_prm_dir(tmp_path_factory, tiny_model_dir):
+    """A second tiny model with the *same tokenizer* as ``tiny_model_dir`` but other random
+    weights (seed 1): a (PRM, reference) pair whose implicit rewards are not all zero."""
+    from iprime.models import default_corpus, make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_prm"), corpus=default_corpus(seed=0), seed=1)
+
+
+@pytest.fixture(scope="session")
+def boxed8_model_dir(tmp_path_factory, tiny_model_dir):
+    """``tiny_model_dir`` fine-tuned for 25 steps to answer every prompt with
+    "The answer is \\boxed{8}": a model with a known, non-zero accuracy on the arithmetic task
+    (the rows whose answer is 8) that costs ~10 s to build. Read-only."""
+    import torch
+
+    from iprime.models import load_model, load_tokenizer
+    from iprime.presets import QUICKSTART
+    from iprime.train.sft import SFTConfig, run_sft
+
+    torch.manual_seed(0)
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    rows = [{"prompt": r["prompt"], "response": "The answer is \\boxed{8}"}
+            for r in QUICKSTART.make_task().rows("train", 64, seed=0)]
+    run_sft(model, tok, rows, SFTConfig(lr=3e-3, max_steps=25, batch_size=16, warmup_steps=5, log_every=25))
+    out = tmp_path_factory.mktemp("boxed8")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def direct_response_logp():
+    """``f(model, tokenizer, prompt, response, ended=True) -> [T] tensor``: log-probs of the
+    response tokens (+ EOS) from one unpadded full forward pass, independent of
+    ``iprime.models.response_logprobs`` (a reference to test scorers against)."""
+    import torch
+
+    from iprime.train.chat import render_prompt
+
+    def logp(model, tokenizer, prompt, response, ended=True):
+        p = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        r = tokenizer(response, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if ended else [])
+        ids = torch.tensor([p + r])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits.float()[0]
+        lp = torch.log_softmax(logits[len(p) - 1 : -1], dim=-1)
+        return lp.gather(-1, torch.tensor(r).unsqueeze(-1)).squeeze(-1)
+
+    return logp

@@ -105,6 +105,14 @@ def sft(
     console.print(f"final loss {result['final_loss']:.4f}; saved to {out}")
 
 
+# Evaluation and the implicit PRM as a tool (their options live beside their code).
+from iprime.eval.commands import eval_command  # noqa: E402
+from iprime.prm.commands import prm_app  # noqa: E402
+
+app.command("eval")(eval_command)
+app.add_typer(prm_app, name="prm")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,262 @@
+"""Benchmarks as lists of eval rows, loaded from files shipped inside the package.
+
+Every loader returns rows of the same shape::
+
+    {"id": str, "benchmark": str, "prompt": str, "reference": ..., "kind": "math" | "code",
+     "verifier": "math" | "code" | "arithmetic"}
+
+``prompt`` is the *user message* (the runner renders it with the model's chat template);
+``reference`` is what the verifier takes: a list of gold answer strings (math, via
+:mod:`iprime.verifiers.rows`), a tests dict (code), or the integer answer string (the built-in
+arithmetic task). The prompts follow the PRIME paper:
+
+- math: ``question + MATH_SUFFIX`` (``"\\n\\nPresent the answer in LaTex format: \\boxed{Your answer}"``)
+- code: ``question + CODE_SUFFIX`` (write Python, fenced ```python block at the end)
+- arithmetic: the task's own prompt unchanged, so the numbers agree with the trainer's
+  evaluation (:func:`iprime.train.evaluate.evaluate_accuracy`).
+
+Names (:data:`BENCHMARKS`): ``math500`` (500), ``aime2024`` (30; ``aime`` = 2022-2024, 90;
+``aimeYYYY`` any year in the file), ``amc`` (AMC 2022-2023, 83; ``amc2022``/``amc2023``),
+``minerva`` (272), ``olympiadbench`` (text-only English, 675), ``humaneval`` (164), ``mbpp``
+(399), ``leetcode`` (180), ``arithmetic`` (the quickstart's 200 held-out problems). Any
+``.jsonl`` path is a custom benchmark (:func:`load_jsonl_benchmark`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from iprime.verifiers import rows as adapters
+
+__all__ = [
+    "BENCHMARKS",
+    "CODE_SUFFIX",
+    "MATH_SUFFIX",
+    "benchmark_names",
+    "load_benchmark",
+    "load_jsonl_benchmark",
+    "read_data_file",
+]
+
+MATH_SUFFIX = "\n\nPresent the answer in LaTex format: \\boxed{Your answer}"
+CODE_SUFFIX = "\n\nWrite Python code to solve the problem. Present the code in \n```python\nYour code\n```\nat the end."
+
+
+def read_data_file(name: str) -> list[dict]:
+    """Rows of a shipped data file ``iprime/eval/data/<name>`` (``.jsonl.gz`` or ``.json.gz``).
+
+    ``.json.gz`` files are either a list of rows or pandas' column-oriented dump
+    ``{field: {row_key: value}}`` (MATH-500), which is turned into rows in ``row_key`` order.
+    """
+    ref = resources.files("iprime.eval").joinpath("data", name)
+    if not ref.is_file():
+        raise FileNotFoundError(f"benchmark data file {name!r} is not in the iprime package (iprime/eval/data)")
+    with ref.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+        text = f.read()
+    if name.endswith(".jsonl.gz"):
+        out = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{name}:{lineno}: invalid JSON ({e.msg})") from None
+        return out
+    data = json.loads(text)
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+        first = next(iter(data.values()))
+        keys = sorted(first, key=lambda k: int(k) if str(k).isdigit() else str(k))
+        return [{field: col.get(k) for field, col in data.items()} for k in keys]
+    raise ValueError(f"{name}: expected a list of rows or a column-oriented object")
+
+
+def _row(benchmark: str, id_: object, prompt: str, reference: object, kind: str, verifier: str | None = None) -> dict:
+    return {
+        "id": str(id_),
+        "benchmark": benchmark,
+        "prompt": prompt,
+        "reference": reference,
+        "kind": kind,
+        "verifier": verifier or kind,
+    }
+
+
+def _math_row(benchmark: str, adapter: str, id_: object, question: str, raw: dict) -> dict:
+    return _row(benchmark, id_, question + MATH_SUFFIX, adapters.math_golds(adapter, raw), "math")
+
+
+def _year(url: str, contest: str) -> int:
+    m = re.search(rf"/(\d{{4}})_{contest}", url)
+    if m is None:
+        raise ValueError(f"cannot read the {contest} year from url {url!r}")
+    return int(m.group(1))
+
+
+def _load_math500(name: str) -> list[dict]:
+    return [_math_row(name, "math500", r["id"], r["problem"], r) for r in read_data_file("math500.json.gz")]
+
+
+def _contest_loader(contest: str, file: str, adapter: str, years: tuple[int, ...] | None) -> Callable[[str], list[dict]]:
+    def load(name: str) -> list[dict]:
+        rows = read_data_file(file)
+        picked = [r for r in rows if years is None or _year(r["url"], contest) in years]
+        if not picked:
+            raise ValueError(f"{name}: no {contest} rows for years {years}")
+        # ids restart at 0 each year in the files; the AoPS page name is unique and readable
+        return [_math_row(name, adapter, r["url"].rsplit("index.php/", 1)[-1], r["question"], r) for r in picked]
+
+    return load
+
+
+def _load_minerva(name: str) -> list[dict]:
+    return [_math_row(name, "minerva", r["idx"], r["problem"], r) for r in read_data_file("minerva_math.jsonl.gz")]
+
+
+def _load_olympiadbench(name: str) -> list[dict]:
+    # The shipped file is already the text-only English open-ended maths split (OE_TO_maths_en_COMP);
+    # the context field, when present, precedes the question.
+    out = []
+    for r in read_data_file("olympiadbench.jsonl.gz"):
+        question = r["question"] if not r.get("context") else f"{r['context']}\n\n{r['question']}"
+        out.append(_math_row(name, "olympiadbench", r["id"], question, r))
+    return out
+
+
+def _load_humaneval(name: str) -> list[dict]:
+    # The HumanEval "prompt" is a Python stub (signature + docstring); it is shown as code.
+    return [
+        _row(name, r["task_id"], f"Complete the following Python function:\n```python\n{r['prompt']}```" + CODE_SUFFIX,
+             adapters.humaneval_tests(r), "code")
+        for r in read_data_file("humaneval.jsonl.gz")
+    ]
+
+
+def _load_mbpp(name: str) -> list[dict]:
+    # "instruction" = task text + the first test assert, which fixes the function's name/signature.
+    return [_row(name, r["task_id"], r["instruction"] + CODE_SUFFIX, adapters.mbpp_tests(r), "code")
+            for r in read_data_file("mbpp.json.gz")]
+
+
+def _load_leetcode(name: str) -> list[dict]:
+    # "prompt_sft" = problem statement + the starter code (class Solution) in a fenced block.
+    return [_row(name, r["task_id"], r["prompt_sft"] + CODE_SUFFIX, adapters.leetcode_tests(r), "code")
+            for r in read_data_file("leetcode.jsonl.gz")]
+
+
+def _load_arithmetic(name: str) -> list[dict]:
+    """The quickstart's held-out rows: the ones ``iprime quickstart`` evaluates."""
+    from iprime.presets import QUICKSTART
+
+    task = QUICKSTART.make_task()
+    rows = task.rows("test", QUICKSTART.eval_prompts, seed=QUICKSTART.seed + 1)
+    return [_row(name, f"{i}:{r['expression']}", r["prompt"], r["answer"], "math", "arithmetic") for i, r in enumerate(rows)]
+
+
+BENCHMARKS: dict[str, Callable[[str], list[dict]]] = {
+    "math500": _load_math500,
+    "aime2024": _contest_loader("AIME", "aime.jsonl.gz", "aime", (2024,)),
+    "aime": _contest_loader("AIME", "aime.jsonl.gz", "aime", None),
+    "amc": _contest_loader("AMC", "amc.jsonl.gz", "amc", (2022, 2023)),
+    "minerva": _load_minerva,
+    "olympiadbench": _load_olympiadbench,
+    "humaneval": _load_humaneval,
+    "mbpp": _load_mbpp,
+    "leetcode": _load_leetcode,
+    "arithmetic": _load_arithmetic,
+}
+_YEARLY = {"aime": ("AIME", "aime.jsonl.gz", "aime"), "amc": ("AMC", "amc.jsonl.gz", "amc")}
+
+
+def benchmark_names() -> list[str]:
+    """Shipped benchmark names (``aimeYYYY`` / ``amcYYYY`` also work for any year in the files)."""
+    return list(BENCHMARKS)
+
+
+def load_benchmark(name: str, *, limit: int | None = None, **jsonl_options) -> list[dict]:
+    """Rows of a shipped benchmark, or of a ``.jsonl`` file (``jsonl_options`` go to
+    :func:`load_jsonl_benchmark`). ``limit`` keeps the first rows. Ids are checked unique,
+    since resuming an evaluation keys on them."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    yearly = re.fullmatch(r"(aime|amc)(\d{4})", name)
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        rows = load_jsonl_benchmark(name, **jsonl_options)
+    elif name in BENCHMARKS:
+        rows = BENCHMARKS[name](name)
+    elif yearly:
+        rows = _contest_loader(*_YEARLY[yearly.group(1)], (int(yearly.group(2)),))(name)
+    else:
+        raise ValueError(f"unknown benchmark {name!r}; shipped: {benchmark_names()} (or aimeYYYY, amcYYYY, a .jsonl path)")
+    if jsonl_options and not name.endswith((".jsonl", ".jsonl.gz")):
+        raise ValueError(f"options {sorted(jsonl_options)} only apply to .jsonl benchmarks, not {name!r}")
+    seen: set[str] = set()
+    for r in rows:
+        if r["id"] in seen:
+            raise ValueError(f"{name}: duplicate row id {r['id']!r}")
+        seen.add(r["id"])
+    return rows[:limit] if limit is not None else rows
+
+
+def load_jsonl_benchmark(
+    path: str | Path,
+    *,
+    prompt_key: str = "prompt",
+    answer_key: str = "answer",
+    id_key: str | None = None,
+    kind: str = "math",
+    add_suffix: bool = True,
+    name: str | None = None,
+) -> list[dict]:
+    """A user's jsonl file as eval rows.
+
+    kind ``"math"``: ``answer_key`` holds a gold answer (string/number) or a list of accepted
+    golds. kind ``"code"``: it holds a tests dict for :func:`iprime.verifiers.verify_code`
+    (``{"asserts": [...], "setup": "..."}`` or ``{"inputs": [...], "outputs": [...]}``).
+    ``add_suffix`` appends the paper's math/code instruction to the prompt. ``id_key`` names
+    a unique id field (default: the line number). The benchmark name is the file's stem.
+    """
+    from iprime.data.jsonl import JsonlError
+
+    path = Path(path)
+    if kind not in ("math", "code"):
+        raise ValueError(f"kind must be 'math' or 'code', got {kind!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file {str(path)!r} does not exist")
+    name = name or path.name.split(".")[0]
+    opener = gzip.open if path.name.endswith(".gz") else open
+    out = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise JsonlError(path, lineno, f"invalid JSON ({e.msg})") from None
+            for key in (prompt_key, answer_key) + ((id_key,) if id_key else ()):
+                if not isinstance(raw, dict) or raw.get(key) is None:
+                    raise JsonlError(path, lineno, f"missing field {key!r}")
+            prompt, answer = raw[prompt_key], raw[answer_key]
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise JsonlError(path, lineno, f"field {prompt_key!r} must be a non-empty string")
+            if kind == "math":
+                golds = [str(a) for a in answer] if isinstance(answer, list) else [adapters._answer_str(answer)]
+                if not golds or not all(g.strip() for g in golds):
+                    raise JsonlError(path, lineno, f"field {answer_key!r} has an empty gold answer")
+                reference = golds
+            else:
+                if not isinstance(answer, dict) or not ({"asserts"} <= answer.keys() or {"inputs", "outputs"} <= answer.keys()):
+                    raise JsonlError(path, lineno, f"field {answer_key!r} must be a tests dict with 'asserts' or 'inputs'/'outputs'")
+                reference = answer
+            suffix = (MATH_SUFFIX if kind == "math" else CODE_SUFFIX) if add_suffix else ""
+            out.append(_row(name, raw[id_key] if id_key else lineno, prompt + suffix, reference, kind))
+    if not out:
+        raise ValueError(f"{path} has no rows")
+    return out

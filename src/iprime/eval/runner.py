@@ -1,0 +1,338 @@
+"""``iprime eval``: generate, verify, (PRM-)score and summarize, resumably.
+
+Output directory::
+
+    config.json        the generation settings (a resumed run must match them)
+    generations.jsonl  one line per benchmark row: its n responses, scores, answers, PRM rewards
+    summary.json       {benchmark: metrics} (see iprime.eval.metrics)
+    summary.md         the same as a markdown table
+
+Resuming: rows are processed in fixed chunks of ``batch_size`` rows of each benchmark (chunk
+``c`` is sampled with seed ``seed + c``), and each chunk's lines are appended with one write,
+then flushed and fsync'ed. A kill therefore loses at most the chunk in flight; on
+``resume=True`` rows already in ``generations.jsonl`` are skipped, a torn last line (the kill
+landed mid-write) is cut off, and because chunks and seeds do not depend on what ran before,
+the resumed run produces the same generations and summary as an uninterrupted one. The
+summary is always recomputed from the whole generations file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .answers import EQUIVALENCES, equality_for, extract_answer, group_answers
+from .benchmarks import load_benchmark
+from .metrics import VOTE_WEIGHTS, summarize_rows
+
+__all__ = ["EvalConfig", "read_generations", "run_eval", "summary_markdown"]
+
+# Settings that change what is generated/scored: a resumed run must use the same values.
+_GENERATION_KEYS = ("model", "n", "temperature", "top_p", "max_new_tokens", "seed", "batch_size", "prm", "ref", "beta",
+                    "equivalence")
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation run.
+
+    model: policy directory (or hub id). benchmarks: names or .jsonl paths
+    (:func:`iprime.eval.benchmarks.load_benchmark`). n / temperature / top_p /
+    max_new_tokens / seed: sampling (temperature 0 = greedy, then use n=1). ks: the k of
+    pass@k / maj@k / bon@k / wvote@k (default 1 and n). batch_size: rows per generation
+    chunk (each yields ``batch_size * n`` samples). limit: first rows of each benchmark.
+    prm / ref / beta: score every sample with the implicit PRM (best-of-N, weighted vote).
+    vote_weight: ``sigmoid`` | ``exp`` | ``one``. equivalence: ``math`` (merge answers
+    math-verify finds equal) | ``exact``. verify_workers: verifier processes (0 = inline).
+    jsonl_options: prompt_key / answer_key / id_key / kind / add_suffix for .jsonl benchmarks.
+    """
+
+    model: str
+    benchmarks: list[str]
+    out: str
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    ks: list[int] = field(default_factory=list)
+    batch_size: int = 16
+    seed: int = 0
+    limit: int | None = None
+    prm: str | None = None
+    ref: str | None = None
+    beta: float = 0.05
+    vote_weight: str = "sigmoid"
+    equivalence: str = "math"
+    verify_workers: int = 2
+    verify_timeout_s: float | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    resume: bool = False
+    jsonl_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.benchmarks:
+            raise ValueError("benchmarks is empty: name at least one (e.g. math500)")
+        if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"n, batch_size and max_new_tokens must be >= 1, got {self.n}, {self.batch_size}, {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError(f"greedy decoding (temperature 0) gives n={self.n} identical samples; use n=1 or temperature > 0")
+        if (self.prm is None) != (self.ref is None):
+            raise ValueError("the implicit PRM needs both prm and ref (the reference model it is read against)")
+        if self.vote_weight not in VOTE_WEIGHTS:
+            raise ValueError(f"vote_weight must be one of {VOTE_WEIGHTS}, got {self.vote_weight!r}")
+        if self.equivalence not in EQUIVALENCES:
+            raise ValueError(f"equivalence must be one of {EQUIVALENCES}, got {self.equivalence!r}")
+        bad = [k for k in self.ks if not 1 <= k <= self.n]
+        if bad:
+            raise ValueError(f"every k must be in [1, n={self.n}], got {bad}")
+        self.ks = sorted(set(self.ks)) or sorted({1, self.n})
+
+    def generation_settings(self) -> dict:
+        d = asdict(self)
+        return {k: d[k] for k in _GENERATION_KEYS}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_generations(path: str | Path, *, repair: bool = False) -> list[dict]:
+    """Records of ``generations.jsonl``. Bytes after the last newline (a write torn by a
+    kill) are ignored, and with ``repair`` cut from the file; an invalid complete line is an
+    error naming it."""
+    from iprime.data.jsonl import JsonlError
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1  # end of the last newline-terminated line
+    records = []
+    for lineno, line in enumerate(data[:cut].split(b"\n")[:-1], 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise JsonlError(path, lineno, f"invalid JSON ({e.msg})") from None
+    # Bytes after the last newline are a torn write: a record is complete only with its newline.
+    if repair and cut < len(data):
+        with path.open("r+b") as f:
+            f.truncate(cut)
+    return records
+
+
+def _append_lines(path: Path, records: Sequence[dict]) -> None:
+    """Append records with one write + fsync, so a kill tears at most this batch."""
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    with path.open("ab") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summary_markdown(summary: Mapping[str, Mapping]) -> str:
+    """A markdown table: one row per benchmark, one column per metric (percent)."""
+    metrics: list[str] = []
+    for m in summary.values():
+        for key in m:
+            if "@" in key and key not in metrics:
+                metrics.append(key)
+    header = ["benchmark", "rows", *metrics, "truncated", "mean tokens"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in summary.items():
+        cells = [name, str(m["rows"])]
+        cells += [f"{100 * m[k]:.1f}" if k in m else "-" for k in metrics]
+        cells += [f"{100 * m['truncated_frac']:.1f}%", f"{m['mean_tokens']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _verify(rows: Sequence[dict], texts: Sequence[str], pool, config: EvalConfig) -> list:
+    """VerifyResults for samples grouped by verifier name (one verify_batch call per kind)."""
+    from iprime.verifiers import verify_batch
+
+    results: list = [None] * len(texts)
+    for name in sorted({r["verifier"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["verifier"] == name]
+        # the arithmetic check is a pure string comparison: no need for worker processes
+        use_pool = pool if name != "arithmetic" else None
+        out = verify_batch(name, [texts[i] for i in idx], [rows[i]["reference"] for i in idx],
+                           workers=0 if use_pool is None else 1, pool=use_pool, timeout_s=config.verify_timeout_s)
+        for i, res in zip(idx, out):
+            results[i] = res
+    return results
+
+
+def _record(row: dict, n: int, texts, results, truncated, num_tokens, rewards, config: EvalConfig) -> dict:
+    answers = [extract_answer(t, row["verifier"]) for t in texts]
+    groups = group_answers(answers, equality_for(config.equivalence, row["verifier"]))
+    rec = {
+        "benchmark": row["benchmark"],
+        "id": row["id"],
+        "kind": row["kind"],
+        "verifier": row["verifier"],
+        "prompt": row["prompt"],
+        "reference": row["reference"],
+        "responses": list(texts),
+        "scores": [float(r.score) for r in results],
+        "reasons": [r.reason for r in results],
+        "truncated": [bool(t) for t in truncated],
+        "num_tokens": [int(x) for x in num_tokens],
+        "answers": answers,
+        "groups": groups,
+        "votable": row["verifier"] != "code",
+    }
+    if rewards is not None:
+        rec["prm_rewards"] = [float(x) for x in rewards]
+    if len(texts) != n:
+        raise RuntimeError(f"row {row['id']!r}: expected {n} responses from the generator, got {len(texts)}")
+    return rec
+
+
+def run_eval(
+    config: EvalConfig,
+    *,
+    model=None,
+    tokenizer=None,
+    prm=None,
+    console=None,
+    progress: bool = True,
+    on_chunk: Callable[[str, int], None] | None = None,
+) -> dict:
+    """Evaluate ``config.model`` on every benchmark; returns ``{benchmark: metrics}``.
+
+    model / tokenizer / prm (an :class:`iprime.prm.ImplicitPRM`): already-loaded objects
+    to use instead of loading ``config.model`` / ``config.prm`` (tests, notebooks).
+    on_chunk(benchmark, chunk_index): called after each chunk is written (progress hooks;
+    an exception raised there stops the run like a kill would).
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from iprime.rollout import HFGenerator, SamplingParams
+    from iprime.train.chat import render_prompt
+
+    console = console or Console(stderr=True)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen_path, cfg_path = out / "generations.jsonl", out / "config.json"
+
+    settings = config.generation_settings()
+    existing: list[dict] = []
+    if gen_path.exists() and gen_path.stat().st_size > 0:
+        if not config.resume:
+            raise FileExistsError(f"{gen_path} already has generations: pass resume=True (--resume) or use another --out")
+        if cfg_path.exists():
+            saved = json.loads(cfg_path.read_text())
+            diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+            if diff:
+                raise ValueError(f"cannot resume {out}: settings differ from the saved run (saved, now): {diff}")
+        existing = read_generations(gen_path, repair=True)
+    _write_atomic(cfg_path, json.dumps(settings, indent=2) + "\n")
+
+    # Load rows first: a bad benchmark name fails before minutes of model loading.
+    benchmarks = {name: load_benchmark(name, limit=config.limit, **(config.jsonl_options if name.endswith((".jsonl", ".jsonl.gz")) else {}))
+                  for name in config.benchmarks}
+    names = {rows[0]["benchmark"] for rows in benchmarks.values()}
+    if len(names) != len(benchmarks):
+        raise ValueError(f"two benchmarks share a name: {config.benchmarks}")
+    done = {(r["benchmark"], r["id"]) for r in existing}
+
+    todo_total = sum(1 for rows in benchmarks.values() for r in rows if (r["benchmark"], r["id"]) not in done)
+    if todo_total:
+        if model is None or tokenizer is None:
+            from iprime.models import load_model, load_tokenizer
+
+            tokenizer = load_tokenizer(config.model)
+            model = load_model(config.model, dtype=config.dtype, device=config.device)
+        if prm is None and config.prm is not None:
+            from iprime.prm.scoring import ImplicitPRM
+
+            prm = ImplicitPRM.from_pretrained(config.prm, config.ref, config.beta, dtype=config.dtype, device=config.device)
+    generator = HFGenerator(model, tokenizer) if todo_total else None
+
+    pool = None
+    needs_pool = config.verify_workers > 0 and any(r["verifier"] != "arithmetic" for rows in benchmarks.values() for r in rows)
+    t0 = time.perf_counter()
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=console, disable=not progress) as bar:
+            for spec, rows in benchmarks.items():
+                name = rows[0]["benchmark"]
+                task = bar.add_task(name, total=len(rows), completed=sum((name, r["id"]) in done for r in rows))
+                for c, start in enumerate(range(0, len(rows), config.batch_size)):
+                    chunk = [r for r in rows[start : start + config.batch_size] if (name, r["id"]) not in done]
+                    if not chunk:
+                        continue
+                    if pool is None and needs_pool:
+                        from iprime.verifiers import VerifierPool
+
+                        pool = VerifierPool(config.verify_workers)
+                    params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
+                                            max_new_tokens=config.max_new_tokens, seed=config.seed + c)
+                    batch = generator.generate([render_prompt(tokenizer, r["prompt"]) for r in chunk], params)
+                    sample_rows = [chunk[int(i)] for i in batch.prompt_index]
+                    results = _verify(sample_rows, batch.texts, pool, config)
+                    rewards = None
+                    if prm is not None:
+                        rewards = prm.sequence_rewards([r["prompt"] for r in sample_rows], batch.texts,
+                                                       ended=[not bool(t) for t in batch.truncated])
+                    lengths = batch.response_lengths.tolist()
+                    truncated = batch.truncated.tolist()
+                    records = []
+                    for i, row in enumerate(chunk):  # generator rows [i*n, (i+1)*n) belong to prompt i
+                        s = slice(i * config.n, (i + 1) * config.n)
+                        records.append(_record(row, config.n, batch.texts[s], results[s], truncated[s], lengths[s],
+                                               None if rewards is None else rewards[s], config))
+                    _append_lines(gen_path, records)
+                    done.update((name, r["id"]) for r in chunk)
+                    bar.advance(task, len(chunk))
+                    if on_chunk is not None:
+                        on_chunk(name, c)
+    finally:
+        if pool is not None:
+            pool.close()
+
+    return write_summary(config, benchmarks, console=console, elapsed_s=time.perf_counter() - t0)
+
+
+def write_summary(config: EvalConfig, benchmarks: Mapping[str, list[dict]], *, console=None, elapsed_s: float = 0.0) -> dict:
+    """Recompute the summary of every benchmark from ``generations.jsonl``; write .json/.md."""
+    out = Path(config.out)
+    records = read_generations(out / "generations.jsonl")
+    summary = {}
+    for rows in benchmarks.values():
+        name = rows[0]["benchmark"]
+        wanted = {r["id"] for r in rows}
+        mine = [r for r in records if r["benchmark"] == name and r["id"] in wanted]
+        missing = len(wanted) - len({r["id"] for r in mine})
+        if missing:
+            raise RuntimeError(f"{name}: {missing} rows have no generations in {out / 'generations.jsonl'}")
+        summary[name] = summarize_rows(mine, config.ks, config.vote_weight)
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    md = summary_markdown(summary)
+    _write_atomic(out / "summary.md", md)
+    if console is not None:
+        console.print(md, soft_wrap=True, markup=False)
+        console.print(f"wrote {out / 'generations.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'} ({elapsed_s:.1f} s)",
+                      soft_wrap=True)
+    return summary
