@@ -34,7 +34,12 @@ class ModelConfig:
     pre-update log-probs (saves a model); anything else: a path to load."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
+    """``cpu`` or ``cuda``; under torchrun each rank uses ``cuda:LOCAL_RANK``."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward; applies to the policy and the PRM."""
+    autocast: Literal["none", "bf16"] = "none"
+    """``bf16``: run the forward passes of the training step under bfloat16 autocast (CUDA only);
+    log-probs are still taken in float32."""
 
 
 @dataclass
@@ -71,6 +76,19 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 128
     generation_batch_size: int | None = None
+    engine: Literal["hf", "vllm"] = "hf"
+    """``hf``: the built-in KV-cache sampler; ``vllm``: a colocated vLLM engine (``pip install
+    'iprime[vllm]'``, CUDA), slept between rollouts and synced with the policy after each update."""
+    vllm_gpu_memory_utilization: float = 0.5
+    """Share of GPU memory vLLM may take (weights + KV cache); the trainer needs the rest."""
+    vllm_sleep: bool = True
+    """Sleep the engine (``level=1``: weights to CPU, KV cache freed) while the trainer runs."""
+    vllm_max_model_len: int | None = None
+    vllm_enforce_eager: bool = False
+    is_correction: bool = False
+    """Weight each token's policy loss by ``min(exp(logp_trainer_old - logp_rollout), is_cap)``:
+    corrects for the engine's log-probs differing from the trainer's (vLLM kernels, precision)."""
+    is_cap: float = 2.0
 
 
 @dataclass
@@ -101,6 +119,12 @@ class PRMConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     micro_batch_size: int = 16
+    lora: bool = False
+    """Hold the PRM as a LoRA adapter on the frozen reference: reference log-probs are the same
+    model with the adapter switched off, so no separate reference model is kept."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
 
 
 @dataclass
@@ -137,7 +161,17 @@ class OptimConfig:
     mini_batch_size: int = 64
     """Responses per optimizer step."""
     micro_batch_size: int = 16
-    """Responses per forward/backward (gradient accumulation inside a mini-batch)."""
+    """Responses per forward/backward (gradient accumulation inside a mini-batch); per rank
+    under torchrun."""
+    micro_batch_tokens: int | None = None
+    """Also cap every forward's micro-batch at ``rows * padded_length <= micro_batch_tokens``
+    (greedy in order, no sorting; a single longer row runs alone). Applies to all forward passes;
+    PRM micro-batches stay whole groups."""
+    loss_scope: Literal["micro", "mini_batch"] = "micro"
+    """Normaliser of the aggregated policy loss. ``micro``: each micro-batch's own (token) mean,
+    weighted by its share of the mini-batch's rows. ``mini_batch``: the mini-batch's total
+    (over all micro-batches and ranks), so gradients do not depend on how a mini-batch is split
+    into micro-batches, token budgets or ranks."""
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float | None = None
@@ -162,6 +196,9 @@ class TrainConfig:
     num_threads: int | None = None
     tensorboard: bool = True
     wandb: bool = False
+    checkpoint_format: Literal["auto", "torch", "dcp"] = "auto"
+    """``torch``: one ``state.pt``; ``dcp``: ``torch.distributed.checkpoint`` shards (loadable at
+    any world size); ``auto``: ``dcp`` under torchrun (world size > 1), else ``torch``."""
 
 
 @dataclass
@@ -214,6 +251,20 @@ def validate(cfg: PrimeConfig) -> None:
          "must be >= optim.micro_batch_size")
     need(cfg.optim.epochs >= 1, "optim.epochs", "must be >= 1")
     need(cfg.optim.dual_clip is None or cfg.optim.dual_clip > 1.0, "optim.dual_clip", "must be > 1")
+    need(cfg.model.autocast == "none" or cfg.model.device.startswith("cuda"), "model.autocast",
+         f'bf16 autocast needs a CUDA device, got model.device="{cfg.model.device}"; use "none" on the CPU')
+    need(cfg.rollout.is_cap > 0, "rollout.is_cap", "must be > 0")
+    need(0.0 < cfg.rollout.vllm_gpu_memory_utilization <= 1.0, "rollout.vllm_gpu_memory_utilization",
+         "must lie in (0, 1]")
+    need(not cfg.prm.lora or cfg.prm.enabled, "prm.lora", "needs prm.enabled=true")
+    need(not cfg.prm.lora or cfg.model.reference != "policy", "prm.lora",
+         'the adapter sits on the frozen reference; set model.reference="sft" (or a path)')
+    need(not cfg.prm.lora or cfg.model.prm is None, "prm.lora",
+         "the PRM starts as the reference plus a zero adapter; leave model.prm unset")
+    need(cfg.prm.lora_r >= 1 and cfg.prm.lora_alpha >= 1, "prm.lora_r", "lora_r and lora_alpha must be >= 1")
+    need(0.0 <= cfg.prm.lora_dropout < 1.0, "prm.lora_dropout", "must lie in [0, 1)")
+    need(cfg.optim.micro_batch_tokens is None or cfg.optim.micro_batch_tokens >= 1, "optim.micro_batch_tokens",
+         "must be >= 1 (or null)")
     need(cfg.train.steps >= 0, "train.steps", "must be >= 0")
     need(cfg.train.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
 

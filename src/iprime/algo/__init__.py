@@ -19,6 +19,8 @@ from .advantages import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
+from .correction import apply_is_weights, truncated_is_weights
+from .distributed import distributed_masked_whiten, distributed_max
 from .filters import filter_groups, group_accuracy
 from .losses import (
     aggregate_loss,
@@ -40,6 +42,10 @@ from .rewards import (
 )
 
 __all__ = [
+    "apply_is_weights",
+    "distributed_masked_whiten",
+    "distributed_max",
+    "truncated_is_weights",
     "advantage_estimator_names",
     "aggregate_loss",
     "batch_norm_process_rewards",

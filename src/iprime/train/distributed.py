@@ -1,0 +1,257 @@
+"""Data parallelism for the PRIME trainer: process group, FSDP2 wrapping, collectives, DCP.
+
+Launch with ``torchrun --nproc_per_node=N -m iprime train --config run.yaml``. Every rank holds
+the same prompt stream and rollout buffer (replicated, so a checkpoint does not depend on the
+world size); each round the prompts are split into ``N`` contiguous shares, each rank samples
+and verifies its share, and the rollouts are all-gathered in rank order, so every rank sees
+the same global pool, makes the same filter decision and trains on a contiguous, equal share
+of the kept groups (groups never span ranks). The models are sharded with FSDP2
+(``fully_shard`` per decoder layer, then a root that runs :func:`response_logprobs`).
+
+Single-process runs (no ``WORLD_SIZE`` > 1 in the environment) never touch any of this.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from iprime.models.logprobs import response_logprobs
+
+
+@dataclass
+class DistContext:
+    """Where this process sits. ``world_size == 1``: a plain single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> tuple[DistContext, torch.device]:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else a 1-process context.
+
+    Backend: NCCL for a CUDA ``device``, gloo on the CPU. On CUDA each rank uses
+    ``cuda:LOCAL_RANK``. Returns the context and the device this rank computes on."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext(), torch.device(device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank), dev
+
+
+# ------------------------------------------------------------------------------ collectives
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce (``sum`` | ``max`` | ``min``); a no-op without a process group."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+    return t
+
+
+def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    if not ctx.enabled:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def group_shares(n_groups: int, world_size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each rank's contiguous share of ``n_groups`` (sizes differ by <= 1)."""
+    base, extra = divmod(n_groups, world_size)
+    out, start = [], 0
+    for r in range(world_size):
+        end = start + base + (1 if r < extra else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+# ------------------------------------------------------------------------------ FSDP2
+class LogprobModule(nn.Module):
+    """FSDP root whose forward is :func:`response_logprobs` of the wrapped causal LM.
+
+    ``response_logprobs`` calls the decoder body and the lm_head separately (to chunk the
+    head), which would bypass the hooks of an FSDP root placed on the causal LM itself; making
+    this wrapper the root keeps the root's parameters (embeddings, final norm, lm_head)
+    gathered for the whole forward and reduced after backward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, response_len: int, temperature: float = 1.0,
+                return_entropy: bool = False):
+        out = response_logprobs(self.model, input_ids, attention_mask, response_len, temperature=temperature,
+                                return_entropy=return_entropy)
+        # fresh tensors, not views: FSDP's pre-backward hook on a view is lost by in-place ops
+        return tuple(x.clone() for x in out) if return_entropy else out.clone()
+
+
+def _decoder_layers(model: nn.Module) -> list[nn.Module]:
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names |= set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        layers = list(base.get_decoder().layers)
+    return layers
+
+
+def shard_model(model: nn.Module, device: torch.device) -> LogprobModule:
+    """``fully_shard`` each decoder layer, then the :class:`LogprobModule` root. Returns the root;
+    ``model`` itself stays usable (generation, state dicts) and now holds DTensor shards.
+
+    One tiny forward through the root runs FSDP's lazy initialisation, so a later plain forward
+    of ``model`` (generation) finds the root already set up. Collective: call on every rank, in
+    the same order."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in _decoder_layers(model):
+        fully_shard(layer)
+    root = LogprobModule(model)
+    fully_shard(root)
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+    with torch.no_grad():
+        root(ids, torch.ones_like(ids), 1)
+    reshard_all(root)  # the root keeps its gathered params after a forward; optimizers need the shards
+    return root
+
+
+def reshard_all(root: nn.Module | None) -> None:
+    """Free every gathered parameter of an FSDP tree. A root stays unsharded after a forward
+    (it expects the backward); after a no-grad forward nothing would reshard it, and
+    ``model.parameters()`` / ``state_dict()`` would then see the gathered, soon stale copies."""
+    for m in fsdp_modules(root) if root is not None else []:
+        m.reshard()
+
+
+def fsdp_modules(module: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def full_params(root: nn.Module | None):
+    """Gather every FSDP unit's full parameters for the duration (generation runs the plain HF
+    forward many times; they stay gathered instead of being all-gathered per decode step)."""
+    mods = fsdp_modules(root) if root is not None else []
+    for m in mods:
+        m.set_reshard_after_forward(False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(True)
+
+
+def to_float(x: torch.Tensor | float) -> float:
+    """A (possibly DTensor) scalar as a Python float (``clip_grad_norm_`` of FSDP2 params gives a DTensor)."""
+    if hasattr(x, "full_tensor"):
+        x = x.full_tensor()
+    return float(x)
+
+
+# ------------------------------------------------------------------------------ DCP checkpoints
+def _dcp_state(models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    state: dict[str, Any] = {}
+    for name, model in models.items():
+        reshard_all(model)
+        msd, osd = get_state_dict(model, optimizers[name])
+        state[name], state[f"{name}_optimizer"] = msd, osd
+    return state
+
+
+def save_dcp_checkpoint(out_dir: str | Path, step: int, models: dict[str, nn.Module],
+                        optimizers: dict[str, torch.optim.Optimizer], meta: dict[str, Any], ctx: DistContext,
+                        keep: int = 2) -> Path:
+    """Sharded checkpoint with ``torch.distributed.checkpoint``: every rank writes its shards,
+    rank 0 writes ``meta.pt`` (step, scheduler, stream, buffer, RNG, config). Written into a
+    temporary directory and renamed into place by rank 0, then ``LATEST`` is replaced, so a
+    crash leaves the previous checkpoint intact. Loadable at any world size."""
+    import torch.distributed.checkpoint as dcp
+
+    root = Path(out_dir) / "checkpoints"
+    final, tmp = root / f"step-{step:06d}", root / f".tmp-step-{step:06d}-dcp"
+    if ctx.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier(ctx)
+    dcp.save(_dcp_state(models, optimizers), checkpoint_id=str(tmp))
+    barrier(ctx)
+    if ctx.is_main:
+        torch.save(meta, tmp / "meta.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        latest_tmp = root / f".LATEST.{os.getpid()}"
+        latest_tmp.write_text(final.name)
+        os.replace(latest_tmp, root / "LATEST")
+        for old in sorted(root.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(ctx)
+    return final
+
+
+def is_dcp_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / ".metadata").is_file() and (Path(path) / "meta.pt").is_file()
+
+
+def load_dcp_checkpoint(path: str | Path, models: dict[str, nn.Module],
+                        optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+    """Load shards (resharded to this world size, FSDP or plain modules) into ``models`` and
+    ``optimizers``; returns ``meta.pt``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state = _dcp_state(models, optimizers)
+    dcp.load(state, checkpoint_id=str(path))
+    for name, model in models.items():
+        set_state_dict(model, optimizers[name], model_state_dict=state[name],
+                       optim_state_dict=state[f"{name}_optimizer"])
+    return torch.load(Path(path) / "meta.pt", map_location="cpu", weights_only=False)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict on every rank, on the CPU (FSDP or plain model)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if not fsdp_modules(model):
+        return model.state_dict()
+    reshard_all(model)
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
