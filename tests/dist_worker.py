@@ -69,7 +69,9 @@ def run_update(model_dir: str, out_dir: str) -> dict:
 
     results = {}
     for name, extra in UPDATE_CASES:
-        cfg = load_config(None, base_overrides(f"{out_dir}/{name}") + ["rollout.prompts_per_step=4"] + extra)
+        # the fixed batch was not sampled by this policy: its "sampling" log-probs are made up
+        cfg = load_config(None, base_overrides(f"{out_dir}/{name}") + ["rollout.prompts_per_step=4",
+                          "rollout.old_logprobs=recompute"] + extra)
         trainer = PrimeTrainer(model_dir, cfg, ROWS, parity_verifier)
         # SGD, not Adam: Adam's first step is +-lr wherever a gradient is non-zero, so float noise
         # in near-zero gradients would flip whole steps; SGD keeps weight differences ~ gradient noise

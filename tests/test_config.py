@@ -57,3 +57,10 @@ def test_cross_field_checks():
         load_config(None, ["model.reference=policy", "algo.kl_mode=loss"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("/nonexistent/run.yaml")
+
+
+def test_sampling_logprobs_need_the_built_in_engine():
+    with pytest.raises(ConfigError, match="rollout.old_logprobs"):
+        load_config(None, ["rollout.old_logprobs=sampling", "rollout.engine=vllm"])
+    with pytest.raises(ConfigError, match="rollout.old_logprobs"):
+        load_config(None, ["rollout.old_logprobs=sampling", "rollout.is_correction=true"])

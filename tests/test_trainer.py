@@ -171,3 +171,33 @@ def test_a_verifier_out_of_range_stops_with_a_clear_error(tiny_model_dir, tmp_pa
     trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path), ROWS, lambda text, ans: 2.0)
     with pytest.raises(ValueError, match="scores must lie in"):
         trainer.train(progress=False)
+
+
+def test_sampling_logprobs_stand_in_for_a_recompute(tiny_model_dir, tmp_path):
+    runs = {}
+    for mode in ("sampling", "recompute"):
+        trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / mode, "train.steps=1",
+                                                                f"rollout.old_logprobs={mode}"), ROWS, parity_verifier)
+        assert trainer.reuse_sampling_logprobs == (mode == "sampling")
+        (runs[mode],) = trainer.train(progress=False)
+    for key in ("policy/pg_loss", "policy/approx_kl", "policy/clip_frac", "prm/loss", "adv/std"):
+        assert runs["sampling"][key] == pytest.approx(runs["recompute"][key], abs=1e-4), key
+    # auto: the built-in sampler's log-probs are reused; with IS correction they must be recomputed
+    auto = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "a"), ROWS, parity_verifier)
+    corrected = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "b", "rollout.is_correction=true"), ROWS,
+                             parity_verifier)
+    assert auto.reuse_sampling_logprobs and not corrected.reuse_sampling_logprobs
+
+
+def test_the_prm_update_pass_scores_with_the_pre_update_prm(tiny_model_dir, tmp_path):
+    trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path), ROWS, parity_verifier)
+    batch, _ = trainer.collect()
+    trainer._global_batch = batch
+    ref_logp = trainer._all_logprobs(trainer.reference, batch, 8)
+    expected = trainer._all_logprobs(trainer.prm, batch, 8)
+    before = params_of(trainer.prm)
+    metrics, scored = trainer._update_prm(batch, ref_logp, return_logp=True)
+    mask = batch.response_mask.bool()
+    assert metrics["prm/skipped"] == 0.0 and changed(before, trainer.prm)
+    assert torch.allclose(scored[mask], expected[mask], atol=1e-5)
+    assert trainer.prm.training  # the scoring pass ran in eval mode and restored the mode

@@ -89,6 +89,12 @@ class RolloutConfig:
     """Weight each token's policy loss by ``min(exp(logp_trainer_old - logp_rollout), is_cap)``:
     corrects for the engine's log-probs differing from the trainer's (vLLM kernels, precision)."""
     is_cap: float = 2.0
+    old_logprobs: Literal["auto", "sampling", "recompute"] = "auto"
+    """PPO's ``old_logp``. ``sampling``: the log-probs the HF sampler recorded (the same model and
+    temperature, so equal to a recompute up to float noise; for groups served from the buffer they
+    are the log-probs of the policy that sampled them, the true behaviour policy). ``recompute``:
+    a forward pass of the current policy (needed when another engine sampled). ``auto``:
+    ``sampling`` with ``engine=hf`` and no IS correction, else ``recompute``."""
 
 
 @dataclass
@@ -246,6 +252,8 @@ def validate(cfg: PrimeConfig) -> None:
          'a KL term against the policy itself is always zero; set model.reference="sft"')
     need(cfg.algo.kl_mode != "reward" or cfg.algo.estimator in ("prime", "reinforce_pp", "gae"), "algo.kl_mode",
          '"reward" is supported by the prime, reinforce_pp and gae estimators; use "loss" with the others')
+    need(cfg.rollout.old_logprobs != "sampling" or (cfg.rollout.engine == "hf" and not cfg.rollout.is_correction),
+         "rollout.old_logprobs", '"sampling" needs rollout.engine=hf and no IS correction; use "recompute" or "auto"')
     need(cfg.optim.micro_batch_size >= 1, "optim.micro_batch_size", "must be >= 1")
     need(cfg.optim.mini_batch_size >= cfg.optim.micro_batch_size, "optim.mini_batch_size",
          "must be >= optim.micro_batch_size")

@@ -174,6 +174,13 @@ class PrimeTrainer:
             self.generator = VLLMGenerator.from_config(str(model), self.tokenizer, cfg)
         else:
             self.generator = HFGenerator(self.policy, self.tokenizer, batch_size=cfg.rollout.generation_batch_size)
+        # The built-in sampler records exactly what a recompute would give (same model and
+        # temperature), so the recompute is skipped; another engine's log-probs are not ours.
+        own_sampler = isinstance(self.generator, HFGenerator) and self.generator.model is self.policy
+        self.reuse_sampling_logprobs = cfg.rollout.old_logprobs == "sampling" or (
+            cfg.rollout.old_logprobs == "auto" and own_sampler and not cfg.rollout.is_correction)
+        if cfg.rollout.old_logprobs == "sampling" and not own_sampler:
+            raise ValueError('rollout.old_logprobs="sampling" needs the built-in HF sampler on the policy')
 
         self.step = 0
         self.bad_steps = 0
@@ -414,9 +421,25 @@ class PrimeTrainer:
             step_ends = algo.step_ends_from_delimiter(batch.response_ids, mask, self.step_delimiter_ids)
         return algo.implicit_process_rewards(prm_logp, ref_logp, mask, cfg.beta, cfg.granularity, step_ends)
 
-    def _update_prm(self, batch: RolloutBatch, ref_logp: torch.Tensor) -> dict[str, float]:
+    def _update_prm(self, batch: RolloutBatch, ref_logp: torch.Tensor, *, return_logp: bool = False
+                    ) -> tuple[dict[str, float], torch.Tensor | None]:
         """One PRM step on ``batch`` (this rank's rows). Each micro-batch's mean loss is weighted
-        by its share of the global batch's rows, so N ranks compute the 1-process gradient."""
+        by its share of the global batch's rows, so N ranks compute the 1-process gradient.
+
+        With ``return_logp`` also returns the PRM's log-probs ``[B, T]`` from this (pre-update)
+        forward pass, detached; the pass then runs in eval mode so they equal a scoring pass
+        (dropout off; models here have none). ``None`` when the update was skipped."""
+        cfg, K = self.cfg.prm, self.cfg.rollout.n
+        was_training = self.prm.training
+        if return_logp:
+            self.prm.eval()
+        try:
+            out = self._prm_step(batch, ref_logp, return_logp)
+        finally:
+            self.prm.train(was_training)
+        return out
+
+    def _prm_step(self, batch: RolloutBatch, ref_logp: torch.Tensor, return_logp: bool):
         cfg, K = self.cfg.prm, self.cfg.rollout.n
         W = self.dist.world_size
         n_global = len(self._global_batch) if W > 1 else len(batch)
@@ -428,9 +451,12 @@ class PrimeTrainer:
         plans = self._plan(batch, list(range(len(batch))), micro, unit=K)
         plans = plans + [None] * self._pad_count(len(plans))
         total = 0.0
+        scored = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device) if return_logp else None
         for plan in plans:
             rows = torch.tensor(plan if plan is not None else list(range(K)))
             prm_logp = self._logprobs(self.prm, batch, rows)
+            if scored is not None and plan is not None:
+                scored[rows] = prm_logp.detach()
             if plan is None:  # a dummy: keeps this rank in step with the others' collectives
                 loss = (prm_logp.nan_to_num() * 0.0).sum()
             else:
@@ -441,7 +467,7 @@ class PrimeTrainer:
                 loss = loss * (len(rows) / n_global)
             if not self._all_finite(bool(torch.isfinite(loss))):
                 self.prm_optimizer.zero_grad(set_to_none=True)
-                return {"prm/loss": float("nan"), "prm/skipped": 1.0}
+                return {"prm/loss": float("nan"), "prm/skipped": 1.0}, None
             # FSDP averages gradients over ranks; the losses are already global shares
             (loss * W if W > 1 else loss).backward()
             total += loss.item()
@@ -451,9 +477,9 @@ class PrimeTrainer:
         grad_norm = D.to_float(grad_norm)
         if not math.isfinite(grad_norm):
             self.prm_optimizer.zero_grad(set_to_none=True)
-            return {"prm/loss": total, "prm/grad_norm": grad_norm, "prm/skipped": 1.0}
+            return {"prm/loss": total, "prm/grad_norm": grad_norm, "prm/skipped": 1.0}, None
         self.prm_optimizer.step()
-        return {"prm/loss": total, "prm/grad_norm": grad_norm, "prm/skipped": 0.0}
+        return {"prm/loss": total, "prm/grad_norm": grad_norm, "prm/skipped": 0.0}, scored
 
     # ------------------------------------------------------------------ advantages
     def _advantages(self, batch, mask, token_rewards, old_logp, ref_logp, values):
@@ -666,16 +692,25 @@ class PrimeTrainer:
         metrics["batch/response_length"] = float(gmask.sum(-1).float().mean())
 
         t0 = time.perf_counter()
-        old_logp = self._all_logprobs(self.policy, batch, micro)
+        if self.reuse_sampling_logprobs:
+            old_logp = torch.where(mask, batch.sampling_logprobs.to(torch.float32), torch.zeros((), device=mask.device))
+        else:
+            old_logp = self._all_logprobs(self.policy, batch, micro)
         ref_logp = self._reference_logprobs(batch, micro, old_logp)
         metrics["time/logprobs"] = time.perf_counter() - t0
 
         token_rewards = None
         t0 = time.perf_counter()
         if self.prm is not None:
+            prm_logp, prm_metrics = None, {}
             if cfg.prm.update == "before":
-                metrics.update(self._update_prm(batch, ref_logp))
-            prm_logp = self._all_logprobs(self.prm, batch, micro)
+                metrics.update(self._update_prm(batch, ref_logp)[0])
+            elif cfg.prm.update == "after":
+                # the update's own forward pass scores the tokens: rewards from the PRM before
+                # its update, without a second forward (None if the update was skipped)
+                prm_metrics, prm_logp = self._update_prm(batch, ref_logp, return_logp=True)
+            if prm_logp is None:
+                prm_logp = self._all_logprobs(self.prm, batch, micro)
             token_rewards = self._process_rewards(batch, prm_logp, ref_logp, mask)
             seq = algo.masked_sum(token_rewards, mask, dim=-1)
             if dp:  # equal rows per rank: means of per-rank means are global means
@@ -690,8 +725,7 @@ class PrimeTrainer:
                 metrics["prm/seq_reward_mean"] = float(seq.mean())
                 metrics["prm/token_reward_mean"] = float(algo.masked_mean(token_rewards, mask))
                 metrics["prm/token_reward_abs_max"] = float(token_rewards.abs().max())
-            if cfg.prm.update == "after":
-                metrics.update(self._update_prm(batch, ref_logp))
+            metrics.update(prm_metrics)
         metrics["time/prm"] = time.perf_counter() - t0
 
         values = None

@@ -1,0 +1,173 @@
+"""Seconds per RL step: iprime PRIME vs. iprime RLOO-only vs. TRL GRPOTrainer vs. TRL RLOOTrainer.
+
+Same tiny model, same prompts, same batch (16 prompts x 4 samples x up to 64 new tokens), same
+thread count, each variant in its own subprocess (peak RSS is per process). The reward is a
+length-parity score so every group has a learning signal and no filter empties a step; the
+untrained tiny model rarely stops early, so responses are ~64 tokens in every variant.
+
+    .venv/bin/python benchmarks/step_throughput.py [--steps 6] [--threads 2]
+
+Needs TRL (`pip install -c constraints.txt trl`). Last line: RATIO prime_vs_trl_grpo=<x>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPTS, SAMPLES, NEW_TOKENS = 16, 4, 64
+
+
+def parity_reward(text: str) -> float:
+    return float(len(text) % 2 == 0)
+
+
+def build_model(out: Path) -> Path:
+    from iprime.data.arithmetic import ArithmeticTask
+    from iprime.models import make_tiny_model
+
+    return make_tiny_model(out, corpus=ArithmeticTask().corpus(500), seed=0)
+
+
+def prompts(n: int) -> list[str]:
+    from iprime.data.arithmetic import ArithmeticTask
+
+    return [r["prompt"] for r in ArithmeticTask().rows("train", n, seed=0)]
+
+
+def run_iprime(model_dir: str, steps: int, variant: str, out: str) -> list[float]:
+    from iprime.config import load_config
+    from iprime.train.prime import PrimeTrainer
+
+    common = [
+        f"train.out_dir={out}", f"train.steps={steps}", "train.save_every=0", "train.tensorboard=false",
+        "train.log_samples_every=0", f"rollout.n={SAMPLES}", f"rollout.prompts_per_step={PROMPTS}",
+        "rollout.oversample=1.0", "rollout.max_rounds=1", f"rollout.max_new_tokens={NEW_TOKENS}",
+        "filter.enabled=false", "optim.mini_batch_size=64", "optim.micro_batch_size=64", "optim.lr=1e-5",
+        "prm.micro_batch_size=64",
+    ]
+    extra = {
+        "prime": ["algo.estimator=prime", "model.reference=sft"],
+        "prime_lora": ["algo.estimator=prime", "model.reference=sft", "prm.lora=true"],
+        "rloo": ["algo.estimator=rloo", "prm.enabled=false", "model.reference=policy"],
+    }[variant]
+    rows = [{"prompt": p, "answer": "0"} for p in prompts(PROMPTS * steps)]
+    trainer = PrimeTrainer(model_dir, load_config(None, common + extra), rows, lambda t, a: parity_reward(t))
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_trl(model_dir: str, steps: int, variant: str, out: str) -> list[float]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from iprime.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts(PROMPTS * steps)])
+
+    def reward(completions, **kwargs):
+        return [parity_reward(c[0]["content"] if isinstance(c, list) else c) for c in completions]
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    common = dict(
+        output_dir=out, per_device_train_batch_size=PROMPTS * SAMPLES, num_generations=SAMPLES,
+        max_completion_length=NEW_TOKENS, beta=0.0, use_cpu=True, num_iterations=1, gradient_accumulation_steps=1,
+        logging_steps=1, report_to="none", save_strategy="no", max_steps=steps, temperature=1.0, learning_rate=1e-5,
+        disable_dropout=True, seed=0,
+    )
+    if variant == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=GRPOConfig(**common), train_dataset=data,
+                              processing_class=tokenizer, callbacks=[Timer()])
+    else:
+        from trl import RLOOConfig, RLOOTrainer
+
+        trainer = RLOOTrainer(model=model, reward_funcs=reward, args=RLOOConfig(**common), train_dataset=data,
+                              processing_class=tokenizer, callbacks=[Timer()])
+    trainer.train()
+    return times
+
+
+def child(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as out:
+        runner = run_iprime if args.variant in ("prime", "prime_lora", "rloo") else run_trl
+        times = runner(args.model_dir, args.steps + 1, args.variant, out)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps({"times": times[1:], "peak_rss_mb": peak_mb}))  # first step is warm-up
+
+
+VARIANTS = [("prime", "iprime PRIME"), ("prime_lora", "iprime PRIME, LoRA PRM"), ("rloo", "iprime RLOO (no PRM)"),
+            ("grpo", "TRL GRPOTrainer"), ("trl_rloo", "TRL RLOOTrainer")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved passes over all variants (noise)")
+    ap.add_argument("--variant")
+    ap.add_argument("--model-dir")
+    args = ap.parse_args()
+    if args.variant:
+        child(args)
+        return
+    results = {key: {"times": [], "peak_rss_mb": 0.0} for key, _ in VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(build_model(Path(tmp) / "tiny"))
+        for _ in range(args.rounds):  # interleaved, so a burst of load hits every variant alike
+            for key, _ in VARIANTS:
+                cmd = [sys.executable, __file__, "--variant", key, "--model-dir", model_dir, "--steps",
+                       str(args.steps), "--threads", str(args.threads)]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+                if line is None:
+                    sys.exit(f"{key} failed:\n{proc.stderr[-3000:]}")
+                got = json.loads(line[len("RESULT "):])
+                results[key]["times"] += got["times"]
+                results[key]["peak_rss_mb"] = max(results[key]["peak_rss_mb"], got["peak_rss_mb"])
+    tokens = PROMPTS * SAMPLES * NEW_TOKENS
+    print(f"tiny model, {PROMPTS} prompts x {SAMPLES} samples x {NEW_TOKENS} new tokens, {args.threads} threads, "
+          f"median of {args.rounds} x {args.steps} steps (each run after 1 warm-up step)")
+    print(f"{'variant':24s} {'s/step':>8s} {'min':>7s} {'max':>7s} {'tok/s*':>8s} {'peak RSS MB':>12s}")
+    med = {}
+    for key, name in VARIANTS:
+        t = results[key]["times"]
+        med[key] = statistics.median(t)
+        print(f"{name:24s} {med[key]:8.2f} {min(t):7.2f} {max(t):7.2f} {tokens / med[key]:8.0f} "
+              f"{results[key]['peak_rss_mb']:12.0f}")
+    print("* tokens/s = (prompts x samples x max new tokens) / seconds per step")
+    print(f"ratio PRIME / TRL GRPO      = {med['prime'] / med['grpo']:.2f}")
+    print(f"ratio PRIME / iprime RLOO   = {med['prime'] / med['rloo']:.2f}  (target <= 1.30)")
+    print(f"ratio PRIME LoRA PRM / iprime RLOO = {med['prime_lora'] / med['rloo']:.2f}")
+    print(f"ratio iprime RLOO / TRL RLOO = {med['rloo'] / med['trl_rloo']:.2f}")
+    print(f"RATIO prime_vs_trl_grpo={med['prime'] / med['grpo']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
