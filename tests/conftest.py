@@ -64,3 +64,32 @@ def direct_response_logp():
         return lp.gather(-1, torch.tensor(r).unsqueeze(-1)).squeeze(-1)
 
     return logp
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model's matmuls are far too small to gain from intra-op threads, and on a
+    busy machine extra threads spin and make tests several times slower. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    """The tiny model's tokenizer, loaded once per module."""
+    from iprime.models import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    """The tiny model, loaded once per module (tests that change it must copy it first)."""
+    from iprime.models import load_model
+
+    return load_model(tiny_model_dir)

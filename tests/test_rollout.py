@@ -5,30 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iprime.models import LoraSettings, load_model, load_tokenizer, response_logprobs
+from iprime.models import LoraSettings, load_model, response_logprobs
 from iprime.rollout import Generator, HFGenerator, RolloutBatch, SamplingParams, filter_logits
 
 PROMPTS = ["Compute 1 + 2.", "What is 12 * 3 - 4?\nStep 1:", "<|im_start|>user\nHi<|im_end|>\n"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model's matmuls are far too small to gain from intra-op threads, and on a
-    busy machine extra threads spin and make these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return load_tokenizer(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return load_model(tiny_model_dir)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from torch import Tensor
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from iprime.models.logprobs import position_ids_from_mask
-from iprime.rollout.types import RolloutBatch, SamplingParams
+from iprime.rollout.types import RolloutBatch, SamplingParams, encode_prompts
 
 
 def filter_logits(z: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -93,7 +93,7 @@ class HFGenerator:
         render templates before calling). Returns tensors on the generator's device, usable
         in autograd (they are created outside inference mode).
         """
-        prompt_ids, prompt_texts = self._encode(prompts)
+        prompt_ids, prompt_texts = encode_prompts(self.tokenizer, prompts)
         rows = [i for i in range(len(prompt_ids)) for _ in range(params.n)]
         size = self.batch_size or len(rows)
         gen = None
@@ -116,21 +116,6 @@ class HFGenerator:
         return batch
 
     # ----------------------------------------------------------------- helpers
-    def _encode(self, prompts: list[list[int]] | list[str]) -> tuple[list[list[int]], list[str]]:
-        if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
-            raise ValueError("prompts must be a non-empty list of strings or of token-id lists")
-        if all(isinstance(p, str) for p in prompts):
-            ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-            texts = list(prompts)
-        elif all(isinstance(p, (list, tuple, Tensor)) for p in prompts):
-            ids = [[int(t) for t in p] for p in prompts]
-            texts = [self.tokenizer.decode(p, skip_special_tokens=False) for p in ids]
-        else:
-            raise ValueError("prompts must be all strings or all token-id lists, not a mix")
-        for i, p in enumerate(ids):
-            if len(p) == 0:
-                raise ValueError(f"prompt {i} is empty: need at least one token to condition on")
-        return ids, texts
 
     def _new_cache(self):
         if "config" in inspect.signature(DynamicCache.__init__).parameters:

@@ -254,3 +254,25 @@ class Generator(Protocol):
     """Anything that samples responses for prompts (HF loop today; vLLM later)."""
 
     def generate(self, prompts: list[list[int]] | list[str], params: SamplingParams) -> RolloutBatch: ...
+
+
+def encode_prompts(tokenizer, prompts: Sequence[Sequence[int]] | Sequence[str]) -> tuple[list[list[int]], list[str]]:
+    """Prompts as given to a :class:`Generator` -> (token ids, texts).
+
+    Strings are encoded verbatim (no special tokens added: chat templates are rendered by the
+    caller); token-id lists are decoded for the texts. Mixed or empty input is an error.
+    """
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ValueError("prompts must be a non-empty list of strings or of token-id lists")
+    if all(isinstance(p, str) for p in prompts):
+        ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        texts = list(prompts)
+    elif all(isinstance(p, (list, tuple, Tensor)) for p in prompts):
+        ids = [[int(t) for t in p] for p in prompts]
+        texts = [tokenizer.decode(p, skip_special_tokens=False) for p in ids]
+    else:
+        raise ValueError("prompts must be all strings or all token-id lists, not a mix")
+    for i, p in enumerate(ids):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty: need at least one token to condition on")
+    return ids, texts

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from iprime.rollout.types import RolloutBatch, SamplingParams
+from iprime.rollout.types import RolloutBatch, SamplingParams, encode_prompts
 
 _INSTALL_HINT = ("rollout.engine='vllm' needs vLLM (CUDA): pip install 'iprime[vllm]'. "
                  "Use rollout.engine='hf' without it.")
@@ -132,25 +132,10 @@ class VLLMGenerator:
             skip_special_tokens=True, detokenize=False,
         )
 
-    def _encode(self, prompts: list[list[int]] | list[str]) -> tuple[list[list[int]], list[str]]:
-        if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
-            raise ValueError("prompts must be a non-empty list of strings or of token-id lists")
-        if all(isinstance(p, str) for p in prompts):
-            ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-            texts = list(prompts)
-        elif all(isinstance(p, (list, tuple, torch.Tensor)) for p in prompts):
-            ids = [[int(t) for t in p] for p in prompts]
-            texts = [self.tokenizer.decode(p, skip_special_tokens=False) for p in ids]
-        else:
-            raise ValueError("prompts must be all strings or all token-id lists, not a mix")
-        for i, p in enumerate(ids):
-            if len(p) == 0:
-                raise ValueError(f"prompt {i} is empty: need at least one token to condition on")
-        return ids, texts
 
     def generate(self, prompts: list[list[int]] | list[str], params: SamplingParams) -> RolloutBatch:
         """Sample ``params.n`` responses per prompt; rows ``[i*n, (i+1)*n)`` belong to prompt ``i``."""
-        prompt_ids, prompt_texts = self._encode(prompts)
+        prompt_ids, prompt_texts = encode_prompts(self.tokenizer, prompts)
         self._wake()
         try:
             outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids],

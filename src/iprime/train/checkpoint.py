@@ -35,13 +35,19 @@ def save_checkpoint(out_dir: str | Path, step: int, state: dict[str, Any], keep:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     torch.save(state, tmp / "state.pt")
+    return publish_checkpoint(tmp, final, keep)
+
+
+def publish_checkpoint(tmp: Path, final: Path, keep: int = 2) -> Path:
+    """Rename a complete checkpoint directory into place, point ``LATEST`` at it (both with
+    ``os.replace``, atomic on POSIX) and keep only the newest ``keep`` checkpoints."""
+    root = final.parent
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     latest_tmp = root / f".LATEST.{os.getpid()}"
     latest_tmp.write_text(final.name)
     os.replace(latest_tmp, root / "LATEST")
-    # keep the newest `keep` checkpoints
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

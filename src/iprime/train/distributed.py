@@ -216,14 +216,9 @@ def save_dcp_checkpoint(out_dir: str | Path, step: int, models: dict[str, nn.Mod
     barrier(ctx)
     if ctx.is_main:
         torch.save(meta, tmp / "meta.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        latest_tmp = root / f".LATEST.{os.getpid()}"
-        latest_tmp.write_text(final.name)
-        os.replace(latest_tmp, root / "LATEST")
-        for old in sorted(root.glob("step-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        from iprime.train.checkpoint import publish_checkpoint
+
+        publish_checkpoint(tmp, final, keep)
     barrier(ctx)
     return final
 
