@@ -6,8 +6,9 @@ A dataset with one bad row out of 50,000 should fail loudly at load time with
 
 from __future__ import annotations
 
+import gzip
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -27,7 +28,22 @@ def read_jsonl(path: str | Path, *, required: Sequence[str] = ()) -> list[dict]:
     """
     path = Path(path)
     rows = []
-    with path.open(encoding="utf-8") as f:
+    for lineno, row in iter_jsonl(path):
+        for key in required:
+            if key not in row:
+                raise JsonlError(path, lineno, f"missing field {key!r} (has {sorted(row)})")
+            if not isinstance(row[key], str):
+                raise JsonlError(path, lineno, f"field {key!r} must be a string, got {type(row[key]).__name__}")
+        rows.append(row)
+    return rows
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a jsonl file (``.gz`` read
+    transparently); a line that is not a JSON object raises :class:`JsonlError` naming it."""
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -37,13 +53,7 @@ def read_jsonl(path: str | Path, *, required: Sequence[str] = ()) -> list[dict]:
                 raise JsonlError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
                 raise JsonlError(path, lineno, f"expected a JSON object, got {type(row).__name__}")
-            for key in required:
-                if key not in row:
-                    raise JsonlError(path, lineno, f"missing field {key!r} (has {sorted(row)})")
-                if not isinstance(row[key], str):
-                    raise JsonlError(path, lineno, f"field {key!r} must be a string, got {type(row[key]).__name__}")
-            rows.append(row)
-    return rows
+            yield lineno, row
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict], *, fields: Sequence[str] | None = None) -> Path:

@@ -222,7 +222,7 @@ def load_jsonl_benchmark(
     ``add_suffix`` appends the paper's math/code instruction to the prompt. ``id_key`` names
     a unique id field (default: the line number). The benchmark name is the file's stem.
     """
-    from iprime.data.jsonl import JsonlError
+    from iprime.data.jsonl import JsonlError, iter_jsonl
 
     path = Path(path)
     if kind not in ("math", "code"):
@@ -230,33 +230,25 @@ def load_jsonl_benchmark(
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file {str(path)!r} does not exist")
     name = name or path.name.split(".")[0]
-    opener = gzip.open if path.name.endswith(".gz") else open
     out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise JsonlError(path, lineno, f"invalid JSON ({e.msg})") from None
-            for key in (prompt_key, answer_key) + ((id_key,) if id_key else ()):
-                if not isinstance(raw, dict) or raw.get(key) is None:
-                    raise JsonlError(path, lineno, f"missing field {key!r}")
-            prompt, answer = raw[prompt_key], raw[answer_key]
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise JsonlError(path, lineno, f"field {prompt_key!r} must be a non-empty string")
-            if kind == "math":
-                golds = [str(a) for a in answer] if isinstance(answer, list) else [adapters._answer_str(answer)]
-                if not golds or not all(g.strip() for g in golds):
-                    raise JsonlError(path, lineno, f"field {answer_key!r} has an empty gold answer")
-                reference = golds
-            else:
-                if not isinstance(answer, dict) or not ({"asserts"} <= answer.keys() or {"inputs", "outputs"} <= answer.keys()):
-                    raise JsonlError(path, lineno, f"field {answer_key!r} must be a tests dict with 'asserts' or 'inputs'/'outputs'")
-                reference = answer
-            suffix = (MATH_SUFFIX if kind == "math" else CODE_SUFFIX) if add_suffix else ""
-            out.append(_row(name, raw[id_key] if id_key else lineno, prompt + suffix, reference, kind))
+    for lineno, raw in iter_jsonl(path):
+        for key in (prompt_key, answer_key) + ((id_key,) if id_key else ()):
+            if raw.get(key) is None:
+                raise JsonlError(path, lineno, f"missing field {key!r}")
+        prompt, answer = raw[prompt_key], raw[answer_key]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise JsonlError(path, lineno, f"field {prompt_key!r} must be a non-empty string")
+        if kind == "math":
+            golds = [str(a) for a in answer] if isinstance(answer, list) else [adapters._answer_str(answer)]
+            if not golds or not all(g.strip() for g in golds):
+                raise JsonlError(path, lineno, f"field {answer_key!r} has an empty gold answer")
+            reference = golds
+        else:
+            if not isinstance(answer, dict) or not ({"asserts"} <= answer.keys() or {"inputs", "outputs"} <= answer.keys()):
+                raise JsonlError(path, lineno, f"field {answer_key!r} must be a tests dict with 'asserts' or 'inputs'/'outputs'")
+            reference = answer
+        suffix = (MATH_SUFFIX if kind == "math" else CODE_SUFFIX) if add_suffix else ""
+        out.append(_row(name, raw[id_key] if id_key else lineno, prompt + suffix, reference, kind))
     if not out:
         raise ValueError(f"{path} has no rows")
     return out
