@@ -1,5 +1,8 @@
 """Generation throughput: iprime's HFGenerator vs. plain `model.generate` (sampling).
 
+A third row is HFGenerator drawing tokens with `torch.multinomial` instead of its
+inverse-CDF `sample_categorical`, to show what the sampler itself costs.
+
 Both sample with the same temperature (no top-k / top-p) and generate exactly
 `--new-tokens` tokens per row (EOS stopping disabled: `stop_at_eos=False` for
 HFGenerator, `min_new_tokens` for generate), so tokens/s compare like with like.
@@ -15,6 +18,7 @@ import random
 import statistics
 import tempfile
 import time
+from unittest import mock
 
 import torch
 
@@ -83,6 +87,13 @@ def main() -> None:
         batch = generator.generate(prompts, params)
         assert batch.response_ids.shape == (args.batch, args.new_tokens)
 
+    def multinomial(probs, gen):
+        return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+    def run_ours_multinomial(seed: int) -> None:
+        with mock.patch("iprime.rollout.hf.sample_categorical", multinomial):
+            run_ours(seed)
+
     def run_hf(seed: int) -> None:
         torch.manual_seed(seed)
         with torch.inference_mode():
@@ -98,7 +109,9 @@ def main() -> None:
             )
         assert out.shape == (args.batch, enc["input_ids"].shape[1] + args.new_tokens)
 
-    wall, cpu = timed_interleaved({"HFGenerator": run_ours, "model.generate": run_hf}, args.repeats)
+    wall, cpu = timed_interleaved(
+        {"HFGenerator": run_ours, "HFGen+multinom": run_ours_multinomial, "model.generate": run_hf}, args.repeats
+    )
     med = {k: statistics.median(v) for k, v in wall.items()}
     n_params = sum(p.numel() for p in model.parameters())
     print(
@@ -113,6 +126,8 @@ def main() -> None:
     ratio = med["model.generate"] / med["HFGenerator"]
     ratio_cpu = statistics.median(cpu["model.generate"]) / statistics.median(cpu["HFGenerator"])
     print(f"ratio HFGenerator / generate (tokens/s): wall {ratio:.2f}x, cpu {ratio_cpu:.2f}x")
+    print(f"ratio HFGenerator inverse-CDF / multinomial sampler (tokens/s): "
+          f"wall {med['HFGen+multinom'] / med['HFGenerator']:.2f}x")
 
 
 if __name__ == "__main__":
