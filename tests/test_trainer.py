@@ -161,6 +161,26 @@ def test_frozen_prm_is_not_updated(tiny_model_dir, tmp_path):
     assert not changed(before, trainer.prm)
 
 
+def test_prm_epochs_are_repeated_passes_scored_before_the_first(tiny_model_dir, tmp_path):
+    one = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "one"), ROWS, parity_verifier)
+    two = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "two", "prm.epochs=2"), ROWS, parity_verifier)
+    batch, _ = one.collect()
+    one._global_batch = two._global_batch = batch
+    ref_logp = one._all_logprobs(one.reference, batch, 8)
+    expected = one._all_logprobs(one.prm, batch, 8)
+    m2, scored = two._update_prm(batch, ref_logp, return_logp=True)
+    m1a, _ = one._update_prm(batch, ref_logp)
+    m1b, _ = one._update_prm(batch, ref_logp)  # two single passes == one call with prm.epochs=2
+    mask = batch.response_mask.bool()
+    assert torch.allclose(scored[mask], expected[mask], atol=1e-5)
+    for (name, a), b in zip(one.prm.state_dict().items(), two.prm.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert m2["prm/loss"] == pytest.approx(m1a["prm/loss"], abs=1e-6)
+    assert m2["prm/loss_last"] == pytest.approx(m1b["prm/loss"], abs=1e-6)
+    with pytest.raises(Exception, match="prm.epochs"):
+        make_config(tmp_path, "prm.epochs=0")
+
+
 def test_bad_rows_are_reported_with_their_index(tiny_model_dir, tmp_path):
     rows = ROWS[:3] + [{"prompt": "Compute 1 + 1."}] + ROWS[3:]
     with pytest.raises(ValueError, match=r"row 3: missing or empty field 'answer'"):

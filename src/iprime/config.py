@@ -125,6 +125,10 @@ class PRMConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     micro_batch_size: int = 16
+    epochs: int = 1
+    """PRM optimizer steps per training step, each a full pass over the step's batch (the
+    rewards always come from the PRM before the first). More passes let the PRM keep up with
+    the policy, at one PRM forward+backward each."""
     lora: bool = False
     """Hold the PRM as a LoRA adapter on the frozen reference: reference log-probs are the same
     model with the adapter switched off, so no separate reference model is kept."""
@@ -244,6 +248,7 @@ def validate(cfg: PrimeConfig) -> None:
     need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1")
     need(0.0 <= cfg.filter.low <= cfg.filter.high <= 1.0, "filter.low", "need 0 <= filter.low <= filter.high <= 1")
     need(cfg.prm.beta > 0, "prm.beta", "must be > 0")
+    need(cfg.prm.epochs >= 1, "prm.epochs", "must be >= 1")
     need(0.0 <= cfg.algo.gamma <= 1.0, "algo.gamma", "must lie in [0, 1]")
     need(0.0 <= cfg.algo.lam <= 1.0, "algo.lam", "must lie in [0, 1]")
     need(cfg.algo.estimator != "prime" or cfg.prm.enabled, "algo.estimator",

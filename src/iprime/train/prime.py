@@ -428,16 +428,24 @@ class PrimeTrainer:
 
         With ``return_logp`` also returns the PRM's log-probs ``[B, T]`` from this (pre-update)
         forward pass, detached; the pass then runs in eval mode so they equal a scoring pass
-        (dropout off; models here have none). ``None`` when the update was skipped."""
-        cfg, K = self.cfg.prm, self.cfg.rollout.n
+        (dropout off; models here have none). ``None`` when the update was skipped.
+
+        ``prm.epochs > 1`` runs that many passes (optimizer steps) over the batch; ``prm/loss``
+        is the first pass's (the PRM's loss on data it has not seen), ``prm/loss_last`` the last's."""
         was_training = self.prm.training
         if return_logp:
             self.prm.eval()
         try:
-            out = self._prm_step(batch, ref_logp, return_logp)
+            metrics, scored = self._prm_step(batch, ref_logp, return_logp)
+            for _ in range(self.cfg.prm.epochs - 1):
+                if metrics.get("prm/skipped"):
+                    break
+                last, _ = self._prm_step(batch, ref_logp, False)
+                metrics["prm/loss_last"] = last["prm/loss"]
+                metrics["prm/skipped"] = last["prm/skipped"]
         finally:
             self.prm.train(was_training)
-        return out
+        return metrics, scored
 
     def _prm_step(self, batch: RolloutBatch, ref_logp: torch.Tensor, return_logp: bool):
         cfg, K = self.cfg.prm, self.cfg.rollout.n
