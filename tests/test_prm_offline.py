@@ -51,6 +51,13 @@ def test_offline_training_lowers_the_loss_and_saves_a_loadable_prm(loss, steps, 
     assert all(rewards[i] > rewards[i + 1] for i in range(0, len(rows), 2)), rewards
 
 
+def test_a_frozen_prm_is_refused_with_a_clear_error(tiny_model_dir):
+    ref, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    prm = load_model(tiny_model_dir).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train_prm_offline(prm, ref, tok, labelled_rows(), OfflinePRMConfig(epochs=1))
+
+
 def test_build_pairs_and_row_loading(tmp_path):
     import random
 

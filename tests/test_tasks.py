@@ -16,8 +16,10 @@ from iprime.data import (
     can_slip,
     drop_carries,
     extract_boxed,
+    first_wrong_step,
     generate_problems,
     parse_int_answer,
+    problem_from_prompt,
     problem_split,
     read_jsonl,
     write_jsonl,
@@ -188,6 +190,40 @@ def test_slip_rate_matches_configuration(kind, rate):
     assert eligible > 3000
     # binomial standard error is < 0.01 here; 0.03 is a > 3-sigma band
     assert abs(slips / eligible - rate) < 0.03
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_problem_from_prompt_round_trips(config):
+    for p in generate_problems(config, 100, seed=3):
+        assert problem_from_prompt(p.prompt) == p
+
+
+@pytest.mark.parametrize("prompt", ["What is 3 + 4?", "Compute 3 + .", "Compute 3 / 4.", "Compute ."])
+def test_problem_from_prompt_rejects_other_text(prompt):
+    with pytest.raises(ValueError):
+        problem_from_prompt(prompt)
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("37 + 48 = 85\n85 - 19 = 66\nThe answer is \\boxed{66}", None),
+    ("37 + 48 = 75\n75 - 19 = 56\nThe answer is \\boxed{56}", 0),  # carry slip, propagated
+    ("37 + 48 = 85\n85 - 19 = 76\nThe answer is \\boxed{76}", 1),  # borrow slip on line 2
+    ("37 + 48 = 85\n84 - 19 = 65\nThe answer is \\boxed{65}", 1),  # wrong left operand
+    ("37 + 48 = 85\n85 + 19 = 104", 1),  # wrong operator
+    ("37 + 48 = 85", 1),  # missing step
+    ("The answer is \\boxed{66}", 0),  # no steps at all
+    ("", 0),
+])
+def test_first_wrong_step_by_hand(response, expected):
+    assert first_wrong_step(problem_from_prompt("Compute 37 + 48 - 19."), response) == expected
+
+
+def test_first_wrong_step_finds_every_written_slip():
+    rng = random.Random(4)
+    for p in generate_problems(ArithmeticConfig(min_ops=2, max_ops=4), 300, seed=6):
+        sol = write_solution(p, slip_rate=0.5, slip_kind="carry", rng=rng)
+        slipped = [i for i, (got, want) in enumerate(zip(sol.steps, p.steps())) if got != want]
+        assert first_wrong_step(p, sol.text) == (slipped[0] if slipped else None)
 
 
 def test_zero_slip_rate_gives_only_correct_solutions():

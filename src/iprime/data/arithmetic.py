@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass, field
 
 from .boxed import boxed_int_score
@@ -326,6 +327,41 @@ def write_solution(
         steps.append(Step(acc, op, b, result))
         acc = result
     return Solution(format_solution(steps), acc, tuple(steps), n_slips, n_eligible)
+
+
+_STEP_LINE = re.compile(r"^\s*(-?\d+) ([+\-*]) (\d+) = (-?\d+)\s*$")
+
+
+def problem_from_prompt(prompt: str) -> Problem:
+    """The :class:`Problem` behind ``problem.prompt`` (``"Compute (37 + 48) * 3 - 19."``).
+
+    Parentheses are dropped: expressions are evaluated left to right by construction.
+    """
+    text = prompt.strip()
+    if not (text.startswith("Compute ") and text.endswith(".")):
+        raise ValueError(f"not an arithmetic task prompt (expected 'Compute <expression>.'): {prompt!r}")
+    tokens = text[len("Compute ") : -1].replace("(", " ").replace(")", " ").split()
+    try:
+        return Problem(tuple(int(t) for t in tokens[0::2]), tuple(tokens[1::2]))
+    except ValueError as e:
+        raise ValueError(f"cannot parse the expression of {prompt!r}: {e}") from None
+
+
+def first_wrong_step(problem: Problem, response: str) -> int | None:
+    """Index of the first line of ``response`` that is not the next correct step, or None.
+
+    Line ``i`` must read exactly ``left op right = result`` of the problem's ``i``-th correct
+    step (so a slip is caught on its own line, and a wrong left operand, a skipped step or
+    a missing line count as wrong too). This is the ground-truth *process* label a PRM's
+    step rewards can be checked against; lines after the steps (the boxed answer) are not
+    looked at.
+    """
+    lines = response.split("\n")
+    for i, step in enumerate(problem.steps()):
+        m = _STEP_LINE.match(lines[i]) if i < len(lines) else None
+        if m is None or (int(m[1]), m[2], int(m[3]), int(m[4])) != (step.left, step.op, step.right, step.result):
+            return i
+    return None
 
 
 def problem_row(problem: Problem, split: str | None = None) -> dict:

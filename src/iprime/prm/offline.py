@@ -169,6 +169,9 @@ def train_prm_offline(
     ref.requires_grad_(False)
     prm.train()
     params = [p for p in prm.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the PRM has no trainable parameters (requires_grad is False on all of them); "
+                         "a PRM copied from a frozen reference needs prm.requires_grad_(True)")
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     losses: list[float] = []
     t0 = time.perf_counter()
