@@ -5,9 +5,10 @@ thread count, each variant in its own subprocess (peak RSS is per process). The 
 length-parity score so every group has a learning signal and no filter empties a step; the
 untrained tiny model rarely stops early, so responses are ~64 tokens in every variant.
 
-    .venv/bin/python benchmarks/step_throughput.py [--steps 6] [--threads 2]
+    .venv/bin/python benchmarks/step_throughput.py [--steps 6] [--threads 2] [--rounds 2]
+    .venv/bin/python benchmarks/step_throughput.py --stages [--steps 8]   # where iprime's time goes
 
-Needs TRL (`pip install -c constraints.txt trl`). Last line: RATIO prime_vs_trl_grpo=<x>.
+Needs TRL, the `bench` extra (`pip install -c constraints.txt -e ".[bench]"`). Last line: RATIO prime_vs_trl_grpo=<x>.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def prompts(n: int) -> list[str]:
     return [r["prompt"] for r in ArithmeticTask().rows("train", n, seed=0)]
 
 
-def run_iprime(model_dir: str, steps: int, variant: str, out: str) -> list[float]:
+def make_iprime_trainer(model_dir: str, steps: int, variant: str, out: str):
     from iprime.config import load_config
     from iprime.train.prime import PrimeTrainer
 
@@ -59,7 +60,11 @@ def run_iprime(model_dir: str, steps: int, variant: str, out: str) -> list[float
         "rloo": ["algo.estimator=rloo", "prm.enabled=false", "model.reference=policy"],
     }[variant]
     rows = [{"prompt": p, "answer": "0"} for p in prompts(PROMPTS * steps)]
-    trainer = PrimeTrainer(model_dir, load_config(None, common + extra), rows, lambda t, a: parity_reward(t))
+    return PrimeTrainer(model_dir, load_config(None, common + extra), rows, lambda t, a: parity_reward(t))
+
+
+def run_iprime(model_dir: str, steps: int, variant: str, out: str) -> list[float]:
+    trainer = make_iprime_trainer(model_dir, steps, variant, out)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -70,7 +75,7 @@ def run_iprime(model_dir: str, steps: int, variant: str, out: str) -> list[float
 
 def run_trl(model_dir: str, steps: int, variant: str, out: str) -> list[float]:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, TrainerCallback
 
     from iprime.models import load_tokenizer
 
@@ -122,6 +127,32 @@ def child(args) -> None:
     print("RESULT " + json.dumps({"times": times[1:], "peak_rss_mb": peak_mb}))  # first step is warm-up
 
 
+STAGES = ["time/generate", "time/logprobs", "time/prm", "time/policy", "time/step"]
+
+
+def stage_breakdown(steps: int, threads: int) -> None:
+    """iprime PRIME and RLOO in one process, steps interleaved: the trainer's per-stage timers
+    (median over ``steps`` after one warm-up step each). Steadier than separate processes."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(build_model(Path(tmp) / "tiny"))
+        trainers = {v: make_iprime_trainer(model_dir, steps + 1, v, f"{tmp}/{v}") for v in ("prime", "rloo")}
+        times = {v: {k: [] for k in STAGES} for v in trainers}
+        for i in range(steps + 1):
+            for v in (["prime", "rloo"] if i % 2 == 0 else ["rloo", "prime"]):
+                m = trainers[v].train_step()
+                for k in STAGES if i else ():
+                    times[v][k].append(m.get(k, 0.0))
+    print(f"iprime per-stage seconds (median of {steps} interleaved steps, {threads} threads)")
+    print(f"{'variant':8s}" + "".join(f"{k.split('/')[1]:>10s}" for k in STAGES))
+    med = {v: {k: statistics.median(t) for k, t in ts.items()} for v, ts in times.items()}
+    for v in med:
+        print(f"{v:8s}" + "".join(f"{med[v][k]:10.3f}" for k in STAGES))
+    print(f"ratio PRIME / RLOO step = {med['prime']['time/step'] / med['rloo']['time/step']:.2f}")
+
+
 VARIANTS = [("prime", "iprime PRIME"), ("prime_lora", "iprime PRIME, LoRA PRM"), ("rloo", "iprime RLOO (no PRM)"),
             ("grpo", "TRL GRPOTrainer"), ("trl_rloo", "TRL RLOOTrainer")]
 
@@ -133,9 +164,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved passes over all variants (noise)")
     ap.add_argument("--variant")
     ap.add_argument("--model-dir")
+    ap.add_argument("--stages", action="store_true", help="only iprime PRIME vs RLOO, per-stage timers, one process")
     args = ap.parse_args()
     if args.variant:
         child(args)
+        return
+    if args.stages:
+        stage_breakdown(args.steps, args.threads)
         return
     results = {key: {"times": [], "peak_rss_mb": 0.0} for key, _ in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:

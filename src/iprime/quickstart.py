@@ -35,7 +35,7 @@ class QuickstartConfig:
         "rollout.n=4", "rollout.prompts_per_step=16", "rollout.oversample=2.0", "rollout.max_rounds=3",
         "rollout.temperature=1.0", "filter.low=0.2", "filter.high=0.8",
         # a 0.6M-parameter model is easily knocked off its SFT solution: 2e-4 collapsed
-        # held-out accuracy from 47% to 8% in 60 steps, 3e-5 lifts it (see docs/quickstart.md)
+        # held-out accuracy from 47% to 8% in 60 steps, 3e-5 lifts it
         "optim.lr=3e-5", "optim.mini_batch_size=64", "optim.micro_batch_size=64", "optim.epochs=1",
         "prm.lr=3e-4", "prm.beta=0.05", "prm.micro_batch_size=64",
         "algo.estimator=prime", "algo.rm_coef=5.0", "algo.outcome_coef=5.0", "algo.whiten=true",
