@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import math
 import statistics
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ from pathlib import Path
 import torch
 
 from iprime.data import first_wrong_step, problem_from_prompt
+
 
 def task_preset(ops: int | None = None):
     """The quickstart preset, or the same task with ``ops`` operations per problem: a harder
@@ -109,7 +111,7 @@ def unsure_token_stats(ref, tok, rows: list[dict]) -> dict:
     scorer = ImplicitPRM(ref, ref, tok, batch_size=64)
     unsure, total, per_resp = 0, 0, []
     for s in scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows], step_delimiter=None):
-        k = sum(lp < torch.log(torch.tensor(0.9)).item() for lp in s.ref_logp)
+        k = sum(lp < math.log(0.9) for lp in s.ref_logp)
         unsure, total = unsure + k, total + len(s.ref_logp)
         per_resp.append(k)
     return {"unsure_frac": unsure / total, "unsure_per_response": statistics.mean(per_resp),
