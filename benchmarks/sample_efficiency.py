@@ -135,7 +135,10 @@ def main() -> None:
     extra = {a: [] for a in algos}
     start = {a: 0 for a in algos}
     if "prime_warm" in algos:
-        beta = next((float(o.split("=", 1)[1]) for o in reversed(args.set) if o.startswith("prm.beta=")), 0.05)
+        from iprime.config import load_config
+        from iprime.quickstart import QuickstartConfig
+
+        beta = load_config(None, list(QuickstartConfig().prime_overrides) + args.set).prm.beta  # as the runs use
         warm = warm_up_prm(preset, sft_dir, out / f"prm_warm_{args.warmup_rollouts}", args.warmup_rollouts, 8, beta,
                            args.warmup_lr, args.warmup_epochs)
         extra["prime_warm"], start["prime_warm"] = [f"model.prm={warm}"], args.warmup_rollouts
