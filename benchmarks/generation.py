@@ -30,7 +30,12 @@ def make_prompts(tokenizer, n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [
         tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"Compute {rng.randint(0, 99)} + {rng.randint(0, 99)} * {rng.randint(0, 9)}."}],
+            [
+                {
+                    "role": "user",
+                    "content": f"Compute {rng.randint(0, 99)} + {rng.randint(0, 99)} * {rng.randint(0, 9)}.",
+                }
+            ],
             tokenize=False,
             add_generation_prompt=True,
         )
@@ -126,8 +131,10 @@ def main() -> None:
     ratio = med["model.generate"] / med["HFGenerator"]
     ratio_cpu = statistics.median(cpu["model.generate"]) / statistics.median(cpu["HFGenerator"])
     print(f"ratio HFGenerator / generate (tokens/s): wall {ratio:.2f}x, cpu {ratio_cpu:.2f}x")
-    print(f"ratio HFGenerator inverse-CDF / multinomial sampler (tokens/s): "
-          f"wall {med['HFGen+multinom'] / med['HFGenerator']:.2f}x")
+    print(
+        f"ratio HFGenerator inverse-CDF / multinomial sampler (tokens/s): "
+        f"wall {med['HFGen+multinom'] / med['HFGenerator']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

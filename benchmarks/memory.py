@@ -41,9 +41,16 @@ def build_models(root: Path) -> dict[str, Path]:
     tiny = make_tiny_model(root / "tiny", seed=0)
     mid = root / "qwen2-58m"
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024,
-                      tie_word_embeddings=False)
+    cfg = Qwen2Config(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
     Qwen2ForCausalLM(cfg).save_pretrained(mid)
     for f in Path(tiny).iterdir():  # the tiny tokenizer (its ids are < 32000)
         if "token" in f.name or f.name in ("special_tokens_map.json", "chat_template.jinja"):
@@ -63,16 +70,24 @@ def child(model_dir: str, variant: str, groups: int, response: int) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import dist_worker as worker
+
     from iprime.config import load_config
     from iprime.train.prime import PrimeTrainer
 
     torch.set_num_threads(2)
     base = current_rss_kb()
     out = tempfile.mkdtemp()
-    cfg = load_config(None, worker.base_overrides(out) + [f"rollout.prompts_per_step={groups}",
-                                                          f"optim.mini_batch_size={groups * 4}",
-                                                          "optim.micro_batch_size=8", "prm.micro_batch_size=8",
-                                                          *VARIANTS[variant]])
+    cfg = load_config(
+        None,
+        worker.base_overrides(out)
+        + [
+            f"rollout.prompts_per_step={groups}",
+            f"optim.mini_batch_size={groups * 4}",
+            "optim.micro_batch_size=8",
+            "prm.micro_batch_size=8",
+            *VARIANTS[variant],
+        ],
+    )
     trainer = PrimeTrainer(model_dir, cfg, worker.ROWS, worker.parity_verifier)
     n_params = sum(p.numel() for p in trainer.policy.parameters())
     batch = worker.fixed_batch(trainer.tokenizer, n_groups=groups, K=4, T=response)
@@ -99,17 +114,34 @@ def main() -> None:
                 continue
             results = {}
             for variant in VARIANTS:
-                proc = subprocess.run([sys.executable, __file__, "--child", str(path), variant, "--groups",
-                                       str(args.groups), "--response", str(args.response)],
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        str(path),
+                        variant,
+                        "--groups",
+                        str(args.groups),
+                        "--response",
+                        str(args.response),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if proc.returncode:
                     raise SystemExit(f"{name} / {variant} failed:\n{proc.stderr[-3000:]}")
                 results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append((name, results))
-    print(f"\nPeak RSS added by building the trainer + one training step "
-          f"({args.groups} groups x K=4, {args.response} response tokens, CPU float32)\n")
-    header = f"{'model':<11}{'params':>9}" + "".join(f"{v:>14}" for v in VARIANTS) + "".join(
-        f"{v + ' / full':>20}" for v in list(VARIANTS)[1:])
+    print(
+        f"\nPeak RSS added by building the trainer + one training step "
+        f"({args.groups} groups x K=4, {args.response} response tokens, CPU float32)\n"
+    )
+    header = (
+        f"{'model':<11}{'params':>9}"
+        + "".join(f"{v:>14}" for v in VARIANTS)
+        + "".join(f"{v + ' / full':>20}" for v in list(VARIANTS)[1:])
+    )
     print(header)
     print("-" * len(header))
     for name, res in rows:

@@ -12,7 +12,8 @@ from the SFT model, reference = the SFT model) and scores the held-out responses
 - ``pair``: pairwise accuracy within a prompt (a correct response scored above a wrong one of
   the same prompt; ties count 1/2), the number the online trainer logs;
 - ``step auc``: the *process* check the task allows, since every line ``a op b = c`` can be
-  checked (:func:`iprime.data.first_wrong_step`): AUC of the step reward (sum of token rewards over a line) of correct lines before
+  checked (:func:`iprime.data.first_wrong_step`): AUC of the step reward (sum of token rewards over a
+  line) of correct lines before
   the first error vs. the first wrong line;
 - ``first err``: share of wrong responses whose lowest-reward arithmetic line is the first
   wrong one (``chance`` is the same share for a uniformly random line);
@@ -68,8 +69,17 @@ def sample(model, tok, rows, n: int, max_new_tokens: int, seed: int) -> list[dic
     from iprime.data.arithmetic import ArithmeticTask
     from iprime.train.evaluate import evaluate_accuracy
 
-    res = evaluate_accuracy(model, tok, rows, ArithmeticTask.verify, n=n, temperature=1.0,
-                            max_new_tokens=max_new_tokens, seed=seed, return_samples=True)
+    res = evaluate_accuracy(
+        model,
+        tok,
+        rows,
+        ArithmeticTask.verify,
+        n=n,
+        temperature=1.0,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        return_samples=True,
+    )
     return [{"prompt": s["prompt"], "response": s["response"], "label": float(s["score"])} for s in res["samples"]]
 
 
@@ -89,8 +99,12 @@ def process_metrics(scores, rows: list[dict]) -> dict:
             if r["label"] == 0.0:
                 hits.append(float(min(range(len(step_r)), key=step_r.__getitem__) == err))
                 chance.append(1.0 / len(step_r))
-    pairs = [(w > l) + 0.5 * (w == l) for group in by_prompt.values()
-             for (w, lw), (l, ll) in itertools.permutations(group, 2) if lw > ll]
+    pairs = [
+        (w > lo) + 0.5 * (w == lo)
+        for group in by_prompt.values()
+        for (w, lw), (lo, ll) in itertools.permutations(group, 2)
+        if lw > ll
+    ]
     right = [s.seq_reward for s, r in zip(scores, rows) if r["label"] == 1.0]
     wrong = [s.seq_reward for s, r in zip(scores, rows) if r["label"] == 0.0]
     return {
@@ -114,13 +128,18 @@ def unsure_token_stats(ref, tok, rows: list[dict]) -> dict:
         k = sum(lp < math.log(0.9) for lp in s.ref_logp)
         unsure, total = unsure + k, total + len(s.ref_logp)
         per_resp.append(k)
-    return {"unsure_frac": unsure / total, "unsure_per_response": statistics.mean(per_resp),
-            "tokens_per_response": total / len(rows)}
+    return {
+        "unsure_frac": unsure / total,
+        "unsure_per_response": statistics.mean(per_resp),
+        "tokens_per_response": total / len(rows),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sft", default="runs/sample_efficiency/sft", help="SFT model dir (made with the preset if missing)")
+    ap.add_argument(
+        "--sft", default="runs/sample_efficiency/sft", help="SFT model dir (made with the preset if missing)"
+    )
     ap.add_argument("--train-prompts", type=int, default=256)
     ap.add_argument("--test-prompts", type=int, default=96)
     ap.add_argument("--n", type=int, default=8, help="samples per prompt")
@@ -131,9 +150,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ops", type=int, default=None, help="operations per problem (default: the preset's 4)")
-    ap.add_argument("--policy", action="append", default=[], metavar="NAME=STATE_PT",
-                    help="also score held-out samples of this trained policy (a trainer checkpoint's "
-                         "state.pt); repeatable")
+    ap.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="NAME=STATE_PT",
+        help="also score held-out samples of this trained policy (a trainer checkpoint's state.pt); repeatable",
+    )
     ap.add_argument("--save-best", default=None, help="save the PRM with the best held-out step AUC here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -152,25 +175,32 @@ def main() -> None:
     train = sample(ref, tok, task.rows("train", args.train_prompts, seed=123), args.n, preset.max_new_tokens, 0)
     test = sample(ref, tok, task.rows("test", args.test_prompts, seed=456), args.n, preset.max_new_tokens, 1)
     acc = statistics.mean(r["label"] for r in train)
-    print(f"SFT samples: {len(train)} train ({acc:.3f} correct), {len(test)} held-out "
-          f"({statistics.mean(r['label'] for r in test):.3f} correct), {time.perf_counter() - t0:.0f} s")
+    print(
+        f"SFT samples: {len(train)} train ({acc:.3f} correct), {len(test)} held-out "
+        f"({statistics.mean(r['label'] for r in test):.3f} correct), {time.perf_counter() - t0:.0f} s"
+    )
     u = unsure_token_stats(ref, tok, test)
-    print(f"SFT tokens with p < 0.9: {u['unsure_frac']:.3f} of response tokens "
-          f"({u['unsure_per_response']:.2f} of {u['tokens_per_response']:.1f} per response)")
+    print(
+        f"SFT tokens with p < 0.9: {u['unsure_frac']:.3f} of response tokens "
+        f"({u['unsure_per_response']:.2f} of {u['tokens_per_response']:.1f} per response)"
+    )
     tests = {"sft": test}
     for spec in args.policy:  # the same held-out prompts, sampled from a trained policy
         name, _, path = spec.partition("=")
         policy = copy.deepcopy(ref)
         policy.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["policy"])
-        tests[name] = sample(policy.eval(), tok, task.rows("test", args.test_prompts, seed=456), args.n,
-                             preset.max_new_tokens, 1)
+        tests[name] = sample(
+            policy.eval(), tok, task.rows("test", args.test_prompts, seed=456), args.n, preset.max_new_tokens, 1
+        )
         print(f"{name} samples: {statistics.mean(r['label'] for r in tests[name]):.3f} correct")
     wrong = [r for r in test if r["label"] == 0.0]
     located = [first_wrong_step(problem_from_prompt(r["prompt"]), r["response"]) for r in wrong]
     print(f"held-out wrong responses: {len(wrong)}, first error found in {sum(e is not None for e in located)}")
 
-    print(f"\n{'loss':4s} {'beta':>6s} {'lr':>8s} {'train loss':>16s} {'scored':>10s} {'auc':>6s} {'pair':>6s} "
-          f"{'step auc':>9s} {'first err':>10s} {'chance':>7s} {'R right':>8s} {'R wrong':>8s} {'time s':>7s}")
+    print(
+        f"\n{'loss':4s} {'beta':>6s} {'lr':>8s} {'train loss':>16s} {'scored':>10s} {'auc':>6s} {'pair':>6s} "
+        f"{'step auc':>9s} {'first err':>10s} {'chance':>7s} {'R right':>8s} {'R wrong':>8s} {'time s':>7s}"
+    )
     best = None
     for beta, lr in itertools.product([float(b) for b in args.beta.split(",")], [float(x) for x in args.lr.split(",")]):
         prm = copy.deepcopy(ref).requires_grad_(True)  # train_prm_offline froze ref
@@ -180,12 +210,16 @@ def main() -> None:
         last = statistics.mean(res["losses"][-10:])
         scorer = ImplicitPRM(prm, ref, tok, beta, batch_size=64)
         for name, rows in tests.items():
-            m = process_metrics(scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows],
-                                             step_delimiter="\n"), rows)
-            print(f"{args.loss:4s} {beta:6g} {lr:8.0e} {first:7.3f}->{last:6.3f} {name:>10s} {m['auc']:6.3f} "
-                  f"{m['pair']:6.3f} {m['step_auc']:9.3f} {m['first_err']:10.3f} {m['chance']:7.3f} "
-                  f"{m['r_right']:8.3f} {m['r_wrong']:8.3f} "
-                  f"{res['train_time_s']:7.0f}", flush=True)
+            m = process_metrics(
+                scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows], step_delimiter="\n"), rows
+            )
+            print(
+                f"{args.loss:4s} {beta:6g} {lr:8.0e} {first:7.3f}->{last:6.3f} {name:>10s} {m['auc']:6.3f} "
+                f"{m['pair']:6.3f} {m['step_auc']:9.3f} {m['first_err']:10.3f} {m['chance']:7.3f} "
+                f"{m['r_right']:8.3f} {m['r_wrong']:8.3f} "
+                f"{res['train_time_s']:7.0f}",
+                flush=True,
+            )
             if name == "sft" and (best is None or m["step_auc"] > best[0]):
                 best = (m["step_auc"], prm, beta, lr)
     if args.save_best and best is not None:

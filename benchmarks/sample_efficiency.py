@@ -50,19 +50,32 @@ def warm_up_prm(preset, sft_dir: Path, out: Path, rollouts: int, n: int, beta: f
     if (out / "config.json").is_file():
         return out
     ref, tok = load_model(sft_dir).eval(), load_tokenizer(sft_dir)
-    rows = sample(ref, tok, preset.make_task().rows("train", math.ceil(rollouts / n), seed=123), n,
-                  preset.max_new_tokens, seed=0)[:rollouts]
+    rows = sample(
+        ref, tok, preset.make_task().rows("train", math.ceil(rollouts / n), seed=123), n, preset.max_new_tokens, seed=0
+    )[:rollouts]
     prm = copy.deepcopy(ref).requires_grad_(True)
     res = train_prm_offline(prm, ref, tok, rows, OfflinePRMConfig(beta=beta, lr=lr, epochs=epochs, batch_size=32))
-    print(f"  PRM warm-up: {len(rows)} rollouts, loss {res['first_loss']:.3f} -> {res['final_loss']:.3f} "
-          f"in {res['train_time_s']:.0f} s", flush=True)
+    print(
+        f"  PRM warm-up: {len(rows)} rollouts, loss {res['first_loss']:.3f} -> {res['final_loss']:.3f} "
+        f"in {res['train_time_s']:.0f} s",
+        flush=True,
+    )
     prm.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
 
-def run(preset, algo: str, seed: int, sft_dir: Path, out: Path, steps: int, eval_every: int, overrides: list[str],
-        start_rollouts: int = 0) -> list[dict]:
+def run(
+    preset,
+    algo: str,
+    seed: int,
+    sft_dir: Path,
+    out: Path,
+    steps: int,
+    eval_every: int,
+    overrides: list[str],
+    start_rollouts: int = 0,
+) -> list[dict]:
     from iprime.config import load_config
     from iprime.models import load_model, load_tokenizer
     from iprime.quickstart import QuickstartConfig
@@ -72,25 +85,48 @@ def run(preset, algo: str, seed: int, sft_dir: Path, out: Path, steps: int, eval
     task = preset.make_task()
     model, tok = load_model(sft_dir), load_tokenizer(sft_dir)
     test = task.rows("test", preset.eval_prompts, seed=preset.seed + 1)
-    cfg = load_config(None, list(QuickstartConfig().prime_overrides) + ALGOS[algo] + [
-        f"train.out_dir={out}", f"train.seed={seed}", f"train.steps={steps}", "train.save_every=0",
-        f"train.eval_every={eval_every}", "train.tensorboard=false", "train.log_samples_every=0",
-        f"rollout.max_new_tokens={preset.max_new_tokens}", *overrides,
-    ])
+    cfg = load_config(
+        None,
+        list(QuickstartConfig().prime_overrides)
+        + ALGOS[algo]
+        + [
+            f"train.out_dir={out}",
+            f"train.seed={seed}",
+            f"train.steps={steps}",
+            "train.save_every=0",
+            f"train.eval_every={eval_every}",
+            "train.tensorboard=false",
+            "train.log_samples_every=0",
+            f"rollout.max_new_tokens={preset.max_new_tokens}",
+            *overrides,
+        ],
+    )
     per_round = math.ceil(cfg.rollout.prompts_per_step * cfg.rollout.oversample) * cfg.rollout.n
 
     def evaluate(m) -> float:
         return evaluate_accuracy(m, tok, test, task.verify, max_new_tokens=preset.max_new_tokens)["accuracy"]
 
-    trainer = PrimeTrainer(model, cfg, task.rows("train", 3000, seed=preset.seed + 2), task.verify,
-                           tokenizer=tok, eval_fn=lambda tr: {"accuracy": evaluate(tr.policy)})
+    trainer = PrimeTrainer(
+        model,
+        cfg,
+        task.rows("train", 3000, seed=preset.seed + 2),
+        task.verify,
+        tokenizer=tok,
+        eval_fn=lambda tr: {"accuracy": evaluate(tr.policy)},
+    )
     curve = [{"step": 0, "rollouts": start_rollouts, "accuracy": evaluate(model)}]
     seen = start_rollouts
     for m in trainer.train(progress=False):
         seen += m.get("rollout/rounds", 0) * per_round
         if "eval/accuracy" in m:
-            curve.append({"step": m["step"], "rollouts": seen, "accuracy": m["eval/accuracy"],
-                          "prm_acc": m.get("prm/pairwise_acc")})
+            curve.append(
+                {
+                    "step": m["step"],
+                    "rollouts": seen,
+                    "accuracy": m["eval/accuracy"],
+                    "prm_acc": m.get("prm/pairwise_acc"),
+                }
+            )
     return curve
 
 
@@ -99,8 +135,14 @@ def rollouts_to_reach(curve: list[dict], target: float) -> float | None:
 
 
 def mean_curve(curves: list[list[dict]]) -> list[dict]:
-    return [{"step": pts[0]["step"], "rollouts": statistics.mean(p["rollouts"] for p in pts),
-             "accuracy": statistics.mean(p["accuracy"] for p in pts)} for pts in zip(*curves)]
+    return [
+        {
+            "step": pts[0]["step"],
+            "rollouts": statistics.mean(p["rollouts"] for p in pts),
+            "accuracy": statistics.mean(p["accuracy"] for p in pts),
+        }
+        for pts in zip(*curves)
+    ]
 
 
 def main() -> None:
@@ -139,15 +181,37 @@ def main() -> None:
         from iprime.quickstart import QuickstartConfig
 
         beta = load_config(None, list(QuickstartConfig().prime_overrides) + args.set).prm.beta  # as the runs use
-        warm = warm_up_prm(preset, sft_dir, out / f"prm_warm_{args.warmup_rollouts}", args.warmup_rollouts, 8, beta,
-                           args.warmup_lr, args.warmup_epochs)
+        warm = warm_up_prm(
+            preset,
+            sft_dir,
+            out / f"prm_warm_{args.warmup_rollouts}",
+            args.warmup_rollouts,
+            8,
+            beta,
+            args.warmup_lr,
+            args.warmup_epochs,
+        )
         extra["prime_warm"], start["prime_warm"] = [f"model.prm={warm}"], args.warmup_rollouts
     for seed in seeds:
         for algo in algos:
-            curves[algo].append(run(preset, algo, seed, sft_dir, out / f"{algo}-{seed}", args.steps, args.eval_every,
-                                    args.set + extra[algo], start[algo]))
-            print(f"  {algo} seed {seed}: final {curves[algo][-1][-1]['accuracy']:.3f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            curves[algo].append(
+                run(
+                    preset,
+                    algo,
+                    seed,
+                    sft_dir,
+                    out / f"{algo}-{seed}",
+                    args.steps,
+                    args.eval_every,
+                    args.set + extra[algo],
+                    start[algo],
+                )
+            )
+            print(
+                f"  {algo} seed {seed}: final {curves[algo][-1][-1]['accuracy']:.3f} "
+                f"({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
     means = {a: mean_curve(c) for a, c in curves.items()}
     target = means["rloo"][-1]["accuracy"] if "rloo" in means else None
     print(f"\nsame SFT model (start {means[algos[0]][0]['accuracy']:.3f}), {args.steps} steps, seeds {seeds}")
@@ -160,9 +224,13 @@ def main() -> None:
         shown = f"{reach[algo]:.0f}" if reach[algo] is not None else "not reached"
         print(f"{algo:7s} {statistics.mean(finals):16.3f} +- {sd:.3f} {shown:>30s}")
     if reach.get("prime") and reach.get("rloo"):
-        print(f"sample efficiency PRIME vs RLOO (rollouts RLOO / rollouts PRIME to reach {target:.3f}): "
-              f"{reach['rloo'] / reach['prime']:.2f}x")
-    (out / "sample_efficiency.json").write_text(json.dumps({"curves": curves, "means": means, "target": target}, indent=1))
+        print(
+            f"sample efficiency PRIME vs RLOO (rollouts RLOO / rollouts PRIME to reach {target:.3f}): "
+            f"{reach['rloo'] / reach['prime']:.2f}x"
+        )
+    (out / "sample_efficiency.json").write_text(
+        json.dumps({"curves": curves, "means": means, "target": target}, indent=1)
+    )
 
     import matplotlib
 
@@ -171,8 +239,13 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for algo in algos:
-        ax.plot([p["rollouts"] for p in means[algo]], [p["accuracy"] for p in means[algo]], marker="o", ms=3,
-                label=f"{algo} (mean of {len(seeds)} seeds)")
+        ax.plot(
+            [p["rollouts"] for p in means[algo]],
+            [p["accuracy"] for p in means[algo]],
+            marker="o",
+            ms=3,
+            label=f"{algo} (mean of {len(seeds)} seeds)",
+        )
     ax.set_xlabel("rollouts seen")
     ax.set_ylabel("held-out accuracy (greedy)")
     ax.grid(alpha=0.3)

@@ -7,6 +7,7 @@ untrained tiny model rarely stops early, so responses are ~64 tokens in every va
 
     .venv/bin/python benchmarks/step_throughput.py [--steps 6] [--threads 2] [--rounds 2]
     .venv/bin/python benchmarks/step_throughput.py --stages [--steps 8]   # where iprime's time goes
+    .venv/bin/python benchmarks/step_throughput.py --baseline-src OLD/src  # this tree vs another checkout
 
 Needs TRL, the `bench` extra (`pip install -c constraints.txt -e ".[bench]"`). Last line: RATIO prime_vs_trl_grpo=<x>.
 """
@@ -48,10 +49,20 @@ def make_iprime_trainer(model_dir: str, steps: int, variant: str, out: str):
     from iprime.train.prime import PrimeTrainer
 
     common = [
-        f"train.out_dir={out}", f"train.steps={steps}", "train.save_every=0", "train.tensorboard=false",
-        "train.log_samples_every=0", f"rollout.n={SAMPLES}", f"rollout.prompts_per_step={PROMPTS}",
-        "rollout.oversample=1.0", "rollout.max_rounds=1", f"rollout.max_new_tokens={NEW_TOKENS}",
-        "filter.enabled=false", "optim.mini_batch_size=64", "optim.micro_batch_size=64", "optim.lr=1e-5",
+        f"train.out_dir={out}",
+        f"train.steps={steps}",
+        "train.save_every=0",
+        "train.tensorboard=false",
+        "train.log_samples_every=0",
+        f"rollout.n={SAMPLES}",
+        f"rollout.prompts_per_step={PROMPTS}",
+        "rollout.oversample=1.0",
+        "rollout.max_rounds=1",
+        f"rollout.max_new_tokens={NEW_TOKENS}",
+        "filter.enabled=false",
+        "optim.mini_batch_size=64",
+        "optim.micro_batch_size=64",
+        "optim.lr=1e-5",
         "prm.micro_batch_size=64",
     ]
     extra = {
@@ -97,21 +108,45 @@ def run_trl(model_dir: str, steps: int, variant: str, out: str) -> list[float]:
             times.append(time.perf_counter() - self.t0)
 
     common = dict(
-        output_dir=out, per_device_train_batch_size=PROMPTS * SAMPLES, num_generations=SAMPLES,
-        max_completion_length=NEW_TOKENS, beta=0.0, use_cpu=True, num_iterations=1, gradient_accumulation_steps=1,
-        logging_steps=1, report_to="none", save_strategy="no", max_steps=steps, temperature=1.0, learning_rate=1e-5,
-        disable_dropout=True, seed=0,
+        output_dir=out,
+        per_device_train_batch_size=PROMPTS * SAMPLES,
+        num_generations=SAMPLES,
+        max_completion_length=NEW_TOKENS,
+        beta=0.0,
+        use_cpu=True,
+        num_iterations=1,
+        gradient_accumulation_steps=1,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        max_steps=steps,
+        temperature=1.0,
+        learning_rate=1e-5,
+        disable_dropout=True,
+        seed=0,
     )
     if variant == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
-        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=GRPOConfig(**common), train_dataset=data,
-                              processing_class=tokenizer, callbacks=[Timer()])
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=GRPOConfig(**common),
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[Timer()],
+        )
     else:
         from trl import RLOOConfig, RLOOTrainer
 
-        trainer = RLOOTrainer(model=model, reward_funcs=reward, args=RLOOConfig(**common), train_dataset=data,
-                              processing_class=tokenizer, callbacks=[Timer()])
+        trainer = RLOOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=RLOOConfig(**common),
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[Timer()],
+        )
     trainer.train()
     return times
 
@@ -141,7 +176,7 @@ def stage_breakdown(steps: int, threads: int) -> None:
         trainers = {v: make_iprime_trainer(model_dir, steps + 1, v, f"{tmp}/{v}") for v in ("prime", "rloo")}
         times = {v: {k: [] for k in STAGES} for v in trainers}
         for i in range(steps + 1):
-            for v in (["prime", "rloo"] if i % 2 == 0 else ["rloo", "prime"]):
+            for v in ["prime", "rloo"] if i % 2 == 0 else ["rloo", "prime"]:
                 m = trainers[v].train_step()
                 for k in STAGES if i else ():
                     times[v][k].append(m.get(k, 0.0))
@@ -153,8 +188,57 @@ def stage_breakdown(steps: int, threads: int) -> None:
     print(f"ratio PRIME / RLOO step = {med['prime']['time/step'] / med['rloo']['time/step']:.2f}")
 
 
-VARIANTS = [("prime", "iprime PRIME"), ("prime_lora", "iprime PRIME, LoRA PRM"), ("rloo", "iprime RLOO (no PRM)"),
-            ("grpo", "TRL GRPOTrainer"), ("trl_rloo", "TRL RLOOTrainer")]
+VARIANTS = [
+    ("prime", "iprime PRIME"),
+    ("prime_lora", "iprime PRIME, LoRA PRM"),
+    ("rloo", "iprime RLOO (no PRM)"),
+    ("grpo", "TRL GRPOTrainer"),
+    ("trl_rloo", "TRL RLOOTrainer"),
+]
+
+
+def compare_trees(baseline_src: str, steps: int, threads: int, rounds: int) -> None:
+    """iprime PRIME and RLOO steps of this tree against another checkout's ``src`` (say, the commit
+    before a refactor), each variant in its own subprocess, interleaved round by round."""
+    import os
+
+    trees = {"this tree": None, "baseline": str(Path(baseline_src).resolve())}
+    times = {(tree, v): [] for tree in trees for v in ("prime", "rloo")}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(build_model(Path(tmp) / "tiny"))
+        for r in range(rounds):
+            order = list(trees.items()) if r % 2 == 0 else list(trees.items())[::-1]
+            for tree, src in order:
+                env = dict(os.environ)
+                if src is not None:  # ahead of the installed (editable) package
+                    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+                for variant in ("prime", "rloo"):
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--variant",
+                        variant,
+                        "--model-dir",
+                        model_dir,
+                        "--steps",
+                        str(steps),
+                        "--threads",
+                        str(threads),
+                    ]
+                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                    if line is None:
+                        sys.exit(f"{tree} {variant} failed:\n{proc.stderr[-3000:]}")
+                    times[(tree, variant)] += json.loads(line[len("RESULT ") :])["times"]
+    print(f"seconds per step, median of {rounds} x {steps} steps, {threads} threads (baseline: {baseline_src})")
+    print(f"{'tree':12s} {'PRIME':>8s} {'RLOO':>8s}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for tree in trees:
+        print(f"{tree:12s} {med[(tree, 'prime')]:8.3f} {med[(tree, 'rloo')]:8.3f}")
+    print(
+        f"RATIO this_vs_baseline_prime={med[('this tree', 'prime')] / med[('baseline', 'prime')]:.3f} "
+        f"rloo={med[('this tree', 'rloo')] / med[('baseline', 'rloo')]:.3f}"
+    )
 
 
 def main() -> None:
@@ -165,7 +249,11 @@ def main() -> None:
     ap.add_argument("--variant")
     ap.add_argument("--model-dir")
     ap.add_argument("--stages", action="store_true", help="only iprime PRIME vs RLOO, per-stage timers, one process")
+    ap.add_argument("--baseline-src", help="another checkout's src/: compare its PRIME and RLOO steps with this tree's")
     args = ap.parse_args()
+    if args.baseline_src:
+        compare_trees(args.baseline_src, args.steps, args.threads, args.rounds)
+        return
     if args.variant:
         child(args)
         return
@@ -177,25 +265,39 @@ def main() -> None:
         model_dir = str(build_model(Path(tmp) / "tiny"))
         for _ in range(args.rounds):  # interleaved, so a burst of load hits every variant alike
             for key, _ in VARIANTS:
-                cmd = [sys.executable, __file__, "--variant", key, "--model-dir", model_dir, "--steps",
-                       str(args.steps), "--threads", str(args.threads)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--variant",
+                    key,
+                    "--model-dir",
+                    model_dir,
+                    "--steps",
+                    str(args.steps),
+                    "--threads",
+                    str(args.threads),
+                ]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
-                line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:
                     sys.exit(f"{key} failed:\n{proc.stderr[-3000:]}")
-                got = json.loads(line[len("RESULT "):])
+                got = json.loads(line[len("RESULT ") :])
                 results[key]["times"] += got["times"]
                 results[key]["peak_rss_mb"] = max(results[key]["peak_rss_mb"], got["peak_rss_mb"])
     tokens = PROMPTS * SAMPLES * NEW_TOKENS
-    print(f"tiny model, {PROMPTS} prompts x {SAMPLES} samples x {NEW_TOKENS} new tokens, {args.threads} threads, "
-          f"median of {args.rounds} x {args.steps} steps (each run after 1 warm-up step)")
+    print(
+        f"tiny model, {PROMPTS} prompts x {SAMPLES} samples x {NEW_TOKENS} new tokens, {args.threads} threads, "
+        f"median of {args.rounds} x {args.steps} steps (each run after 1 warm-up step)"
+    )
     print(f"{'variant':24s} {'s/step':>8s} {'min':>7s} {'max':>7s} {'tok/s*':>8s} {'peak RSS MB':>12s}")
     med = {}
     for key, name in VARIANTS:
         t = results[key]["times"]
         med[key] = statistics.median(t)
-        print(f"{name:24s} {med[key]:8.2f} {min(t):7.2f} {max(t):7.2f} {tokens / med[key]:8.0f} "
-              f"{results[key]['peak_rss_mb']:12.0f}")
+        print(
+            f"{name:24s} {med[key]:8.2f} {min(t):7.2f} {max(t):7.2f} {tokens / med[key]:8.0f} "
+            f"{results[key]['peak_rss_mb']:12.0f}"
+        )
     print("* tokens/s = (prompts x samples x max new tokens) / seconds per step")
     print(f"ratio PRIME / TRL GRPO      = {med['prime'] / med['grpo']:.2f}")
     print(f"ratio PRIME / iprime RLOO   = {med['prime'] / med['rloo']:.2f}  (target <= 1.30)")

@@ -36,8 +36,10 @@ def boxed8_model_dir(tmp_path_factory, tiny_model_dir):
 
     torch.manual_seed(0)
     model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
-    rows = [{"prompt": r["prompt"], "response": "The answer is \\boxed{8}"}
-            for r in QUICKSTART.make_task().rows("train", 64, seed=0)]
+    rows = [
+        {"prompt": r["prompt"], "response": "The answer is \\boxed{8}"}
+        for r in QUICKSTART.make_task().rows("train", 64, seed=0)
+    ]
     run_sft(model, tok, rows, SFTConfig(lr=3e-3, max_steps=25, batch_size=16, warmup_steps=5, log_every=25))
     out = tmp_path_factory.mktemp("boxed8")
     model.save_pretrained(out)
@@ -52,7 +54,7 @@ def direct_response_logp():
     ``iprime.models.response_logprobs`` (a reference to test scorers against)."""
     import torch
 
-    from iprime.train.chat import render_prompt
+    from iprime.data.chat import render_prompt
 
     def logp(model, tokenizer, prompt, response, ended=True):
         p = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]

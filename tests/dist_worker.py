@@ -16,9 +16,35 @@ ROWS = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in
 # (name, overrides): the second is the general case (several mini- and micro-batches, 2 epochs)
 UPDATE_CASES = [
     ("one_micro", ["optim.mini_batch_size=16", "optim.micro_batch_size=16"]),
-    ("mini_batch_scope", ["optim.loss_scope=mini_batch", "optim.mini_batch_size=8", "optim.micro_batch_size=3",
-                          "optim.epochs=2", "algo.entropy_coef=0.01", "algo.kl_mode=loss", "algo.kl_coef=0.1",
-                          "optim.micro_batch_tokens=60"]),
+    (
+        "mini_batch_scope",
+        [
+            "optim.loss_scope=mini_batch",
+            "optim.mini_batch_size=8",
+            "optim.micro_batch_size=3",
+            "optim.epochs=2",
+            "algo.entropy_coef=0.01",
+            "algo.kl_mode=loss",
+            "algo.kl_coef=0.1",
+            "optim.micro_batch_tokens=60",
+        ],
+    ),
+    # batch statistics all-reduced inside iprime.algo: REINFORCE's batch mean, REINFORCE++'s whitening
+    (
+        "reinforce",
+        ["algo.estimator=reinforce", "prm.enabled=false", "optim.mini_batch_size=16", "optim.micro_batch_size=16"],
+    ),
+    (
+        "reinforce_pp",
+        [
+            "algo.estimator=reinforce_pp",
+            "prm.enabled=false",
+            "algo.kl_mode=reward",
+            "algo.kl_coef=0.1",
+            "optim.mini_batch_size=16",
+            "optim.micro_batch_size=16",
+        ],
+    ),
 ]
 
 
@@ -27,27 +53,38 @@ def parity_verifier(text: str, answer: str) -> float:
 
 
 def base_overrides(out_dir) -> list[str]:
-    return [f"train.out_dir={out_dir}", "train.tensorboard=false", "rollout.n=4", "rollout.max_new_tokens=8",
-            "filter.enabled=false", "optim.lr=1e-3", "prm.lr=1e-3", "prm.beta=0.5", "train.log_samples_every=0"]
+    return [
+        f"train.out_dir={out_dir}",
+        "train.tensorboard=false",
+        "rollout.n=4",
+        "rollout.max_new_tokens=8",
+        "filter.enabled=false",
+        "optim.lr=1e-3",
+        "prm.lr=1e-3",
+        "prm.beta=0.5",
+        "train.log_samples_every=0",
+    ]
 
 
 def fixed_batch(tokenizer, n_groups: int = 4, K: int = 4, seed: int = 0, T: int = 10):
     """A deterministic global batch (no sampling): real prompts, random responses of random
     length (some end in EOS), outcomes mixed within each group."""
+    from iprime.data.chat import render_prompt
     from iprime.rollout import RolloutBatch
-    from iprime.train.chat import render_prompt
 
     g = torch.Generator().manual_seed(seed)
-    prompts = [tokenizer(render_prompt(tokenizer, ROWS[i]["prompt"]), add_special_tokens=False)["input_ids"]
-               for i in range(n_groups)]
+    prompts = [
+        tokenizer(render_prompt(tokenizer, ROWS[i]["prompt"]), add_special_tokens=False)["input_ids"]
+        for i in range(n_groups)
+    ]
     B, P = n_groups * K, max(len(p) for p in prompts)
     pad = int(tokenizer.pad_token_id)
     prompt_ids = torch.full((B, P), pad, dtype=torch.long)
     prompt_mask = torch.zeros((B, P), dtype=torch.long)
     for r in range(B):
         p = prompts[r // K]
-        prompt_ids[r, P - len(p):] = torch.tensor(p)
-        prompt_mask[r, P - len(p):] = 1
+        prompt_ids[r, P - len(p) :] = torch.tensor(p)
+        prompt_mask[r, P - len(p) :] = 1
     lengths = torch.randint(2, T + 1, (B,), generator=g)
     response = torch.randint(5, 200, (B, T), generator=g)
     mask = (torch.arange(T)[None] < lengths[:, None]).long()
@@ -56,9 +93,19 @@ def fixed_batch(tokenizer, n_groups: int = 4, K: int = 4, seed: int = 0, T: int 
     response[ends_eos, lengths[ends_eos] - 1] = int(tokenizer.eos_token_id)
     outcome = torch.tensor([float((r % K + r // K) % 2) for r in range(B)])
     logp = -torch.rand((B, T), generator=g) * mask
-    return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response, response_mask=mask,
-                        sampling_logprobs=logp, truncated=~ends_eos, prompt_index=torch.arange(B) // K,
-                        texts=[""] * B, prompt_texts=[""] * B, pad_id=pad, tensors={"outcome": outcome})
+    return RolloutBatch(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response,
+        response_mask=mask,
+        sampling_logprobs=logp,
+        truncated=~ends_eos,
+        prompt_index=torch.arange(B) // K,
+        texts=[""] * B,
+        prompt_texts=[""] * B,
+        pad_id=pad,
+        tensors={"outcome": outcome},
+    )
 
 
 def run_update(model_dir: str, out_dir: str) -> dict:
@@ -70,23 +117,34 @@ def run_update(model_dir: str, out_dir: str) -> dict:
     results = {}
     for name, extra in UPDATE_CASES:
         # the fixed batch was not sampled by this policy: its "sampling" log-probs are made up
-        cfg = load_config(None, base_overrides(f"{out_dir}/{name}") + ["rollout.prompts_per_step=4",
-                          "rollout.old_logprobs=recompute"] + extra)
+        cfg = load_config(
+            None,
+            base_overrides(f"{out_dir}/{name}")
+            + ["rollout.prompts_per_step=4", "rollout.old_logprobs=recompute"]
+            + extra,
+        )
         trainer = PrimeTrainer(model_dir, cfg, ROWS, parity_verifier)
         # SGD, not Adam: Adam's first step is +-lr wherever a gradient is non-zero, so float noise
         # in near-zero gradients would flip whole steps; SGD keeps weight differences ~ gradient noise
-        trainer.optimizer = torch.optim.SGD(trainer.policy.parameters(), lr=0.5)
-        trainer.prm_optimizer = torch.optim.SGD(trainer.prm.parameters(), lr=0.5)
+        trainer.optimizers.policy = torch.optim.SGD(trainer.policy.parameters(), lr=0.5)
+        if trainer.prm is not None:
+            trainer.optimizers.prm = torch.optim.SGD(trainer.prm.parameters(), lr=0.5)
         metrics = trainer.train_on_batch(fixed_batch(trainer.tokenizer))
-        results[name] = {"metrics": metrics, "policy": D.full_state_dict(trainer.policy),
-                         "prm": D.full_state_dict(trainer.prm)}
+        results[name] = {"metrics": metrics, "policy": D.full_state_dict(trainer.policy)}
+        if trainer.prm is not None:
+            results[name]["prm"] = D.full_state_dict(trainer.prm)
     return results
 
 
 def train_overrides(out_dir, steps: int) -> list[str]:
-    return base_overrides(out_dir) + [f"train.steps={steps}", "train.save_every=1", "rollout.prompts_per_step=2",
-                                      "optim.micro_batch_size=4", "optim.mini_batch_size=8",
-                                      "train.checkpoint_format=dcp"]
+    return base_overrides(out_dir) + [
+        f"train.steps={steps}",
+        "train.save_every=1",
+        "rollout.prompts_per_step=2",
+        "optim.micro_batch_size=4",
+        "optim.mini_batch_size=8",
+        "train.checkpoint_format=dcp",
+    ]
 
 
 def main() -> None:

@@ -3,14 +3,19 @@
 import pytest
 import torch
 
+import iprime.algo.advantages as advantages_module
 from iprime.algo import (
+    AdvantageInputs,
+    AdvantageOutput,
     advantage_estimator_names,
     batch_norm_process_rewards,
     gae_advantages,
     gae_advantages_and_returns,
     get_advantage_estimator,
     grpo_advantages,
+    masked_whiten,
     prime_rloo_advantages,
+    register_advantage_estimator,
     reinforce_advantages,
     reinforce_pp_advantages,
     rloo_advantages,
@@ -52,8 +57,13 @@ def test_prime_paper_baseline_discounted(group):
 def test_prime_rm_coef_and_outcome_gamma(group):
     outcome, rewards, mask = group
     adv = prime_rloo_advantages(outcome, rewards, mask, group_size=3, rm_coef=2.0, gamma=0.5, outcome_gamma=1.0)
-    expected = T([[2 * 0.525 + 1, 2 * 0.35 + 1, 0.0], [2 * -0.0375 - 0.5, 2 * -0.175 - 0.5, 2 * 0.55 - 0.5],
-                  [2 * -0.4 - 0.5, 0.0, 0.0]])
+    expected = T(
+        [
+            [2 * 0.525 + 1, 2 * 0.35 + 1, 0.0],
+            [2 * -0.0375 - 0.5, 2 * -0.175 - 0.5, 2 * 0.55 - 0.5],
+            [2 * -0.4 - 0.5, 0.0, 0.0],
+        ]
+    )
     assert torch.allclose(adv, expected, atol=1e-6)
 
 
@@ -159,10 +169,82 @@ def test_gae_hand_computed():
 
 def test_registry():
     assert advantage_estimator_names() == ["gae", "grpo", "prime", "reinforce", "reinforce_pp", "rloo"]
-    assert get_advantage_estimator("prime") is prime_rloo_advantages
-    assert get_advantage_estimator("gae") is gae_advantages
     with pytest.raises(ValueError, match="unknown advantage estimator"):
         get_advantage_estimator("ppo2")
+    with pytest.raises(ValueError, match="already registered"):
+        register_advantage_estimator("rloo")(lambda x: AdvantageOutput(x.outcome))
+    spec = get_advantage_estimator("prime")
+    assert spec.needs_process_rewards and spec.kl_in_reward and spec.min_group_size == 2
+    assert get_advantage_estimator("gae").needs_values and not get_advantage_estimator("gae").data_parallel
+    assert get_advantage_estimator("reinforce").min_group_size == 1
+
+
+def test_registered_estimators_share_one_signature_and_equal_the_pure_functions(group):
+    outcome, rewards, mask = group
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(mask.shape, generator=g)
+    kl = torch.rand(mask.shape, generator=g)
+    x = AdvantageInputs(
+        outcome=outcome,
+        mask=mask,
+        group_size=3,
+        token_rewards=rewards,
+        values=values,
+        kl=kl,
+        kl_coef=0.1,
+        gamma=0.9,
+        lam=0.8,
+        rm_coef=2.0,
+        outcome_coef=3.0,
+        normalize="batch_norm",
+        whiten=True,
+        process_baseline="reference",
+    )
+    expected = {
+        "prime": prime_rloo_advantages(
+            outcome,
+            rewards - 0.1 * kl,
+            mask,
+            3,
+            rm_coef=2.0,
+            gamma=0.9,
+            normalize="batch_norm",
+            whiten=True,
+            process_baseline="reference",
+            outcome_coef=3.0,
+        ),
+        "rloo": masked_whiten(rloo_advantages(outcome, mask, 3, 0.9), mask),
+        "grpo": masked_whiten(grpo_advantages(outcome, mask, 3), mask),
+        "reinforce": masked_whiten(reinforce_advantages(outcome, mask, 3, 0.9), mask),
+        "reinforce_pp": reinforce_pp_advantages(outcome, mask, 3, kl=kl, kl_coef=0.1, gamma=0.9),
+        "gae": gae_advantages_and_returns(outcome, mask, values, 0.9, 0.8, -0.1 * kl, True)[0],
+    }
+    for name, want in expected.items():
+        out = get_advantage_estimator(name)(x)
+        assert torch.equal(out.advantages, want), name
+        assert (out.returns is not None) == (name == "gae"), name
+    no_prm = AdvantageInputs(outcome=outcome, mask=mask, group_size=3)
+    with pytest.raises(ValueError, match="token_rewards"):
+        get_advantage_estimator("prime")(no_prm)
+    with pytest.raises(ValueError, match="values"):
+        get_advantage_estimator("gae")(no_prm)
+
+
+def test_a_module_path_imports_the_module_that_registers_the_estimator(tmp_path, monkeypatch):
+    (tmp_path / "my_estimators.py").write_text(
+        "from iprime.algo import AdvantageOutput, register_advantage_estimator, rloo_advantages\n"
+        "@register_advantage_estimator('half_rloo')\n"
+        "def half_rloo(x):\n"
+        "    return AdvantageOutput(0.5 * rloo_advantages(x.outcome, x.mask, x.group_size))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(advantages_module, "_REGISTRY", dict(advantages_module._REGISTRY))  # undone after the test
+    spec = get_advantage_estimator("my_estimators:half_rloo")
+    assert spec.name == "half_rloo" and "half_rloo" in advantage_estimator_names()
+    x = AdvantageInputs(outcome=T([1.0, 0.0]), mask=torch.ones(2, 2, dtype=torch.bool), group_size=2)
+    assert torch.equal(spec(x).advantages, T([[0.5, 0.5], [-0.5, -0.5]]))
+    with pytest.raises(ValueError, match="cannot import"):
+        get_advantage_estimator("no_such_module_here:x")
 
 
 def test_masks_are_respected(group):

@@ -9,7 +9,7 @@ T = torch.tensor
 
 
 def test_filter_keeps_groups_inside_inclusive_bounds():
-    outcome = T([1, 0, 0, 0, 0,   1, 1, 1, 1, 0,   0, 0, 0, 0, 0,   1, 1, 1, 1, 1,   1, 1, 0, 0, 0], dtype=torch.float32)
+    outcome = T([1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], dtype=torch.float32)
     truncated = torch.zeros(25, dtype=torch.bool)
     keep = filter_groups(outcome, truncated, group_size=5)
     # accuracies .2 (kept, bound inclusive), .8 (kept), 0, 1 (dropped), .4 (kept)

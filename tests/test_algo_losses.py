@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from iprime.algo import aggregate_loss, entropy_from_logits, kl_loss, kl_penalty, ppo_policy_loss, ppo_value_loss
+from iprime.algo import aggregate_loss, kl_loss, kl_penalty, ppo_policy_loss, ppo_value_loss
 
 T = torch.tensor
 
@@ -94,16 +94,6 @@ def test_kl_estimators_are_unbiased_in_expectation():
         assert est == pytest.approx(exact, abs=5e-3)
 
 
-def test_entropy_hand_computed_and_chunking():
-    logits = T([[0.0, 0.0, 0.0, 0.0], [math.log(3.0), 0.0, -float("inf"), -float("inf")]])
-    h = entropy_from_logits(logits)
-    assert torch.allclose(h, T([1.3862943611198906, 0.5623351446188083]), atol=1e-6)
-    x = torch.randn(3, 5, 11)
-    naive = -(x.softmax(-1) * x.log_softmax(-1)).sum(-1)
-    for chunk in (None, 1, 4, 100):
-        assert torch.allclose(entropy_from_logits(x, chunk_size=chunk), naive, atol=1e-5)
-
-
 def test_value_loss_hand_computed():
     values, old, ret = T([[1.0, 0.0]]), T([[0.5, 0.0]]), T([[0.0, 1.0]])
     # token 0: unclipped 1, clipped (0.7 - 0)^2 = .49 -> 1; token 1: 1 -> 0.5 * mean(1, 1)
@@ -122,10 +112,11 @@ def test_value_loss_hand_computed():
         lambda: ppo_policy_loss(torch.zeros(2, 2), torch.zeros(2, 3), torch.zeros(2, 2), torch.ones(2, 2)),
         lambda: ppo_policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), T([[float("nan"), 0.0]]), torch.ones(1, 2)),
         lambda: ppo_policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), agg="sum"),
-        lambda: ppo_policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), dual_clip=0.5),
+        lambda: ppo_policy_loss(
+            torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), dual_clip=0.5
+        ),
         lambda: kl_penalty(torch.zeros(1), torch.zeros(1), "k4"),
         lambda: aggregate_loss(torch.zeros(1, 2), torch.ones(1, 2), "seq-mean-token-sum-norm", norm_len=0),
-        lambda: entropy_from_logits(torch.zeros(2, 3), chunk_size=0),
     ],
 )
 def test_bad_arguments_raise_value_error(call):

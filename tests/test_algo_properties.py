@@ -55,7 +55,7 @@ def prime_loop(K, rewards, mask, outcome, rm_coef, gamma, baseline):
         members = range(g * K, g * K + K)
         means = {j: _mean_valid(rewards[j], mask[j]) for j in members}
         centred = []
-        for t, r in enumerate(rewards[i]):
+        for _t, r in enumerate(rewards[i]):
             if baseline == "paper":
                 b = sum(means[j] for j in members if j != i) / (K - 1)
             else:
@@ -72,12 +72,19 @@ def prime_loop(K, rewards, mask, outcome, rm_coef, gamma, baseline):
 
 
 @SETTINGS
-@given(batches(), st.sampled_from([1.0, 0.9]), st.sampled_from([0.0, 0.5, 1.0]), st.sampled_from(["paper", "reference"]))
+@given(
+    batches(), st.sampled_from([1.0, 0.9]), st.sampled_from([0.0, 0.5, 1.0]), st.sampled_from(["paper", "reference"])
+)
 def test_prime_advantages_match_the_formula(batch, gamma, rm_coef, baseline):
     K, rewards, mask, outcome = batch
     got = prime_rloo_advantages(
-        torch.tensor(outcome), torch.tensor(rewards), torch.tensor(mask), K,
-        rm_coef=rm_coef, gamma=gamma, process_baseline=baseline,
+        torch.tensor(outcome),
+        torch.tensor(rewards),
+        torch.tensor(mask),
+        K,
+        rm_coef=rm_coef,
+        gamma=gamma,
+        process_baseline=baseline,
     )
     expected = torch.tensor(prime_loop(K, rewards, mask, outcome, rm_coef, gamma, baseline))
     assert torch.allclose(got, expected, atol=1e-4), (got, expected)

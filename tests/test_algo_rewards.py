@@ -66,7 +66,10 @@ def test_step_ends_from_delimiter():
     # a delimiter that runs into padding does not count
     ids2 = T([[1, 9, 9, 9]])
     assert step_ends_from_delimiter(ids2, T([[1, 1, 0, 0]], dtype=torch.bool), [9, 9])[0].tolist() == [
-        False, True, False, False,
+        False,
+        True,
+        False,
+        False,
     ]
 
 

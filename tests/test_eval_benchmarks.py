@@ -67,14 +67,28 @@ def test_arithmetic_rows_are_the_quickstart_rows():
 def test_data_is_shipped_inside_the_package():
     data = resources.files("iprime.eval").joinpath("data")
     names = sorted(p.name for p in data.iterdir())
-    assert names == sorted(["aime.jsonl.gz", "amc.jsonl.gz", "humaneval.jsonl.gz", "leetcode.jsonl.gz", "math500.json.gz",
-                            "mbpp.json.gz", "minerva_math.jsonl.gz", "olympiadbench.jsonl.gz"])
+    assert names == sorted(
+        [
+            "aime.jsonl.gz",
+            "amc.jsonl.gz",
+            "humaneval.jsonl.gz",
+            "leetcode.jsonl.gz",
+            "math500.json.gz",
+            "mbpp.json.gz",
+            "minerva_math.jsonl.gz",
+            "olympiadbench.jsonl.gz",
+        ]
+    )
 
 
 def test_custom_jsonl_benchmark(tmp_path):
     path = tmp_path / "mine.jsonl"
-    path.write_text(json.dumps({"q": "What is 1+1?", "a": 2, "key": "x1"}) + "\n\n"
-                    + json.dumps({"q": "Name two halves.", "a": ["\\frac{1}{2}", "0.5"], "key": "x2"}) + "\n")
+    path.write_text(
+        json.dumps({"q": "What is 1+1?", "a": 2, "key": "x1"})
+        + "\n\n"
+        + json.dumps({"q": "Name two halves.", "a": ["\\frac{1}{2}", "0.5"], "key": "x2"})
+        + "\n"
+    )
     rows = load_benchmark(str(path), prompt_key="q", answer_key="a", id_key="key")
     assert [r["id"] for r in rows] == ["x1", "x2"] and rows[0]["benchmark"] == "mine"
     assert rows[0]["reference"] == ["2"] and rows[1]["reference"] == ["\\frac{1}{2}", "0.5"]
@@ -84,8 +98,12 @@ def test_custom_jsonl_benchmark(tmp_path):
     with pytest.raises(JsonlError, match=r"mine.jsonl:1: missing field 'answer'"):
         load_benchmark(str(path), prompt_key="q")
     code = tmp_path / "code.jsonl"
-    code.write_text(json.dumps({"prompt": "Write f.", "tests": {"asserts": ["assert f() == 1"]}}) + "\n"
-                    + json.dumps({"prompt": "Write g.", "tests": "assert g()"}) + "\n")
+    code.write_text(
+        json.dumps({"prompt": "Write f.", "tests": {"asserts": ["assert f() == 1"]}})
+        + "\n"
+        + json.dumps({"prompt": "Write g.", "tests": "assert g()"})
+        + "\n"
+    )
     with pytest.raises(JsonlError, match=r"code.jsonl:2: .*tests dict"):
         load_benchmark(str(code), answer_key="tests", kind="code")
     with pytest.raises(ValueError, match="only apply to .jsonl"):

@@ -90,10 +90,20 @@ def test_group_answers_exact_then_math_equivalence():
 
 def _records():
     # Row A (gold 2): answers 2,3,3,2. Row B (gold 5): -,5,7,7.
-    a = {"scores": [1, 0, 0, 1], "groups": [0, 1, 1, 0], "prm_rewards": [0.5, 2.0, -3.0, 0.1],
-         "truncated": [False] * 4, "num_tokens": [10, 10, 10, 10]}
-    b = {"scores": [0, 1, 0, 0], "groups": [None, 1, 2, 2], "prm_rewards": [9.0, 3.0, -1.0, -1.0],
-         "truncated": [True, False, False, False], "num_tokens": [20, 10, 10, 10]}
+    a = {
+        "scores": [1, 0, 0, 1],
+        "groups": [0, 1, 1, 0],
+        "prm_rewards": [0.5, 2.0, -3.0, 0.1],
+        "truncated": [False] * 4,
+        "num_tokens": [10, 10, 10, 10],
+    }
+    b = {
+        "scores": [0, 1, 0, 0],
+        "groups": [None, 1, 2, 2],
+        "prm_rewards": [9.0, 3.0, -1.0, -1.0],
+        "truncated": [True, False, False, False],
+        "num_tokens": [20, 10, 10, 10],
+    }
     return [a, b]
 
 

@@ -22,8 +22,14 @@ def boxed8(boxed8_model_dir):
 
 
 def _config(tmp_path, model_dir, **kw) -> EvalConfig:
-    base = dict(model=str(model_dir), benchmarks=["arithmetic"], out=str(tmp_path), max_new_tokens=16,
-                batch_size=50, verify_workers=0)
+    base = dict(
+        model=str(model_dir),
+        benchmarks=["arithmetic"],
+        out=str(tmp_path),
+        max_new_tokens=16,
+        batch_size=50,
+        verify_workers=0,
+    )
     return EvalConfig(**{**base, **kw})
 
 
@@ -57,8 +63,9 @@ def test_interrupted_eval_resumes_without_redoing_rows(tmp_path, boxed8, boxed8_
 
     out = tmp_path / "resumed"
     with pytest.raises(Stop):
-        run_eval(_config(out, boxed8_model_dir, **kw), model=model, tokenizer=tok, progress=False,
-                 on_chunk=stop_after_first)
+        run_eval(
+            _config(out, boxed8_model_dir, **kw), model=model, tokenizer=tok, progress=False, on_chunk=stop_after_first
+        )
     assert len(read_generations(out / "generations.jsonl")) == 4
     with (out / "generations.jsonl").open("a") as f:  # a kill in the middle of the next write
         f.write('{"benchmark": "arithmetic", "id": "4:')
@@ -66,8 +73,12 @@ def test_interrupted_eval_resumes_without_redoing_rows(tmp_path, boxed8, boxed8_
     with pytest.raises(FileExistsError, match="--resume"):
         run_eval(_config(out, boxed8_model_dir, **kw), model=model, tokenizer=tok, progress=False)
     with pytest.raises(ValueError, match="temperature"):
-        run_eval(_config(out, boxed8_model_dir, **{**kw, "temperature": 0.5}, resume=True), model=model, tokenizer=tok,
-                 progress=False)
+        run_eval(
+            _config(out, boxed8_model_dir, **{**kw, "temperature": 0.5}, resume=True),
+            model=model,
+            tokenizer=tok,
+            progress=False,
+        )
 
     generated = []
     original = HFGenerator.generate
@@ -90,9 +101,20 @@ def test_interrupted_eval_resumes_without_redoing_rows(tmp_path, boxed8, boxed8_
 def test_eval_with_the_implicit_prm(tmp_path, tiny_model_dir, tiny_prm_dir):
     from iprime.prm.scoring import ImplicitPRM
 
-    cfg = EvalConfig(model=str(tiny_model_dir), benchmarks=["math500"], out=str(tmp_path), n=2, temperature=1.0,
-                     max_new_tokens=8, limit=2, batch_size=2, prm=str(tiny_prm_dir), ref=str(tiny_model_dir), beta=0.5,
-                     verify_workers=0)
+    cfg = EvalConfig(
+        model=str(tiny_model_dir),
+        benchmarks=["math500"],
+        out=str(tmp_path),
+        n=2,
+        temperature=1.0,
+        max_new_tokens=8,
+        limit=2,
+        batch_size=2,
+        prm=str(tiny_prm_dir),
+        ref=str(tiny_model_dir),
+        beta=0.5,
+        verify_workers=0,
+    )
     summary = run_eval(cfg, progress=False)["math500"]
     assert {"pass@1", "pass@2", "maj@2", "bon@1", "bon@2", "wvote@2"} <= set(summary)
     records = read_generations(tmp_path / "generations.jsonl")
@@ -104,8 +126,14 @@ def test_eval_with_the_implicit_prm(tmp_path, tiny_model_dir, tiny_prm_dir):
 
 
 def test_code_benchmark_rows_do_not_vote(tmp_path, tiny_model_dir):
-    cfg = EvalConfig(model=str(tiny_model_dir), benchmarks=["humaneval"], out=str(tmp_path), max_new_tokens=4, limit=2,
-                     verify_workers=0)
+    cfg = EvalConfig(
+        model=str(tiny_model_dir),
+        benchmarks=["humaneval"],
+        out=str(tmp_path),
+        max_new_tokens=4,
+        limit=2,
+        verify_workers=0,
+    )
     summary = run_eval(cfg, progress=False)["humaneval"]
     assert summary["pass@1"] == 0.0 and "maj@1" not in summary
     assert all(r["reasons"] == ["no code block found"] for r in read_generations(tmp_path / "generations.jsonl"))
@@ -115,8 +143,25 @@ def test_cli_eval_on_a_custom_jsonl(tmp_path, tiny_model_dir):
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps({"q": f"What is {i}+1?", "a": i + 1}) + "\n" for i in range(3)))
     out = tmp_path / "out"
-    args = ["eval", "--model", str(tiny_model_dir), "--benchmarks", f"arithmetic,{data}", "--limit", "3",
-            "--max-new-tokens", "4", "--out", str(out), "--prompt-key", "q", "--answer-key", "a", "--workers", "0"]
+    args = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--benchmarks",
+        f"arithmetic,{data}",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+        "--prompt-key",
+        "q",
+        "--answer-key",
+        "a",
+        "--workers",
+        "0",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())

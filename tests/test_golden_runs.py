@@ -26,30 +26,87 @@ import torch
 GOLDEN = Path(__file__).parent / "data" / "golden_runs.json"
 ROWS = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(24)]
 BASE = [
-    "train.steps=3", "train.save_every=0", "train.tensorboard=false", "train.log_samples_every=0",
-    "train.num_threads=1", "rollout.n=4", "rollout.prompts_per_step=2", "rollout.max_new_tokens=8",
-    "rollout.max_rounds=3", "optim.lr=1e-3", "prm.lr=1e-3", "optim.micro_batch_size=4",
-    "optim.mini_batch_size=8", "prm.beta=0.5",
+    "train.steps=3",
+    "train.save_every=0",
+    "train.tensorboard=false",
+    "train.log_samples_every=0",
+    "train.num_threads=1",
+    "rollout.n=4",
+    "rollout.prompts_per_step=2",
+    "rollout.max_new_tokens=8",
+    "rollout.max_rounds=3",
+    "optim.lr=1e-3",
+    "prm.lr=1e-3",
+    "optim.micro_batch_size=4",
+    "optim.mini_batch_size=8",
+    "prm.beta=0.5",
 ]
 RUNS: dict[str, list[str]] = {
-    "prime_filter_buffer": ["filter.low=0.25", "filter.high=0.75", "rollout.oversample=2.0",
-                            "filter.drop_truncated=false"],
+    "prime_filter_buffer": [
+        "filter.low=0.25",
+        "filter.high=0.75",
+        "rollout.oversample=2.0",
+        "filter.drop_truncated=false",
+    ],
     "prime_reference_pipeline": [
-        "filter.enabled=false", "algo.normalize=batch_norm", "algo.process_baseline=reference", "prm.update=before",
-        "prm.granularity=step", "prm.epochs=2", "algo.kl_mode=loss", "algo.kl_coef=0.1", "algo.entropy_coef=0.01",
-        "optim.agg=seq-mean-token-mean", "optim.epochs=2", "optim.micro_batch_tokens=40",
-        "optim.loss_scope=mini_batch", "algo.gamma=0.9"],
-    "prime_dpo_lora_kl_reward": ["filter.enabled=false", "prm.loss=dpo", "prm.lora=true", "prm.lora_r=4",
-                                 "algo.kl_mode=reward", "algo.kl_coef=0.05", "rollout.old_logprobs=recompute",
-                                 "prm.granularity=whole", "algo.whiten=false"],
-    "rloo_reference_policy": ["filter.enabled=false", "prm.enabled=false", "algo.estimator=rloo",
-                              "model.reference=policy", "optim.agg=seq-mean-token-sum-norm", "optim.dual_clip=3.0"],
-    "grpo": ["filter.enabled=false", "prm.enabled=false", "algo.estimator=grpo", "algo.kl_mode=loss",
-             "algo.kl_coef=0.02", "optim.schedule=linear", "optim.warmup_steps=1"],
-    "reinforce_pp_kl_reward": ["filter.enabled=false", "prm.enabled=false", "algo.estimator=reinforce_pp",
-                               "algo.kl_mode=reward", "algo.kl_coef=0.05"],
-    "gae_value_model": ["filter.enabled=false", "prm.enabled=false", "algo.estimator=gae", "algo.lam=0.95",
-                        "algo.kl_mode=reward", "algo.kl_coef=0.01"],
+        "filter.enabled=false",
+        "algo.normalize=batch_norm",
+        "algo.process_baseline=reference",
+        "prm.update=before",
+        "prm.granularity=step",
+        "prm.epochs=2",
+        "algo.kl_mode=loss",
+        "algo.kl_coef=0.1",
+        "algo.entropy_coef=0.01",
+        "optim.agg=seq-mean-token-mean",
+        "optim.epochs=2",
+        "optim.micro_batch_tokens=40",
+        "optim.loss_scope=mini_batch",
+        "algo.gamma=0.9",
+    ],
+    "prime_dpo_lora_kl_reward": [
+        "filter.enabled=false",
+        "prm.loss=dpo",
+        "prm.lora=true",
+        "prm.lora_r=4",
+        "algo.kl_mode=reward",
+        "algo.kl_coef=0.05",
+        "rollout.old_logprobs=recompute",
+        "prm.granularity=whole",
+        "algo.whiten=false",
+    ],
+    "rloo_reference_policy": [
+        "filter.enabled=false",
+        "prm.enabled=false",
+        "algo.estimator=rloo",
+        "model.reference=policy",
+        "optim.agg=seq-mean-token-sum-norm",
+        "optim.dual_clip=3.0",
+    ],
+    "grpo": [
+        "filter.enabled=false",
+        "prm.enabled=false",
+        "algo.estimator=grpo",
+        "algo.kl_mode=loss",
+        "algo.kl_coef=0.02",
+        "optim.schedule=linear",
+        "optim.warmup_steps=1",
+    ],
+    "reinforce_pp_kl_reward": [
+        "filter.enabled=false",
+        "prm.enabled=false",
+        "algo.estimator=reinforce_pp",
+        "algo.kl_mode=reward",
+        "algo.kl_coef=0.05",
+    ],
+    "gae_value_model": [
+        "filter.enabled=false",
+        "prm.enabled=false",
+        "algo.estimator=gae",
+        "algo.lam=0.95",
+        "algo.kl_mode=reward",
+        "algo.kl_coef=0.01",
+    ],
 }
 
 
@@ -71,9 +128,11 @@ def fingerprint(model: torch.nn.Module) -> dict:
 
 
 def _numeric(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and not k.startswith("time/") and k != "tokens_per_s"}
+    return {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("time/") and k != "tokens_per_s"
+    }
 
 
 def run_trainer(name: str, model_dir: Path, out: Path) -> dict:
@@ -86,8 +145,10 @@ def run_trainer(name: str, model_dir: Path, out: Path) -> dict:
         trainer = PrimeTrainer(str(model_dir), cfg, ROWS, parity_verifier)
         history = trainer.train(progress=False)
         models = {"policy": trainer.policy, "prm": trainer.prm, "value": trainer.value}
-        return {"metrics": [_numeric(m) for m in history],
-                "weights": {k: fingerprint(m) for k, m in models.items() if m is not None}}
+        return {
+            "metrics": [_numeric(m) for m in history],
+            "weights": {k: fingerprint(m) for k, m in models.items() if m is not None},
+        }
     finally:
         torch.set_num_threads(threads)
 
@@ -99,18 +160,28 @@ def run_quickstart_pin(out: Path) -> dict:
 
     threads = torch.get_num_threads()
     try:
-        preset = QuickstartPreset(threads=1, sft_examples=64, eval_prompts=8, corpus_examples=100, max_new_tokens=24,
-                                  sft=SFTConfig(lr=3e-3, max_steps=6, batch_size=16, warmup_steps=2))
+        preset = QuickstartPreset(
+            threads=1,
+            sft_examples=64,
+            eval_prompts=8,
+            corpus_examples=100,
+            max_new_tokens=24,
+            sft=SFTConfig(lr=3e-3, max_steps=6, batch_size=16, warmup_steps=2),
+        )
         qc = QuickstartConfig(preset=preset, train_prompts=32, curve_eval_prompts=4)
         overrides = ("train.steps=3", "train.eval_every=2", "rollout.prompts_per_step=2", "filter.enabled=false")
         summary = run_quickstart(out, qc, overrides, log=lambda *a: None)
         from iprime.models import load_model
 
         metrics = [_numeric(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        return {"summary": {k: summary[k] for k in ("accuracy_before", "accuracy_after", "steps")},
-                "metrics": metrics,
-                "weights": {"policy": fingerprint(load_model(out / "final" / "policy")),
-                            "prm": fingerprint(load_model(out / "final" / "prm"))}}
+        return {
+            "summary": {k: summary[k] for k in ("accuracy_before", "accuracy_after", "steps")},
+            "metrics": metrics,
+            "weights": {
+                "policy": fingerprint(load_model(out / "final" / "policy")),
+                "prm": fingerprint(load_model(out / "final" / "prm")),
+            },
+        }
     finally:
         torch.set_num_threads(threads)
 
@@ -173,8 +244,10 @@ def record() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = make_tiny_model(tmp / "tiny_model", seed=0)  # as conftest's tiny_model_dir
-        out = {"runs": {name: run_trainer(name, model_dir, tmp / name) for name in sorted(RUNS)},
-               "quickstart": run_quickstart_pin(tmp / "qs")}
+        out = {
+            "runs": {name: run_trainer(name, model_dir, tmp / name) for name in sorted(RUNS)},
+            "quickstart": run_quickstart_pin(tmp / "qs"),
+        }
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
     GOLDEN.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"recorded {len(out['runs'])} trainer runs and the quickstart into {GOLDEN}")

@@ -10,9 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from iprime.cli import app
+from iprime.eval.rerank import rerank_groups
 from iprime.models import load_model, load_tokenizer
 from iprime.prm.offline import OfflinePRMConfig, build_pairs, evaluate_prm_loss, load_labelled_rows, train_prm_offline
-from iprime.prm.rerank import rerank_groups
 from iprime.prm.scoring import ImplicitPRM
 
 
@@ -22,8 +22,14 @@ def labelled_rows() -> list[dict]:
     for a, b in [(17, 25), (38, 44), (29, 53), (46, 37), (58, 26), (19, 64)]:
         wrong = (a + b) - 10  # the carry dropped
         for value, label in ((a + b, 1), (wrong, 0)):
-            rows.append({"prompt_id": f"{a}+{b}", "prompt": f"Compute {a} + {b}.",
-                         "response": f"{a} + {b} = {value}\nThe answer is \\boxed{{{value}}}", "label": label})
+            rows.append(
+                {
+                    "prompt_id": f"{a}+{b}",
+                    "prompt": f"Compute {a} + {b}.",
+                    "response": f"{a} + {b} = {value}\nThe answer is \\boxed{{{value}}}",
+                    "label": label,
+                }
+            )
     return rows
 
 
@@ -65,8 +71,12 @@ def test_build_pairs_and_row_loading(tmp_path):
     pairs = build_pairs(rows, max_pairs_per_prompt=16, rng=random.Random(0))
     assert sorted(pairs) == [(i, i + 1) for i in range(0, 12, 2)]  # winner first, same prompt only
     path = tmp_path / "rows.jsonl"
-    path.write_text(json.dumps({"prompt": "p", "response": "r", "label": True}) + "\n"
-                    + json.dumps({"prompt": "p", "response": "r", "label": 2}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "p", "response": "r", "label": True})
+        + "\n"
+        + json.dumps({"prompt": "p", "response": "r", "label": 2})
+        + "\n"
+    )
     with pytest.raises(ValueError, match=r"rows.jsonl:2: 'label' must be a number in \[0, 1\]"):
         load_labelled_rows(path)
     with pytest.raises(ValueError, match="dpo needs"):
@@ -94,8 +104,27 @@ def test_cli_prm_train(tmp_path, tiny_model_dir):
     data = tmp_path / "labelled.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in labelled_rows()))
     out = tmp_path / "prm"
-    result = CliRunner().invoke(app, ["prm", "train", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
-                                      "--loss", "dpo", "--lr", "1e-3", "--epochs", "1", "--batch-size", "3"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "prm",
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--loss",
+            "dpo",
+            "--lr",
+            "1e-3",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert load_model(out) is not None and json.loads((out / "prm_training.json").read_text())["steps"] == 2
 
@@ -129,8 +158,14 @@ def test_rerank_picks_by_hand():
     assert p2["best_of_n"]["row"] == 7 and p2["best_of_n"]["answer"] is None and not p2["best_of_n"]["correct"]
     assert p2["weighted_vote"]["row"] == 4 and p2["weighted_vote"]["correct"]
     assert p2["majority"]["row"] == 4
-    assert summary == {"groups": 2, "responses": 8, "mean_accuracy": 0.5, "best_of_n_accuracy": 0.0,
-                       "weighted_vote_accuracy": 0.5, "majority_accuracy": 1.0}
+    assert summary == {
+        "groups": 2,
+        "responses": 8,
+        "mean_accuracy": 0.5,
+        "best_of_n_accuracy": 0.0,
+        "weighted_vote_accuracy": 0.5,
+        "majority_accuracy": 1.0,
+    }
     exact, _ = rerank_groups(ROWS, REWARDS, equivalence="exact")
     assert exact[1]["majority"]["row"] == 4  # three singletons tie: the first wins
     assert exact[1]["weighted_vote"]["row"] == 6  # unmerged, 3 (s(1)) beats each half (s(0))
@@ -141,13 +176,36 @@ def test_cli_rerank_matches_directly_computed_rewards(tmp_path, tiny_prm_dir, ti
     data = tmp_path / "samples.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["prm", "rerank", "--prm", str(tiny_prm_dir), "--ref", str(tiny_model_dir),
-                                      "--data", str(data), "--out", str(out), "--beta", "0.5"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "prm",
+            "rerank",
+            "--prm",
+            str(tiny_prm_dir),
+            "--ref",
+            str(tiny_model_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--beta",
+            "0.5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     picks = [json.loads(line) for line in (out / "picks.jsonl").read_text().splitlines()]
     prm, ref, tok = load_model(tiny_prm_dir), load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
-    direct = [float(0.5 * (direct_response_logp(prm, tok, r["prompt"], r["response"])
-                           - direct_response_logp(ref, tok, r["prompt"], r["response"])).sum()) for r in rows]
+    direct = [
+        float(
+            0.5
+            * (
+                direct_response_logp(prm, tok, r["prompt"], r["response"])
+                - direct_response_logp(ref, tok, r["prompt"], r["response"])
+            ).sum()
+        )
+        for r in rows
+    ]
     for pick, start in zip(picks, (0, 4)):
         group = direct[start : start + 4]
         assert pick["best_of_n"]["row"] == start + max(range(4), key=lambda i: (group[i], -i))

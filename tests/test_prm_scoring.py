@@ -31,8 +31,8 @@ def scorer(tiny_prm_dir, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def scores(scorer):
-    return scorer.score(PROMPTS, RESPONSES, ended=[True, True, False])
+def scores(scorer):  # these responses separate their steps with blank lines
+    return scorer.score(PROMPTS, RESPONSES, ended=[True, True, False], step_delimiter="\n\n")
 
 
 def test_token_rewards_equal_beta_times_logratio(scorer, scores, direct_response_logp):
@@ -89,8 +89,16 @@ def test_html_is_self_contained_and_shows_every_token(scores):
 def test_html_renders_in_headless_chromium(scores, tmp_path):
     page = tmp_path / "scores.html"
     page.write_text(render_html(scores), encoding="utf-8")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     dom = subprocess.run(["chromium", *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count('class="tok"') == sum(len(s.tokens) for s in scores)
@@ -98,18 +106,43 @@ def test_html_renders_in_headless_chromium(scores, tmp_path):
     for tok in ("answer", "boxed{", "&lt;b&gt;"):
         assert tok in dom.stdout or tok in text
     shot = tmp_path / "shot.png"
-    res = subprocess.run(["chromium", *flags, "--hide-scrollbars", "--window-size=1200,900", f"--screenshot={shot}",
-                          page.as_uri()], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["chromium", *flags, "--hide-scrollbars", "--window-size=1200,900", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0 and shot.stat().st_size > 5000, res.stderr[-2000:]
 
 
 def test_cli_prm_score(tmp_path, tiny_prm_dir, tiny_model_dir):
     data = tmp_path / "responses.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p, "response": r, "label": i % 2}) + "\n"
-                            for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))))
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": p, "response": r, "label": i % 2}) + "\n"
+            for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))
+        )
+    )
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["prm", "score", "--prm", str(tiny_prm_dir), "--ref", str(tiny_model_dir), "--data",
-                                      str(data), "--out", str(out), "--beta", str(BETA), "--step-delimiter", "\\n\\n"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "prm",
+            "score",
+            "--prm",
+            str(tiny_prm_dir),
+            "--ref",
+            str(tiny_model_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--beta",
+            str(BETA),
+            "--step-delimiter",
+            "\\n\\n",
+        ],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "scores.json").read_text())
     assert len(payload) == 3 and payload[1]["label"] == 1 and len(payload[0]["step_rewards"]) == 3

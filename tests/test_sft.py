@@ -1,14 +1,14 @@
-"""SFT: example encoding, jsonl loading, schedule, the training loop and accuracy evaluation."""
+"""SFT: example encoding, jsonl loading, the training loop and accuracy evaluation (the schedule: test_optim.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
 
 from iprime.data import ArithmeticConfig, ArithmeticTask, JsonlError
+from iprime.data.chat import render_prompt
 from iprime.models import load_model, load_tokenizer, make_tiny_model
 from iprime.train import (
     IGNORE_INDEX,
@@ -17,8 +17,6 @@ from iprime.train import (
     encode_sft_example,
     evaluate_accuracy,
     load_sft_rows,
-    lr_factor,
-    render_prompt,
     run_sft,
 )
 
@@ -30,7 +28,9 @@ EASY = ArithmeticTask(ArithmeticConfig(min_ops=1, max_ops=1, digits=1, operators
 def easy_model_dir(tmp_path_factory):
     """A tiny model whose tokenizer was fit to the easy task's text."""
     corpus = EASY.corpus(60, seed=0)
-    return make_tiny_model(tmp_path_factory.mktemp("sft_model"), corpus=corpus, hidden_size=64, intermediate_size=256, seed=0)
+    return make_tiny_model(
+        tmp_path_factory.mktemp("sft_model"), corpus=corpus, hidden_size=64, intermediate_size=256, seed=0
+    )
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_load_sft_rows_reads_both_formats(tmp_path):
         ('{"prompt": "p", "response": ', "invalid JSON"),
         ('{"prompt": "p"}', "missing field 'response'"),
         ('{"prompt": "p", "response": 3}', "must be a string"),
-        ('[1, 2]', "JSON object"),
+        ("[1, 2]", "JSON object"),
         ('{"messages": [{"role": "user", "content": "p"}]}', "at least 2"),
         ('{"messages": [{"role": "user", "content": "p"}, {"role": "user", "content": "q"}]}', "assistant"),
         ('{"messages": [{"role": "user"}, {"role": "assistant", "content": "q"}]}', r"messages\[0\]"),
@@ -130,7 +130,8 @@ def test_malformed_sft_row_raises_with_line_number(tmp_path, bad, match):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"lr": 0}, {"epochs": 0}, {"max_steps": 0}, {"batch_size": 0}, {"schedule": "step"}, {"min_lr_ratio": 2.0}]
+    "kwargs",
+    [{"lr": 0}, {"epochs": 0}, {"max_steps": 0}, {"batch_size": 0}, {"schedule": "step"}, {"min_lr_ratio": 2.0}],
 )
 def test_bad_sft_config_raises(kwargs):
     with pytest.raises(ValueError):
@@ -140,20 +141,6 @@ def test_bad_sft_config_raises(kwargs):
 def test_num_steps_from_epochs_or_max_steps():
     assert SFTConfig(epochs=2, batch_size=10).num_steps(95) == 19
     assert SFTConfig(epochs=2, batch_size=10, max_steps=7).num_steps(95) == 7
-
-
-@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
-def test_lr_schedule_warms_up_then_decays(schedule):
-    cfg = SFTConfig(warmup_steps=10, schedule=schedule, min_lr_ratio=0.1)
-    f = [lr_factor(s, 100, cfg) for s in range(100)]
-    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a <= b + 1e-12 for a, b in zip(f[:10], f[1:10]))
-    if schedule == "constant":
-        assert f[-1] == 1.0
-    else:
-        assert all(a >= b - 1e-12 for a, b in zip(f[10:], f[11:]))
-        assert f[-1] == pytest.approx(0.1, abs=0.02)
-        assert math.isclose(lr_factor(100, 100, cfg), 0.1)
 
 
 # ---------------------------------------------------------------- training loop

@@ -15,9 +15,9 @@ from iprime.data import (
     boxed_int_score,
     can_slip,
     drop_carries,
-    extract_boxed,
     first_wrong_step,
     generate_problems,
+    last_boxed,
     parse_int_answer,
     problem_from_prompt,
     problem_split,
@@ -204,16 +204,19 @@ def test_problem_from_prompt_rejects_other_text(prompt):
         problem_from_prompt(prompt)
 
 
-@pytest.mark.parametrize("response, expected", [
-    ("37 + 48 = 85\n85 - 19 = 66\nThe answer is \\boxed{66}", None),
-    ("37 + 48 = 75\n75 - 19 = 56\nThe answer is \\boxed{56}", 0),  # carry slip, propagated
-    ("37 + 48 = 85\n85 - 19 = 76\nThe answer is \\boxed{76}", 1),  # borrow slip on line 2
-    ("37 + 48 = 85\n84 - 19 = 65\nThe answer is \\boxed{65}", 1),  # wrong left operand
-    ("37 + 48 = 85\n85 + 19 = 104", 1),  # wrong operator
-    ("37 + 48 = 85", 1),  # missing step
-    ("The answer is \\boxed{66}", 0),  # no steps at all
-    ("", 0),
-])
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("37 + 48 = 85\n85 - 19 = 66\nThe answer is \\boxed{66}", None),
+        ("37 + 48 = 75\n75 - 19 = 56\nThe answer is \\boxed{56}", 0),  # carry slip, propagated
+        ("37 + 48 = 85\n85 - 19 = 76\nThe answer is \\boxed{76}", 1),  # borrow slip on line 2
+        ("37 + 48 = 85\n84 - 19 = 65\nThe answer is \\boxed{65}", 1),  # wrong left operand
+        ("37 + 48 = 85\n85 + 19 = 104", 1),  # wrong operator
+        ("37 + 48 = 85", 1),  # missing step
+        ("The answer is \\boxed{66}", 0),  # no steps at all
+        ("", 0),
+    ],
+)
 def test_first_wrong_step_by_hand(response, expected):
     assert first_wrong_step(problem_from_prompt("Compute 37 + 48 - 19."), response) == expected
 
@@ -269,11 +272,56 @@ def test_verifier_edge_cases(response, answer, score):
     assert ArithmeticTask.verify(response, answer) == score
 
 
-def test_extract_boxed_keeps_nested_braces():
-    assert extract_boxed("x \\boxed{\\frac{1}{2}} y") == "\\frac{1}{2}"
-    assert extract_boxed("no box") is None
-    assert parse_int_answer(" {{ -7 }} ") == -7
-    assert parse_int_answer("7x") is None
+def test_strict_box_keeps_nested_braces_and_ignores_earlier_boxes():
+    assert last_boxed("x \\boxed{\\frac{1}{2}} y", strict=True) == "\\frac{1}{2}"
+    assert last_boxed("no box", strict=True) is None
+    # the final box is cut off: strictly no answer; leniently the earlier, complete box
+    assert last_boxed("\\boxed{85}\\boxed{8", strict=True) is None
+    assert last_boxed("\\boxed{85}\\boxed{8") == "85"
+    # strict reads \\boxed{...} only
+    assert last_boxed("\\boxed{1} \\fbox{2} \\boxed 3", strict=True) == "1"
+    assert last_boxed("\\boxed{1} \\fbox{2}") == "2"
+
+
+def _extract_boxed_before_unification(text):
+    """The built-in task's box reader as it was before it became ``last_boxed(strict=True)``."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i = start + len("\\boxed{")
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j]
+    return None
+
+
+def test_strict_box_scores_exactly_like_the_old_reader():
+    """Integer answers are read the same, on random boxes among the characters that matter."""
+    rng = random.Random(0)
+    pieces = ["\\boxed{", "\\boxed", "\\fbox{", "{", "}", "\\", "\\{", "\\}", "1", "2", "-", " ", "\n", "x", "$"]
+    inner = ["1", "2", "3", "1", "2", " ", "-", "{", "}", "\\", "\\{", "\\}", "x"]
+
+    def junk(k):
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, k)))
+
+    answered = 0
+    for _ in range(20000):
+        text = (
+            junk(4)
+            + "\\boxed{"
+            + "".join(rng.choice(inner) for _ in range(rng.randint(0, 5)))
+            + rng.choice(["}", "}", ""])
+            + junk(3)
+        )
+        got = parse_int_answer(last_boxed(text, strict=True))
+        assert got == parse_int_answer(_extract_boxed_before_unification(text)), text
+        answered += got is not None
+    assert answered > 1000  # the comparison is not vacuous
 
 
 def test_verifier_rejects_non_integer_reference():
@@ -319,5 +367,7 @@ def test_malformed_jsonl_reports_line_number(tmp_path, lines, line, match):
 
 def test_write_jsonl_with_fields_requires_them(tmp_path):
     with pytest.raises(ValueError, match="row 1"):
-        write_jsonl(tmp_path / "x.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c"}], fields=("prompt", "response"))
+        write_jsonl(
+            tmp_path / "x.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c"}], fields=("prompt", "response")
+        )
     assert json.loads((tmp_path / "x.jsonl").read_text().splitlines()[0]) == {"prompt": "a", "response": "b"}

@@ -12,6 +12,7 @@ import torch
 
 from iprime.config import load_config
 from iprime.train.prime import NonFiniteError, PrimeTrainer
+from iprime.train.prm_update import update_prm
 
 ROWS = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(24)]
 
@@ -23,10 +24,20 @@ def parity_verifier(text: str, answer: str) -> float:
 
 def make_config(tmp_path, *overrides: str):
     base = [
-        f"train.out_dir={tmp_path}", "train.steps=3", "train.save_every=1", "train.tensorboard=false",
-        "rollout.n=4", "rollout.prompts_per_step=2", "rollout.max_new_tokens=8", "rollout.max_rounds=3",
-        "filter.enabled=false", "optim.lr=1e-3", "prm.lr=1e-3", "optim.micro_batch_size=4",
-        "optim.mini_batch_size=8", "prm.beta=0.5",
+        f"train.out_dir={tmp_path}",
+        "train.steps=3",
+        "train.save_every=1",
+        "train.tensorboard=false",
+        "rollout.n=4",
+        "rollout.prompts_per_step=2",
+        "rollout.max_new_tokens=8",
+        "rollout.max_rounds=3",
+        "filter.enabled=false",
+        "optim.lr=1e-3",
+        "prm.lr=1e-3",
+        "optim.micro_batch_size=4",
+        "optim.mini_batch_size=8",
+        "prm.beta=0.5",
     ]
     return load_config(None, base + list(overrides))
 
@@ -53,6 +64,13 @@ def test_prime_run_end_to_end(tiny_model_dir, tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     assert (tmp_path / "checkpoints" / "LATEST").read_text() == "step-000003"
     assert (tmp_path / "config.yaml").is_file()
+    # the saved PRM carries what its rewards mean: beta, the reference and the step delimiter
+    from iprime.prm.metadata import PRMMetadata, load_prm_metadata
+
+    final = trainer.save_pretrained(tmp_path / "final")
+    assert load_prm_metadata(final / "prm") == PRMMetadata(
+        beta=0.5, reference=str(tiny_model_dir.resolve()), step_delimiter="\n", granularity="token", loss="ce"
+    )
 
 
 def test_filter_keeps_medium_groups_and_refills(tiny_model_dir, tmp_path):
@@ -63,10 +81,17 @@ def test_filter_keeps_medium_groups_and_refills(tiny_model_dir, tmp_path):
         kind = int(answer) % 3
         return next(alternating) if int(answer) > 40 else float(kind == 0)
 
-    cfg = make_config(tmp_path, "filter.enabled=true", "rollout.prompts_per_step=2", "rollout.oversample=1.0",
-                      "rollout.max_rounds=20", "train.steps=1", "filter.drop_truncated=false")
+    cfg = make_config(
+        tmp_path,
+        "filter.enabled=true",
+        "rollout.prompts_per_step=2",
+        "rollout.oversample=1.0",
+        "rollout.max_rounds=20",
+        "train.steps=1",
+        "filter.drop_truncated=false",
+    )
     trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, verifier)
-    trainer.stream.shuffle = False  # walk the rows in order: 10 rounds before the first medium row
+    trainer.collector.stream.shuffle = False  # walk the rows in order: 10 rounds before the first medium row
     batch, stats = trainer.collect()
     rows = batch.meta["row"]
     assert len(batch) == 2 * 4 and all(r >= 20 for r in rows)
@@ -81,7 +106,7 @@ def test_surplus_groups_wait_in_the_buffer(tiny_model_dir, tmp_path):
     trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, parity_verifier)
     batch, stats = trainer.collect()
     assert len(batch) == 8 and stats["rollout/buffer_groups"] == 2
-    buffered = trainer.buffer.meta["row"]
+    buffered = trainer.collector.buffer.meta["row"]
     batch2, stats2 = trainer.collect()
     assert stats2["rollout/rounds"] == 0 and batch2.meta["row"] == buffered
 
@@ -114,15 +139,15 @@ def test_resume_without_checkpoint_is_an_error(tiny_model_dir, tmp_path):
 
 
 def test_non_finite_loss_skips_updates_then_stops(tiny_model_dir, tmp_path, monkeypatch):
-    import iprime.train.prime as prime_module
+    import iprime.train.ppo_update as ppo_module
 
-    real = prime_module.algo.ppo_policy_loss
+    real = ppo_module.algo.ppo_policy_loss
 
     def poisoned(*args, **kwargs):
         loss, metrics = real(*args, **kwargs)
         return loss * float("nan"), metrics
 
-    monkeypatch.setattr(prime_module.algo, "ppo_policy_loss", poisoned)
+    monkeypatch.setattr(ppo_module.algo, "ppo_policy_loss", poisoned)
     cfg = make_config(tmp_path, "train.max_bad_steps=2", "prm.enabled=false", "algo.estimator=rloo")
     trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, parity_verifier)
     before = params_of(trainer.policy)
@@ -135,18 +160,35 @@ def test_non_finite_loss_skips_updates_then_stops(tiny_model_dir, tmp_path, monk
 
 @pytest.mark.parametrize("estimator", ["rloo", "grpo", "reinforce", "reinforce_pp", "gae"])
 def test_baselines_are_one_flag_apart(tiny_model_dir, tmp_path, estimator):
-    cfg = make_config(tmp_path, f"algo.estimator={estimator}", "prm.enabled=false", "train.steps=1",
-                      "algo.kl_coef=0.01", "algo.kl_mode=" + ("reward" if estimator in ("reinforce_pp", "gae") else "loss"))
-    trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, parity_verifier)
+    cfg = make_config(
+        tmp_path,
+        f"algo.estimator={estimator}",
+        "prm.enabled=false",
+        "train.steps=1",
+        "algo.kl_coef=0.01",
+        "algo.kl_mode=" + ("reward" if estimator in ("reinforce_pp", "gae") else "loss"),
+    )
+    alternating = itertools.cycle([1.0, 0.0])  # every group of K=4 is half right: non-zero advantages
+    trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, lambda text, answer: next(alternating))
     assert trainer.prm is None and (trainer.value is not None) == (estimator == "gae")
     before = params_of(trainer.policy)
     (m,) = trainer.train(progress=False)
     assert math.isfinite(m["policy/pg_loss"]) and math.isfinite(m["policy/kl_ref"])
-    assert changed(before, trainer.policy) or m["adv/std"] == 0.0
+    assert m["batch/acc"] == 0.5 and m["adv/std"] > 0.1 and m["policy/updates"] >= 1
+    assert changed(before, trainer.policy)
 
 
-@pytest.mark.parametrize("override", ["prm.granularity=step", "prm.granularity=whole", "prm.loss=dpo",
-                                      "prm.update=before", "model.reference=policy", "algo.normalize=batch_norm"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "prm.granularity=step",
+        "prm.granularity=whole",
+        "prm.loss=dpo",
+        "prm.update=before",
+        "model.reference=policy",
+        "algo.normalize=batch_norm",
+    ],
+)
 def test_prime_options_run(tiny_model_dir, tmp_path, override):
     trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path, "train.steps=1", override), ROWS, parity_verifier)
     (m,) = trainer.train(progress=False)
@@ -154,8 +196,9 @@ def test_prime_options_run(tiny_model_dir, tmp_path, override):
 
 
 def test_frozen_prm_is_not_updated(tiny_model_dir, tmp_path):
-    trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path, "train.steps=1", "prm.update=none"), ROWS,
-                           parity_verifier)
+    trainer = PrimeTrainer(
+        str(tiny_model_dir), make_config(tmp_path, "train.steps=1", "prm.update=none"), ROWS, parity_verifier
+    )
     before = params_of(trainer.prm)
     trainer.train(progress=False)
     assert not changed(before, trainer.prm)
@@ -165,12 +208,17 @@ def test_prm_epochs_are_repeated_passes_scored_before_the_first(tiny_model_dir, 
     one = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "one"), ROWS, parity_verifier)
     two = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "two", "prm.epochs=2"), ROWS, parity_verifier)
     batch, _ = one.collect()
-    one._global_batch = two._global_batch = batch
-    ref_logp = one._all_logprobs(one.reference, batch, 8)
-    expected = one._all_logprobs(one.prm, batch, 8)
-    m2, scored = two._update_prm(batch, ref_logp, return_logp=True)
-    m1a, _ = one._update_prm(batch, ref_logp)
-    m1b, _ = one._update_prm(batch, ref_logp)  # two single passes == one call with prm.epochs=2
+    ref_logp = one.passes.all_logprobs(one.reference, batch, 8)
+    expected = one.passes.all_logprobs(one.prm, batch, 8)
+
+    def update(trainer, return_logp=False):
+        return update_prm(
+            trainer.passes, trainer.prm, trainer.optimizers.prm, batch, ref_logp, len(batch), return_logp=return_logp
+        )
+
+    m2, scored = update(two, return_logp=True)
+    m1a, _ = update(one)
+    m1b, _ = update(one)  # two single passes == one call with prm.epochs=2
     mask = batch.response_mask.bool()
     assert torch.allclose(scored[mask], expected[mask], atol=1e-5)
     for (name, a), b in zip(one.prm.state_dict().items(), two.prm.state_dict().values()):
@@ -196,28 +244,54 @@ def test_a_verifier_out_of_range_stops_with_a_clear_error(tiny_model_dir, tmp_pa
 def test_sampling_logprobs_stand_in_for_a_recompute(tiny_model_dir, tmp_path):
     runs = {}
     for mode in ("sampling", "recompute"):
-        trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / mode, "train.steps=1",
-                                                                f"rollout.old_logprobs={mode}"), ROWS, parity_verifier)
+        trainer = PrimeTrainer(
+            str(tiny_model_dir),
+            make_config(tmp_path / mode, "train.steps=1", f"rollout.old_logprobs={mode}"),
+            ROWS,
+            parity_verifier,
+        )
         assert trainer.reuse_sampling_logprobs == (mode == "sampling")
         (runs[mode],) = trainer.train(progress=False)
     for key in ("policy/pg_loss", "policy/approx_kl", "policy/clip_frac", "prm/loss", "adv/std"):
         assert runs["sampling"][key] == pytest.approx(runs["recompute"][key], abs=1e-4), key
     # auto: the built-in sampler's log-probs are reused; with IS correction they must be recomputed
     auto = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "a"), ROWS, parity_verifier)
-    corrected = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "b", "rollout.is_correction=true"), ROWS,
-                             parity_verifier)
+    corrected = PrimeTrainer(
+        str(tiny_model_dir), make_config(tmp_path / "b", "rollout.is_correction=true"), ROWS, parity_verifier
+    )
     assert auto.reuse_sampling_logprobs and not corrected.reuse_sampling_logprobs
 
 
 def test_the_prm_update_pass_scores_with_the_pre_update_prm(tiny_model_dir, tmp_path):
     trainer = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path), ROWS, parity_verifier)
     batch, _ = trainer.collect()
-    trainer._global_batch = batch
-    ref_logp = trainer._all_logprobs(trainer.reference, batch, 8)
-    expected = trainer._all_logprobs(trainer.prm, batch, 8)
+    ref_logp = trainer.passes.all_logprobs(trainer.reference, batch, 8)
+    expected = trainer.passes.all_logprobs(trainer.prm, batch, 8)
     before = params_of(trainer.prm)
-    metrics, scored = trainer._update_prm(batch, ref_logp, return_logp=True)
+    metrics, scored = update_prm(
+        trainer.passes, trainer.prm, trainer.optimizers.prm, batch, ref_logp, len(batch), return_logp=True
+    )
     mask = batch.response_mask.bool()
     assert metrics["prm/skipped"] == 0.0 and changed(before, trainer.prm)
     assert torch.allclose(scored[mask], expected[mask], atol=1e-5)
     assert trainer.prm.training  # the scoring pass ran in eval mode and restored the mode
+
+
+def test_a_registered_estimator_trains_from_the_config(tiny_model_dir, tmp_path, monkeypatch):
+    import iprime.algo.advantages as advantages_module
+    from iprime.algo import AdvantageOutput, register_advantage_estimator, rloo_advantages
+
+    monkeypatch.setattr(advantages_module, "_REGISTRY", dict(advantages_module._REGISTRY))
+    seen = []
+
+    @register_advantage_estimator("scaled_rloo")
+    def scaled_rloo(x):
+        seen.append((x.outcome.shape, x.mask.shape, x.group_size, x.token_rewards is None))
+        return AdvantageOutput(3.0 * rloo_advantages(x.outcome, x.mask, x.group_size))
+
+    alternating = itertools.cycle([1.0, 0.0])
+    cfg = make_config(tmp_path, "algo.estimator=scaled_rloo", "prm.enabled=false", "train.steps=1", "algo.whiten=false")
+    trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, lambda text, answer: next(alternating))
+    (m,) = trainer.train(progress=False)
+    assert seen == [(torch.Size([8]), torch.Size([8, 8]), 4, True)]
+    assert m["adv/max"] == pytest.approx(3.0 * (1.0 - 1.0 / 3.0))  # 3 x the RLOO advantage of a right answer

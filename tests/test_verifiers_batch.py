@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 
+from iprime.eval.benchmarks import read_data_file
 from iprime.verifiers import (
     GymTask,
     Verifier,
@@ -21,8 +19,6 @@ from iprime.verifiers import (
 )
 from iprime.verifiers.rows import humaneval_tests, mbpp_tests
 from iprime.verifiers.sandbox import check_isolation_available
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 
 
 # Module-level so worker processes can unpickle them.
@@ -91,7 +87,6 @@ def test_gym_adapter_offline() -> None:
         assert [r.score for r in verify_batch(f"gym:{name}", responses, entries, workers=2)] == [1.0] * 5
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="benchmark data not found")
 def test_canonical_code_solutions_pass() -> None:
     """HumanEval (all 164) and every 3rd MBPP row (133 of 399) canonical solutions pass.
 
@@ -102,8 +97,8 @@ def test_canonical_code_solutions_pass() -> None:
         check_isolation_available("namespaces")
     except Exception as exc:  # noqa: BLE001
         pytest.skip(str(exc))
-    humaneval = [json.loads(line) for line in gzip.open(DATA / "humaneval.jsonl.gz")]
-    mbpp = json.loads((DATA / "mbpp.json").read_text())[::3]
+    humaneval = read_data_file("humaneval.jsonl.gz")  # the copies shipped in iprime/eval/data
+    mbpp = read_data_file("mbpp.json.gz")[::3]
     cases = {
         "humaneval": (
             [f"```python\n{r['prompt']}{r['canonical_solution']}\n```" for r in humaneval],
@@ -116,5 +111,8 @@ def test_canonical_code_solutions_pass() -> None:
             results = pool.verify("code", responses, tests, timeout_s=10.0)
             misses = [(i, r.reason) for i, r in enumerate(results) if r.score != 1.0]
             rate = 1 - len(misses) / len(results)
-            print(f"{name}: {rate:.2%} ({len(results) - len(misses)}/{len(results)}) canonical solutions pass; misses: {misses}")
+            print(
+                f"{name}: {rate:.2%} ({len(results) - len(misses)}/{len(results)}) canonical solutions pass; "
+                f"misses: {misses}"
+            )
             assert rate >= 0.99, misses

@@ -140,7 +140,8 @@ def test_infinite_loop_at_import_times_out() -> None:
     [
         "import os\nwhile True:\n    os.fork()",
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
-        "import os\ndef add(a, b):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass",
+        "import os\ndef add(a, b):\n    while True:\n        try:\n            os.fork()\n"
+        "        except OSError:\n            pass",
     ],
 )
 def test_fork_bomb_is_contained(code: str) -> None:
@@ -275,5 +276,8 @@ def test_no_inherited_secrets(monkeypatch) -> None:
     monkeypatch.setenv("IPRIME_TEST_SECRET", "hunter2")
     code = "import os\nassert 'IPRIME_TEST_SECRET' not in os.environ\ndef add(a, b):\n    return a + b"
     assert verify_code(py(code), ADD_TESTS) == 1.0
-    code = "import os\nassert not os.path.exists('/root/.bashrc') or not os.access('/root', os.R_OK)\ndef add(a, b):\n    return a + b"
+    code = (
+        "import os\nassert not os.path.exists('/root/.bashrc') or not os.access('/root', os.R_OK)\n"
+        "def add(a, b):\n    return a + b"
+    )
     assert verify_code(py(code), ADD_TESTS) == 1.0

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from iprime.data.boxed import last_boxed
 from iprime.verifiers import verify_math, verify_math_detailed
-from iprime.verifiers.extract import answer_is_fallback, extract_final_answer, last_boxed
+from iprime.verifiers.extract import answer_is_fallback, extract_final_answer
 from iprime.verifiers.rows import aime_golds, amc_golds, math500_golds, minerva_golds, olympiadbench_golds
 
 

@@ -1,4 +1,4 @@
-"""verify_math against the shared math benchmarks.
+"""verify_math against the math benchmarks shipped in the package (``iprime/eval/data``).
 
 For each benchmark, a *positive* sample is the gold solution (MATH-500,
 Minerva: the full reference solution, whose last box is the answer) or the
@@ -16,30 +16,16 @@ time budget. For the full figures and the list of misses run:
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import pytest
 
+from iprime.eval.benchmarks import read_data_file
 from iprime.verifiers import VerifierPool, verify_batch
 from iprime.verifiers.rows import math500_golds, minerva_golds, olympiadbench_golds
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 SUBSET = 120  # rows per benchmark in the test suite for Minerva / OlympiadBench
 THRESHOLD = 0.99
-
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not found at {DATA}")
-
-
-def load_math500() -> list[dict]:
-    columns = json.loads((DATA / "math500.json").read_text())
-    keys = sorted(columns["problem"], key=int)  # column-oriented: {field: {row: value}}
-    return [{field: columns[field][k] for field in columns} for k in keys]
-
-
-def load_jsonl(name: str) -> list[dict]:
-    return [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
 
 
 def _boxed(gold: str) -> str:
@@ -48,10 +34,10 @@ def _boxed(gold: str) -> str:
 
 BENCHMARKS = {
     # name: (loader, golds(row), positive response(row, golds))
-    "math500": (load_math500, math500_golds, lambda row, golds: row["solution"]),
-    "minerva": (lambda: load_jsonl("minerva_math.jsonl"), minerva_golds, lambda row, golds: row["solution"]),
+    "math500": (lambda: read_data_file("math500.json.gz"), math500_golds, lambda row, golds: row["solution"]),
+    "minerva": (lambda: read_data_file("minerva_math.jsonl.gz"), minerva_golds, lambda row, golds: row["solution"]),
     "olympiadbench": (
-        lambda: load_jsonl("olympiadbench.jsonl"),
+        lambda: read_data_file("olympiadbench.jsonl.gz"),
         olympiadbench_golds,
         lambda row, golds: _boxed(golds[0]),
     ),
@@ -101,7 +87,7 @@ def _report(result: dict) -> str:
     ]
     for i, gold, reason in result["positive_misses"]:
         lines.append(f"  positive miss row {i}: gold={gold!r}: {reason}")
-    for i, gold, response, reason in result["negative_misses"]:
+    for i, gold, response, _reason in result["negative_misses"]:
         lines.append(f"  negative miss row {i}: gold={gold!r} accepted {response!r}")
     return "\n".join(lines)
 

@@ -65,9 +65,18 @@ class FakeLLM:
         self.calls.append("generate")
         sp = self.last_params = sampling_params
         ids = [p["prompt_token_ids"] for p in prompts]
-        batch = self.hf.generate(ids, SamplingParams(n=sp.n, temperature=sp.temperature, top_p=sp.top_p,
-                                                     top_k=max(sp.top_k, 0), max_new_tokens=sp.max_tokens,
-                                                     seed=sp.seed, stop_at_eos=not sp.ignore_eos))
+        batch = self.hf.generate(
+            ids,
+            SamplingParams(
+                n=sp.n,
+                temperature=sp.temperature,
+                top_p=sp.top_p,
+                top_k=max(sp.top_k, 0),
+                max_new_tokens=sp.max_tokens,
+                seed=sp.seed,
+                stop_at_eos=not sp.ignore_eos,
+            ),
+        )
         outputs = []
         for i in range(len(ids)):
             completions = []
@@ -76,10 +85,17 @@ class FakeLLM:
                 m = batch.response_mask[r].bool()
                 toks = batch.response_ids[r][m].tolist()
                 lps = batch.sampling_logprobs[r][m].tolist()
-                completions.append(SimpleNamespace(
-                    index=k, token_ids=toks, text="",
-                    logprobs=[{t: SimpleNamespace(logprob=lp, rank=1, decoded_token=None)} for t, lp in zip(toks, lps)],
-                    finish_reason="length" if bool(batch.truncated[r]) else "stop"))
+                completions.append(
+                    SimpleNamespace(
+                        index=k,
+                        token_ids=toks,
+                        text="",
+                        logprobs=[
+                            {t: SimpleNamespace(logprob=lp, rank=1, decoded_token=None)} for t, lp in zip(toks, lps)
+                        ],
+                        finish_reason="length" if bool(batch.truncated[r]) else "stop",
+                    )
+                )
             outputs.append(SimpleNamespace(prompt_token_ids=ids[i], outputs=completions[::-1]))  # any order
         return outputs
 
@@ -90,7 +106,9 @@ def model_and_tokenizer(tiny_model_dir):
 
 
 def make_vllm(model, tokenizer, **kw):
-    return VLLMGenerator(FakeLLM(copy.deepcopy(model), tokenizer), tokenizer, sampling_params_cls=FakeSamplingParams, **kw)
+    return VLLMGenerator(
+        FakeLLM(copy.deepcopy(model), tokenizer), tokenizer, sampling_params_cls=FakeSamplingParams, **kw
+    )
 
 
 def test_batch_layout_matches_hf_generator(model_and_tokenizer):
@@ -111,10 +129,14 @@ def test_finish_reasons_padding_and_sample_order(model_and_tokenizer):
     gen = make_vllm(model, tok, sleep=False)
     eos = tok.eos_token_id
     lp = lambda toks, v: [{t: SimpleNamespace(logprob=v)} for t in toks]  # noqa: E731
-    out = [SimpleNamespace(outputs=[
-        SimpleNamespace(index=1, token_ids=[7, 8, 9], logprobs=lp([7, 8, 9], -0.5), finish_reason="length"),
-        SimpleNamespace(index=0, token_ids=[5, eos], logprobs=lp([5, eos], -0.25), finish_reason="stop"),
-    ])]
+    out = [
+        SimpleNamespace(
+            outputs=[
+                SimpleNamespace(index=1, token_ids=[7, 8, 9], logprobs=lp([7, 8, 9], -0.5), finish_reason="length"),
+                SimpleNamespace(index=0, token_ids=[5, eos], logprobs=lp([5, eos], -0.25), finish_reason="stop"),
+            ]
+        )
+    ]
     b = gen.to_batch([[3, 4]], ["p"], out, SamplingParams(n=2, max_new_tokens=3))
     assert b.response_ids.tolist() == [[5, eos, tok.pad_token_id], [7, 8, 9]]  # sample 0 first, right-padded
     assert b.response_mask.tolist() == [[1, 1, 0], [1, 1, 1]]  # EOS is part of the response
@@ -162,11 +184,26 @@ def test_trainer_with_a_vllm_engine_syncs_weights_and_corrects(tiny_model_dir, t
     from iprime.train.prime import PrimeTrainer
 
     rows = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(8)]
-    cfg = load_config(None, [f"train.out_dir={tmp_path}", "train.steps=2", "train.save_every=0",
-                             "train.tensorboard=false", "rollout.n=4", "rollout.prompts_per_step=2",
-                             "rollout.max_new_tokens=8", "filter.enabled=false", "optim.lr=1e-3", "prm.lr=1e-3",
-                             "optim.micro_batch_size=4", "optim.mini_batch_size=8", "rollout.is_correction=true",
-                             "rollout.is_cap=2.0", "rollout.oversample=1.0"])  # no buffered (stale) groups
+    cfg = load_config(
+        None,
+        [
+            f"train.out_dir={tmp_path}",
+            "train.steps=2",
+            "train.save_every=0",
+            "train.tensorboard=false",
+            "rollout.n=4",
+            "rollout.prompts_per_step=2",
+            "rollout.max_new_tokens=8",
+            "filter.enabled=false",
+            "optim.lr=1e-3",
+            "prm.lr=1e-3",
+            "optim.micro_batch_size=4",
+            "optim.mini_batch_size=8",
+            "rollout.is_correction=true",
+            "rollout.is_cap=2.0",
+            "rollout.oversample=1.0",
+        ],
+    )  # no buffered (stale) groups
     tok = load_tokenizer(tiny_model_dir)
     gen = make_vllm(load_model(tiny_model_dir), tok)
     trainer = PrimeTrainer(str(tiny_model_dir), cfg, rows, lambda text, a: float(len(text) % 2 == 0), generator=gen)
@@ -202,7 +239,19 @@ def test_is_weighted_advantages_weight_the_per_token_ppo_loss():
     w = torch.rand(3, 5, generator=g) * 2
     loss, _ = ppo_policy_loss(logp, old, apply_is_weights(adv, w), mask, 0.2, 0.2, dual_clip=3.0)
     # reference: per-token loss of the unweighted advantages, times w, token-mean
-    per_token = torch.stack([ppo_policy_loss(logp[i:i + 1, t:t + 1], old[i:i + 1, t:t + 1], adv[i:i + 1, t:t + 1],
-                                             mask[i:i + 1, t:t + 1], 0.2, 0.2, dual_clip=3.0)[0]
-                             for i in range(3) for t in range(5)]).view(3, 5)
+    per_token = torch.stack(
+        [
+            ppo_policy_loss(
+                logp[i : i + 1, t : t + 1],
+                old[i : i + 1, t : t + 1],
+                adv[i : i + 1, t : t + 1],
+                mask[i : i + 1, t : t + 1],
+                0.2,
+                0.2,
+                dual_clip=3.0,
+            )[0]
+            for i in range(3)
+            for t in range(5)
+        ]
+    ).view(3, 5)
     torch.testing.assert_close(loss, (per_token * w).mean())

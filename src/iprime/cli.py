@@ -8,7 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="PRIME: process reinforcement through implicit rewards.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="PRIME: process reinforcement through implicit rewards."
+)
 console = Console()
 
 
@@ -44,8 +46,10 @@ def algo_demo(beta: float = 0.5, rm_coef: float = 1.0, gamma: float = 1.0) -> No
 
 
 @app.command()
-def quickstart(out: str = typer.Option("runs/quickstart", help="output directory (replaced)"),
-               override: list[str] = typer.Option([], "--set", help="PRIME config override, e.g. train.steps=10")) -> None:
+def quickstart(
+    out: str = typer.Option("runs/quickstart", help="output directory (replaced)"),
+    override: list[str] = typer.Option([], "--set", help="PRIME config override, e.g. train.steps=10"),
+) -> None:
     """Tiny model -> SFT on the built-in task -> evaluate -> PRIME -> evaluate, on the CPU."""
     from iprime.quickstart import run_quickstart
 
@@ -98,18 +102,21 @@ def sft(
 
     rows = load_sft_rows(data)
     m, tok = load_model(model), load_tokenizer(model)
-    result = run_sft(m, tok, rows, SFTConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed),
-                     log=lambda r: console.print(r))
+    result = run_sft(
+        m, tok, rows, SFTConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed), log=lambda r: console.print(r)
+    )
     m.save_pretrained(out)
     tok.save_pretrained(out)
     console.print(f"final loss {result['final_loss']:.4f}; saved to {out}")
 
 
-# Evaluation and the implicit PRM as a tool (their options live beside their code).
-from iprime.eval.commands import eval_command  # noqa: E402
+# Evaluation and the implicit PRM as a tool (their options live beside their code). Re-ranking
+# samples with a PRM is evaluation: its command lives in iprime.eval and joins the prm group here.
+from iprime.eval.commands import eval_command, rerank_command  # noqa: E402
 from iprime.prm.commands import prm_app  # noqa: E402
 
 app.command("eval")(eval_command)
+prm_app.command("rerank")(rerank_command)
 app.add_typer(prm_app, name="prm")
 
 

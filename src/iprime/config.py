@@ -16,6 +16,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from iprime.algo.advantages import advantage_estimator_names, get_advantage_estimator
+from iprime.prm.metadata import DEFAULT_BETA, DEFAULT_STEP_DELIMITER
+
 
 class ConfigError(ValueError):
     """A config key is unknown or its value is invalid; the message names the dotted key."""
@@ -112,14 +115,14 @@ class PRMConfig:
     """The implicit process reward model."""
 
     enabled: bool = True
-    beta: float = 0.05
+    beta: float = DEFAULT_BETA
     """Scale of the implicit reward ``beta * log(pi_phi / pi_ref)``."""
     update: Literal["after", "before", "none"] = "after"
     """``after``: score with the PRM before this step's update (paper); ``before``: update then
     score; ``none``: frozen PRM."""
     loss: Literal["ce", "dpo"] = "ce"
     granularity: Literal["token", "step", "whole"] = "token"
-    step_delimiter: str = "\n"
+    step_delimiter: str = DEFAULT_STEP_DELIMITER
     """Text whose tokens end a step when ``granularity == "step"``."""
     lr: float = 1e-6
     weight_decay: float = 0.0
@@ -141,7 +144,11 @@ class PRMConfig:
 class AlgoConfig:
     """How advantages and the policy loss are computed."""
 
-    estimator: Literal["prime", "rloo", "grpo", "reinforce", "reinforce_pp", "gae"] = "prime"
+    estimator: str = "prime"
+    """Advantage estimator by registered name (``iprime.algo.advantage_estimator_names()``):
+    ``prime``, ``rloo``, ``grpo``, ``reinforce``, ``reinforce_pp``, ``gae``, or one registered
+    with ``iprime.algo.register_advantage_estimator``; ``package.module:name`` imports the
+    module that registers it."""
     rm_coef: float = 5.0
     """Weight of the process advantage (the reference code's ``reward_dpo_coef``)."""
     outcome_coef: float = 5.0
@@ -238,8 +245,15 @@ def validate(cfg: PrimeConfig) -> None:
         if not ok:
             raise ConfigError(f"{key}: {message}")
 
-    need(cfg.rollout.n >= 2 or cfg.algo.estimator in ("reinforce", "reinforce_pp", "gae"), "rollout.n",
-         f"leave-one-out estimators need at least 2 responses per prompt, got {cfg.rollout.n}")
+    try:
+        spec = get_advantage_estimator(cfg.algo.estimator)
+    except ValueError as err:
+        raise ConfigError(f"algo.estimator: {err}") from None
+    need(
+        cfg.rollout.n >= spec.min_group_size,
+        "rollout.n",
+        f'estimator "{spec.name}" needs at least {spec.min_group_size} responses per prompt, got {cfg.rollout.n}',
+    )
     need(cfg.rollout.n >= 1, "rollout.n", "must be >= 1")
     need(cfg.rollout.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1")
     need(cfg.rollout.oversample >= 1.0, "rollout.oversample", "must be >= 1")
@@ -251,33 +265,64 @@ def validate(cfg: PrimeConfig) -> None:
     need(cfg.prm.epochs >= 1, "prm.epochs", "must be >= 1")
     need(0.0 <= cfg.algo.gamma <= 1.0, "algo.gamma", "must lie in [0, 1]")
     need(0.0 <= cfg.algo.lam <= 1.0, "algo.lam", "must lie in [0, 1]")
-    need(cfg.algo.estimator != "prime" or cfg.prm.enabled, "algo.estimator",
-         '"prime" needs the PRM (prm.enabled=true); use "rloo" for outcome-only RLOO')
-    need(cfg.algo.kl_mode == "none" or cfg.model.reference != "policy", "algo.kl_mode",
-         'a KL term against the policy itself is always zero; set model.reference="sft"')
-    need(cfg.algo.kl_mode != "reward" or cfg.algo.estimator in ("prime", "reinforce_pp", "gae"), "algo.kl_mode",
-         '"reward" is supported by the prime, reinforce_pp and gae estimators; use "loss" with the others')
-    need(cfg.rollout.old_logprobs != "sampling" or (cfg.rollout.engine == "hf" and not cfg.rollout.is_correction),
-         "rollout.old_logprobs", '"sampling" needs rollout.engine=hf and no IS correction; use "recompute" or "auto"')
+    need(
+        not spec.needs_process_rewards or cfg.prm.enabled,
+        "algo.estimator",
+        f'"{spec.name}" needs the PRM (prm.enabled=true); use "rloo" for outcome-only RLOO',
+    )
+    need(
+        cfg.algo.kl_mode == "none" or cfg.model.reference != "policy",
+        "algo.kl_mode",
+        'a KL term against the policy itself is always zero; set model.reference="sft"',
+    )
+    kl_reward = [n for n in advantage_estimator_names() if get_advantage_estimator(n).kl_in_reward]
+    need(
+        cfg.algo.kl_mode != "reward" or spec.kl_in_reward,
+        "algo.kl_mode",
+        f'"reward" is supported by the {", ".join(kl_reward)} estimators; use "loss" with the others',
+    )
+    need(
+        cfg.rollout.old_logprobs != "sampling" or (cfg.rollout.engine == "hf" and not cfg.rollout.is_correction),
+        "rollout.old_logprobs",
+        '"sampling" needs rollout.engine=hf and no IS correction; use "recompute" or "auto"',
+    )
     need(cfg.optim.micro_batch_size >= 1, "optim.micro_batch_size", "must be >= 1")
-    need(cfg.optim.mini_batch_size >= cfg.optim.micro_batch_size, "optim.mini_batch_size",
-         "must be >= optim.micro_batch_size")
+    need(
+        cfg.optim.mini_batch_size >= cfg.optim.micro_batch_size,
+        "optim.mini_batch_size",
+        "must be >= optim.micro_batch_size",
+    )
     need(cfg.optim.epochs >= 1, "optim.epochs", "must be >= 1")
     need(cfg.optim.dual_clip is None or cfg.optim.dual_clip > 1.0, "optim.dual_clip", "must be > 1")
-    need(cfg.model.autocast == "none" or cfg.model.device.startswith("cuda"), "model.autocast",
-         f'bf16 autocast needs a CUDA device, got model.device="{cfg.model.device}"; use "none" on the CPU')
+    need(
+        cfg.model.autocast == "none" or cfg.model.device.startswith("cuda"),
+        "model.autocast",
+        f'bf16 autocast needs a CUDA device, got model.device="{cfg.model.device}"; use "none" on the CPU',
+    )
     need(cfg.rollout.is_cap > 0, "rollout.is_cap", "must be > 0")
-    need(0.0 < cfg.rollout.vllm_gpu_memory_utilization <= 1.0, "rollout.vllm_gpu_memory_utilization",
-         "must lie in (0, 1]")
+    need(
+        0.0 < cfg.rollout.vllm_gpu_memory_utilization <= 1.0,
+        "rollout.vllm_gpu_memory_utilization",
+        "must lie in (0, 1]",
+    )
     need(not cfg.prm.lora or cfg.prm.enabled, "prm.lora", "needs prm.enabled=true")
-    need(not cfg.prm.lora or cfg.model.reference != "policy", "prm.lora",
-         'the adapter sits on the frozen reference; set model.reference="sft" (or a path)')
-    need(not cfg.prm.lora or cfg.model.prm is None, "prm.lora",
-         "the PRM starts as the reference plus a zero adapter; leave model.prm unset")
+    need(
+        not cfg.prm.lora or cfg.model.reference != "policy",
+        "prm.lora",
+        'the adapter sits on the frozen reference; set model.reference="sft" (or a path)',
+    )
+    need(
+        not cfg.prm.lora or cfg.model.prm is None,
+        "prm.lora",
+        "the PRM starts as the reference plus a zero adapter; leave model.prm unset",
+    )
     need(cfg.prm.lora_r >= 1 and cfg.prm.lora_alpha >= 1, "prm.lora_r", "lora_r and lora_alpha must be >= 1")
     need(0.0 <= cfg.prm.lora_dropout < 1.0, "prm.lora_dropout", "must lie in [0, 1)")
-    need(cfg.optim.micro_batch_tokens is None or cfg.optim.micro_batch_tokens >= 1, "optim.micro_batch_tokens",
-         "must be >= 1 (or null)")
+    need(
+        cfg.optim.micro_batch_tokens is None or cfg.optim.micro_batch_tokens >= 1,
+        "optim.micro_batch_tokens",
+        "must be >= 1 (or null)",
+    )
     need(cfg.train.steps >= 0, "train.steps", "must be >= 0")
     need(cfg.train.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
 

@@ -29,7 +29,14 @@ from pathlib import Path
 
 import torch
 
-from .data.arithmetic import ArithmeticConfig, ArithmeticTask
+from .data.arithmetic import (
+    QUICKSTART_EVAL_PROMPTS,
+    QUICKSTART_SEED,
+    QUICKSTART_TASK,
+    ArithmeticConfig,
+    ArithmeticTask,
+    held_out_rows,
+)
 from .train.sft import SFTConfig
 
 
@@ -37,11 +44,9 @@ from .train.sft import SFTConfig
 class QuickstartPreset:
     """Task + tiny model + SFT settings of the CPU quickstart (CleanRL-style, one place)."""
 
-    seed: int = 0
+    seed: int = QUICKSTART_SEED
     threads: int = 2
-    task: ArithmeticConfig = field(
-        default_factory=lambda: ArithmeticConfig(min_ops=4, max_ops=4, digits=1, first_digits=1, operators=("+", "-"))
-    )
+    task: ArithmeticConfig = field(default_factory=lambda: QUICKSTART_TASK)  # frozen: safe to share
     slip_rate: float = 0.7
     slip_kind: str = "carry"
     corpus_examples: int = 2000  # texts the tokenizer is fit on
@@ -50,11 +55,17 @@ class QuickstartPreset:
     sft: SFTConfig = field(
         default_factory=lambda: SFTConfig(lr=3e-3, max_steps=800, batch_size=32, warmup_steps=30, log_every=100)
     )
-    eval_prompts: int = 200
+    eval_prompts: int = QUICKSTART_EVAL_PROMPTS
     max_new_tokens: int = 64
 
     def make_task(self) -> ArithmeticTask:
         return ArithmeticTask(config=self.task, slip_rate=self.slip_rate, slip_kind=self.slip_kind)
+
+    def held_out_rows(self) -> list[dict]:
+        """The held-out rows SFT and PRIME are evaluated on
+        (:func:`iprime.data.arithmetic.held_out_rows`; the ``arithmetic`` benchmark for the
+        default preset)."""
+        return held_out_rows(self.task, self.eval_prompts, self.seed)
 
 
 QUICKSTART = QuickstartPreset()
@@ -84,7 +95,7 @@ def run_preset_sft(out: str | Path, preset: QuickstartPreset | None = None, *, l
     t_sft = time.perf_counter()
     model.save_pretrained(out / "sft")
     tok.save_pretrained(out / "sft")
-    test = task.rows("test", preset.eval_prompts, seed=preset.seed + 1)
+    test = preset.held_out_rows()
     ev = evaluate_accuracy(model, tok, test, task.verify, max_new_tokens=preset.max_new_tokens)
     result = {
         "accuracy": ev["accuracy"],

@@ -31,14 +31,30 @@ class QuickstartConfig:
     train_prompts: int = 3000
     curve_eval_prompts: int = 100
     prime_overrides: tuple[str, ...] = (
-        "train.steps=60", "train.save_every=20", "train.eval_every=5", "train.log_samples_every=10",
-        "rollout.n=4", "rollout.prompts_per_step=16", "rollout.oversample=2.0", "rollout.max_rounds=3",
-        "rollout.temperature=1.0", "filter.low=0.2", "filter.high=0.8",
+        "train.steps=60",
+        "train.save_every=20",
+        "train.eval_every=5",
+        "train.log_samples_every=10",
+        "rollout.n=4",
+        "rollout.prompts_per_step=16",
+        "rollout.oversample=2.0",
+        "rollout.max_rounds=3",
+        "rollout.temperature=1.0",
+        "filter.low=0.2",
+        "filter.high=0.8",
         # a 0.6M-parameter model is easily knocked off its SFT solution: 2e-4 collapsed
         # held-out accuracy from 47% to 8% in 60 steps, 3e-5 lifts it
-        "optim.lr=3e-5", "optim.mini_batch_size=64", "optim.micro_batch_size=64", "optim.epochs=1",
-        "prm.lr=3e-4", "prm.beta=0.05", "prm.micro_batch_size=64",
-        "algo.estimator=prime", "algo.rm_coef=5.0", "algo.outcome_coef=5.0", "algo.whiten=true",
+        "optim.lr=3e-5",
+        "optim.mini_batch_size=64",
+        "optim.micro_batch_size=64",
+        "optim.epochs=1",
+        "prm.lr=3e-4",
+        "prm.beta=0.05",
+        "prm.micro_batch_size=64",
+        "algo.estimator=prime",
+        "algo.rm_coef=5.0",
+        "algo.outcome_coef=5.0",
+        "algo.whiten=true",
     )
 
 
@@ -74,8 +90,9 @@ def _plot(metrics: list[dict], out: Path, baseline: dict | None = None) -> list[
     return paths
 
 
-def run_quickstart(out: str | Path, qc: QuickstartConfig | None = None, extra_overrides: tuple[str, ...] = (),
-                   log=print) -> dict:
+def run_quickstart(
+    out: str | Path, qc: QuickstartConfig | None = None, extra_overrides: tuple[str, ...] = (), log=print
+) -> dict:
     from iprime.models import load_model, load_tokenizer
     from iprime.train.evaluate import evaluate_accuracy
     from iprime.train.prime import PrimeTrainer
@@ -90,13 +107,15 @@ def run_quickstart(out: str | Path, qc: QuickstartConfig | None = None, extra_ov
     t_start = time.perf_counter()
     task = preset.make_task()
 
-    log(f"1-3/5 tiny model, SFT on {preset.sft_examples} solutions (carry slips at rate {preset.slip_rate}), evaluation")
+    log(
+        f"1-3/5 tiny model, SFT on {preset.sft_examples} solutions (carry slips at rate {preset.slip_rate}), evaluation"
+    )
     sft = run_preset_sft(out, preset, log=lambda m: log(f"    sft {m}"))
     shutil.rmtree(out / "init", ignore_errors=True)
     accuracy_before = sft["accuracy"]
     log(f"    held-out accuracy of the SFT model (greedy, {sft['eval_prompts']} problems): {accuracy_before:.3f}")
     model, tokenizer = load_model(out / "sft"), load_tokenizer(out / "sft")
-    test_rows = task.rows("test", preset.eval_prompts, seed=preset.seed + 1)  # the rows run_preset_sft scored
+    test_rows = preset.held_out_rows()  # the rows run_preset_sft scored
     curve_rows = test_rows[: qc.curve_eval_prompts]
 
     def evaluate(m, rows) -> float:
@@ -104,13 +123,28 @@ def run_quickstart(out: str | Path, qc: QuickstartConfig | None = None, extra_ov
 
     curve_before = evaluate(model, curve_rows)  # step 0 of the held-out curve
     log("4/5 PRIME")
-    cfg = load_config(None, list(qc.prime_overrides) + [
-        f"train.out_dir={out}", f"train.seed={preset.seed}", f"rollout.max_new_tokens={preset.max_new_tokens}",
-        f"train.num_threads={preset.threads}", "train.tensorboard=false", *extra_overrides,
-    ])
+    cfg = load_config(
+        None,
+        list(qc.prime_overrides)
+        + [
+            f"train.out_dir={out}",
+            f"model.policy={out / 'sft'}",
+            f"train.seed={preset.seed}",
+            f"rollout.max_new_tokens={preset.max_new_tokens}",
+            f"train.num_threads={preset.threads}",
+            "train.tensorboard=false",
+            *extra_overrides,
+        ],
+    )
     train_rows = task.rows("train", qc.train_prompts, seed=preset.seed + 2)
-    trainer = PrimeTrainer(model, cfg, train_rows, task.verify, tokenizer=tokenizer,
-                           eval_fn=lambda tr: {"accuracy": evaluate(tr.policy, curve_rows)})
+    trainer = PrimeTrainer(
+        model,
+        cfg,
+        train_rows,
+        task.verify,
+        tokenizer=tokenizer,
+        eval_fn=lambda tr: {"accuracy": evaluate(tr.policy, curve_rows)},
+    )
     history = trainer.train()
 
     log("5/5 evaluating the PRIME policy")
@@ -130,6 +164,8 @@ def run_quickstart(out: str | Path, qc: QuickstartConfig | None = None, extra_ov
         "quickstart_config": asdict(qc),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    log(f"held-out accuracy {accuracy_before:.3f} -> {accuracy_after:.3f} "
-        f"({summary['improvement'] * 100:+.1f} points) in {summary['seconds']:.0f} s; summary in {out / 'summary.json'}")
+    log(
+        f"held-out accuracy {accuracy_before:.3f} -> {accuracy_after:.3f} "
+        f"({summary['improvement'] * 100:+.1f} points) in {summary['seconds']:.0f} s; summary in {out / 'summary.json'}"
+    )
     return summary

@@ -5,6 +5,9 @@ tensors are ``[B]``; rows are grouped consecutively, ``group_size`` responses pe
 """
 
 from .advantages import (
+    AdvantageInputs,
+    AdvantageOutput,
+    EstimatorSpec,
     advantage_estimator_names,
     batch_norm_process_rewards,
     gae_advantages,
@@ -20,11 +23,10 @@ from .advantages import (
     rloo_advantages,
 )
 from .correction import apply_is_weights, truncated_is_weights
-from .distributed import distributed_masked_whiten, distributed_max
+from .distributed import distributed_masked_whiten, distributed_max, distributed_mean
 from .filters import filter_groups, group_accuracy
 from .losses import (
     aggregate_loss,
-    entropy_from_logits,
     kl_loss,
     kl_penalty,
     ppo_policy_loss,
@@ -42,6 +44,10 @@ from .rewards import (
 )
 
 __all__ = [
+    "AdvantageInputs",
+    "AdvantageOutput",
+    "EstimatorSpec",
+    "distributed_mean",
     "apply_is_weights",
     "distributed_masked_whiten",
     "distributed_max",
@@ -50,7 +56,6 @@ __all__ = [
     "aggregate_loss",
     "batch_norm_process_rewards",
     "discounted_returns",
-    "entropy_from_logits",
     "filter_groups",
     "gae_advantages",
     "gae_advantages_and_returns",

@@ -27,9 +27,7 @@ def check_same_shape(**tensors: Tensor) -> None:
     ref_name, ref = items[0]
     for name, x in items[1:]:
         if x.shape != ref.shape:
-            raise ValueError(
-                f"shape mismatch: {name} has shape {tuple(x.shape)} but {ref_name} has {tuple(ref.shape)}"
-            )
+            raise ValueError(f"shape mismatch: {name} has shape {tuple(x.shape)} but {ref_name} has {tuple(ref.shape)}")
 
 
 def check_per_sequence(name: str, x: Tensor, batch: int) -> None:

@@ -1,15 +1,28 @@
 """Advantage estimators: PRIME's RLOO on outcome and process rewards, and the usual baselines.
 
-Every estimator is a pure function of ``[B]`` outcome scores and ``[B, T]`` response tensors,
-registered by name (:func:`get_advantage_estimator`) so that "PRIME vs. baseline" is one
-config value apart. Rows are grouped consecutively: rows ``g*K .. g*K+K-1`` are the ``K``
-responses to prompt ``g`` (``K = group_size``). Every estimator returns advantages ``[B, T]``,
-zero outside ``mask``.
+Two layers, as in verl's ``core_algos``:
+
+- pure functions with explicit arguments (:func:`prime_rloo_advantages`,
+  :func:`rloo_advantages`, ...), each of ``[B]`` outcome scores and ``[B, T]`` response
+  tensors, returning advantages ``[B, T]`` zero outside ``mask``;
+- a registry of estimators with **one signature**, ``estimator(inputs: AdvantageInputs) ->
+  AdvantageOutput``, looked up by name (:func:`get_advantage_estimator`), so that "PRIME vs.
+  baseline" is one config value apart and an estimator a user registers trains from the config.
+
+Rows are grouped consecutively: rows ``g*K .. g*K+K-1`` are the ``K`` responses to prompt ``g``
+(``K = group_size``).
+
+Batch statistics (whitening, ``batch_norm``'s largest return, REINFORCE's batch mean) are taken
+over the whole data-parallel batch: with an initialised ``torch.distributed`` process group of
+more than one rank they are all-reduced (every rank must call the estimator), otherwise they are
+the plain single-process statistics. Groups never span ranks, so leave-one-out terms are local.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -22,28 +35,114 @@ from ._checks import (
     check_per_sequence,
     check_same_shape,
 )
-from .masked import discounted_returns, masked_mean, masked_whiten, place_on_last_token, zero_outside
+from .distributed import distributed_masked_whiten, distributed_max, distributed_mean
+from .masked import discounted_returns, masked_mean, place_on_last_token, zero_outside
 
 Tensor = torch.Tensor
 
 PROCESS_BASELINES = ("paper", "reference")
 NORMALIZATIONS = (None, "batch_norm")
 
-_REGISTRY: dict[str, Callable[..., Tensor]] = {}
+
+@dataclass
+class AdvantageInputs:
+    """Everything an estimator may read; each reads what it needs.
+
+    ``outcome`` ``[B]`` verifier scores; ``mask`` ``[B, T]`` valid response tokens;
+    ``token_rewards`` ``[B, T]`` implicit process rewards (``None`` without a PRM);
+    ``values`` ``[B, T]`` a value model's estimates (``None`` without one); ``kl`` ``[B, T]``
+    a per-token KL estimate to the reference, given when the KL penalty goes into the reward
+    (``kl_coef`` is its weight). The rest are the estimators' hyper-parameters (see each)."""
+
+    outcome: Tensor
+    mask: Tensor
+    group_size: int
+    token_rewards: Tensor | None = None
+    values: Tensor | None = None
+    kl: Tensor | None = None
+    kl_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 1.0
+    rm_coef: float = 1.0
+    outcome_coef: float = 1.0
+    outcome_gamma: float | None = None
+    normalize: str | None = None
+    whiten: bool = False
+    process_baseline: str = "paper"
 
 
-def register_advantage_estimator(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+@dataclass
+class AdvantageOutput:
+    """``advantages`` ``[B, T]``; ``returns`` ``[B, T]`` value targets, for estimators with a value model."""
+
+    advantages: Tensor
+    returns: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """A registered estimator and what the trainer must provide for it.
+
+    ``needs_process_rewards``: reads ``token_rewards`` (the trainer needs a PRM);
+    ``needs_values``: reads ``values`` (the trainer builds a value model); ``kl_in_reward``:
+    applies ``kl`` itself (``algo.kl_mode="reward"`` is allowed); ``min_group_size``: smallest
+    K it accepts (2 for leave-one-out); ``data_parallel``: valid under torchrun."""
+
+    name: str
+    fn: Callable[[AdvantageInputs], AdvantageOutput]
+    needs_process_rewards: bool = False
+    needs_values: bool = False
+    kl_in_reward: bool = False
+    min_group_size: int = 2
+    data_parallel: bool = True
+
+    def __call__(self, inputs: AdvantageInputs) -> AdvantageOutput:
+        return self.fn(inputs)
+
+
+_REGISTRY: dict[str, EstimatorSpec] = {}
+
+
+def register_advantage_estimator(
+    name: str,
+    *,
+    needs_process_rewards: bool = False,
+    needs_values: bool = False,
+    kl_in_reward: bool = False,
+    min_group_size: int = 2,
+    data_parallel: bool = True,
+) -> Callable[[Callable[[AdvantageInputs], AdvantageOutput]], Callable[[AdvantageInputs], AdvantageOutput]]:
+    """Decorator: register ``fn(inputs: AdvantageInputs) -> AdvantageOutput`` under ``name``.
+
+    >>> @register_advantage_estimator("my_rloo")
+    ... def my_rloo(x: AdvantageInputs) -> AdvantageOutput:
+    ...     return AdvantageOutput(rloo_advantages(x.outcome, x.mask, x.group_size, x.gamma))
+
+    The config then accepts ``algo.estimator=my_rloo``; from the command line, where the
+    registering module must be imported first, ``algo.estimator=my_package.my_module:my_rloo``."""
+
+    def wrap(fn):
         if name in _REGISTRY:
             raise ValueError(f"advantage estimator {name!r} is already registered")
-        _REGISTRY[name] = fn
+        _REGISTRY[name] = EstimatorSpec(
+            name, fn, needs_process_rewards, needs_values, kl_in_reward, min_group_size, data_parallel
+        )
         return fn
 
     return wrap
 
 
-def get_advantage_estimator(name: str) -> Callable[..., Tensor]:
-    """The estimator registered under ``name`` (see :func:`advantage_estimator_names`)."""
+def get_advantage_estimator(name: str) -> EstimatorSpec:
+    """The estimator registered under ``name`` (see :func:`advantage_estimator_names`).
+
+    ``"package.module:name"`` imports ``package.module`` first (which registers ``name``)."""
+    if ":" in name and name not in _REGISTRY:
+        module, _, short = name.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"advantage estimator {name!r}: cannot import {module!r} ({err})") from None
+        name = short
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -73,7 +172,6 @@ def _broadcast_to_tokens(per_sequence: Tensor, mask: Tensor) -> Tensor:
     return zero_outside(per_sequence.unsqueeze(1).expand(mask.shape), mask)
 
 
-@register_advantage_estimator("rloo")
 def rloo_advantages(outcome: Tensor, mask: Tensor, group_size: int, gamma: float = 1.0) -> Tensor:
     """Outcome-only RLOO: ``A_i = r_i - mean_{j != i} r_j``, placed on the last valid token and
     carried back as the discounted return (every valid token gets ``A_i`` when ``gamma == 1``)."""
@@ -84,7 +182,6 @@ def rloo_advantages(outcome: Tensor, mask: Tensor, group_size: int, gamma: float
     return discounted_returns(place_on_last_token(advantage, mask), mask, gamma)
 
 
-@register_advantage_estimator("grpo")
 def grpo_advantages(
     outcome: Tensor, mask: Tensor, group_size: int, eps: float = 1e-6, norm_by_std: bool = True
 ) -> Tensor:
@@ -99,7 +196,6 @@ def grpo_advantages(
     return _broadcast_to_tokens(centered.reshape(-1), mask)
 
 
-@register_advantage_estimator("reinforce")
 def reinforce_advantages(outcome: Tensor, mask: Tensor, group_size: int = 1, gamma: float = 1.0) -> Tensor:
     """REINFORCE with the batch-mean baseline: ``A_i = r_i - mean_batch(r)``, as a discounted
     return from the last valid token. ``group_size`` is only checked (the baseline ignores groups)."""
@@ -107,10 +203,9 @@ def reinforce_advantages(outcome: Tensor, mask: Tensor, group_size: int = 1, gam
     check_groups(outcome.shape[0], group_size)
     check_gamma("gamma", gamma)
     r = outcome.to(torch.float32)
-    return discounted_returns(place_on_last_token(r - r.mean(), mask), mask, gamma)
+    return discounted_returns(place_on_last_token(r - distributed_mean(r), mask), mask, gamma)
 
 
-@register_advantage_estimator("reinforce_pp")
 def reinforce_pp_advantages(
     outcome: Tensor,
     mask: Tensor,
@@ -134,7 +229,7 @@ def reinforce_pp_advantages(
         rewards = rewards - kl_coef * zero_outside(kl.to(torch.float32), mask)
     elif kl_coef != 0.0:
         raise ValueError("reinforce_pp: kl_coef is non-zero but no kl tensor was given")
-    return masked_whiten(discounted_returns(rewards, mask, gamma), mask)
+    return distributed_masked_whiten(discounted_returns(rewards, mask, gamma), mask)
 
 
 def gae_advantages_and_returns(
@@ -179,11 +274,10 @@ def gae_advantages_and_returns(
         advantages[:, t] = torch.where(valid[:, t], advantage, torch.zeros_like(advantage))
     returns = zero_outside(advantages + v, valid)
     if whiten:
-        advantages = masked_whiten(advantages, mask)
+        advantages = distributed_masked_whiten(advantages, mask)
     return advantages, returns
 
 
-@register_advantage_estimator("gae")
 def gae_advantages(
     outcome: Tensor,
     mask: Tensor,
@@ -194,7 +288,7 @@ def gae_advantages(
     token_rewards: Tensor | None = None,
     whiten: bool = True,
 ) -> Tensor:
-    """Registry entry for GAE (PPO with a value model); see :func:`gae_advantages_and_returns`."""
+    """GAE advantages only (PPO with a value model); see :func:`gae_advantages_and_returns`."""
     if values is None:
         raise ValueError("the gae estimator needs values [B, T] from a value model")
     _check_outcome_inputs(outcome, mask)
@@ -207,12 +301,10 @@ def batch_norm_process_rewards(process_rewards: Tensor, mask: Tensor, eps: float
     absolute reverse cumulative sum (undiscounted return) anywhere in the batch, plus ``eps``,
     so no process return exceeds 1 in magnitude while relative values are kept."""
     r = zero_outside(process_rewards, mask)
-    return r / (discounted_returns(r, mask, 1.0).abs().max() + eps)
+    return r / (distributed_max(discounted_returns(r, mask, 1.0).abs()) + eps)
 
 
-def process_rloo_rewards(
-    process_rewards: Tensor, mask: Tensor, group_size: int, baseline: str = "paper"
-) -> Tensor:
+def process_rloo_rewards(process_rewards: Tensor, mask: Tensor, group_size: int, baseline: str = "paper") -> Tensor:
     """Leave-one-out centred token rewards ``[B, T]`` (before the return is taken).
 
     ``"paper"`` (PRIME, Eq. 5): ``r_{i,t} - b_i`` with
@@ -238,7 +330,6 @@ def process_rloo_rewards(
     return zero_outside(centred, mask)
 
 
-@register_advantage_estimator("prime")
 def prime_rloo_advantages(
     outcome: Tensor,
     process_rewards: Tensor,
@@ -282,5 +373,75 @@ def prime_rloo_advantages(
     outcome_part = rloo_advantages(outcome, mask, group_size, outcome_gamma)
     advantages = rm_coef * process + outcome_coef * outcome_part
     if whiten:
-        advantages = masked_whiten(advantages, mask)
+        advantages = distributed_masked_whiten(advantages, mask)
     return zero_outside(advantages, mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry: one signature, AdvantageInputs -> AdvantageOutput
+
+
+def _whitened(advantages: Tensor, x: AdvantageInputs) -> AdvantageOutput:
+    return AdvantageOutput(distributed_masked_whiten(advantages, x.mask) if x.whiten else advantages)
+
+
+@register_advantage_estimator("prime", needs_process_rewards=True, kl_in_reward=True)
+def prime_estimator(x: AdvantageInputs) -> AdvantageOutput:
+    """PRIME: :func:`prime_rloo_advantages` on the token rewards minus ``kl_coef * kl`` (if given)."""
+    if x.token_rewards is None:
+        raise ValueError("the prime estimator needs token_rewards [B, T] from the implicit PRM")
+    rewards = x.token_rewards if x.kl is None else x.token_rewards - x.kl_coef * x.kl
+    return AdvantageOutput(
+        prime_rloo_advantages(
+            x.outcome,
+            rewards,
+            x.mask,
+            x.group_size,
+            rm_coef=x.rm_coef,
+            gamma=x.gamma,
+            normalize=x.normalize,
+            whiten=x.whiten,
+            process_baseline=x.process_baseline,
+            outcome_coef=x.outcome_coef,
+            outcome_gamma=x.outcome_gamma,
+        )
+    )
+
+
+@register_advantage_estimator("rloo")
+def rloo_estimator(x: AdvantageInputs) -> AdvantageOutput:
+    """Outcome-only RLOO (:func:`rloo_advantages`), whitened when ``whiten``."""
+    return _whitened(rloo_advantages(x.outcome, x.mask, x.group_size, x.gamma), x)
+
+
+@register_advantage_estimator("grpo")
+def grpo_estimator(x: AdvantageInputs) -> AdvantageOutput:
+    """GRPO (:func:`grpo_advantages`), whitened when ``whiten``."""
+    return _whitened(grpo_advantages(x.outcome, x.mask, x.group_size), x)
+
+
+@register_advantage_estimator("reinforce", min_group_size=1)
+def reinforce_estimator(x: AdvantageInputs) -> AdvantageOutput:
+    """REINFORCE with the batch-mean baseline (:func:`reinforce_advantages`), whitened when ``whiten``."""
+    return _whitened(reinforce_advantages(x.outcome, x.mask, x.group_size, x.gamma), x)
+
+
+@register_advantage_estimator("reinforce_pp", kl_in_reward=True, min_group_size=1)
+def reinforce_pp_estimator(x: AdvantageInputs) -> AdvantageOutput:
+    """REINFORCE++ (:func:`reinforce_pp_advantages`; it always whitens)."""
+    return AdvantageOutput(
+        reinforce_pp_advantages(
+            x.outcome, x.mask, x.group_size, kl=x.kl, kl_coef=x.kl_coef if x.kl is not None else 0.0, gamma=x.gamma
+        )
+    )
+
+
+@register_advantage_estimator("gae", needs_values=True, kl_in_reward=True, min_group_size=1, data_parallel=False)
+def gae_estimator(x: AdvantageInputs) -> AdvantageOutput:
+    """PPO's GAE (:func:`gae_advantages_and_returns`) with ``-kl_coef * kl`` as token rewards;
+    returns the value targets too. Single-process: the value model is not sharded."""
+    if x.values is None:
+        raise ValueError("the gae estimator needs values [B, T] from a value model")
+    token = None if x.kl is None else -x.kl_coef * x.kl
+    advantages, returns = gae_advantages_and_returns(x.outcome, x.mask, x.values, x.gamma, x.lam, token, x.whiten)
+    return AdvantageOutput(advantages, returns)

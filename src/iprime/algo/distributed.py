@@ -16,8 +16,9 @@ def _distributed(group) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
-def distributed_masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
-                              group=None) -> Tensor:
+def distributed_masked_whiten(
+    x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, group=None
+) -> Tensor:
     """:func:`masked_whiten` with mean and (Bessel-corrected) variance over the valid entries
     of every rank: two all-reduces (``[sum, count]``, then the sum of squared deviations), the
     same two-pass formula as the single-process version."""
@@ -45,3 +46,12 @@ def distributed_max(x: Tensor, group=None) -> Tensor:
     if _distributed(group):
         dist.all_reduce(v, dist.ReduceOp.MAX, group=group)
     return v[0]
+
+
+def distributed_mean(x: Tensor, group=None) -> Tensor:
+    """The mean of every entry of ``x`` on every rank (a 0-d tensor); ``x.mean()`` in one process."""
+    if not _distributed(group):
+        return x.mean()
+    stats = torch.stack([x.sum().double(), torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)])
+    dist.all_reduce(stats, group=group)
+    return (stats[0] / stats[1].clamp(min=1.0)).to(x.dtype)

@@ -131,23 +131,3 @@ def ppo_value_loss(
         per_token, active = torch.maximum(unclipped, clipped), clipped > unclipped
     loss = 0.5 * aggregate_loss(per_token, mask, agg)
     return loss, {"vf_clip_frac": float(masked_mean(active.float(), mask.bool()))}
-
-
-def entropy_from_logits(logits: Tensor, chunk_size: int | None = 1024) -> Tensor:
-    """Entropy of ``softmax(logits)`` over the last dimension: ``logsumexp(z) - sum(p * z)``.
-
-    ``logits`` ``[..., V]`` -> ``[...]``. Rows are processed ``chunk_size`` at a time, so the
-    softmax temporaries are ``[chunk_size, V]`` rather than the size of the whole input (pass
-    ``None`` for one pass). Differentiable.
-    """
-    flat = logits.reshape(-1, logits.shape[-1])
-    step = flat.shape[0] if chunk_size is None else int(chunk_size)
-    if step <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    pieces = []
-    for start in range(0, flat.shape[0], max(step, 1)):
-        # -inf logits (masked vocabulary) would give 0 * -inf = NaN in p * z
-        z = flat[start : start + step].float().clamp(min=torch.finfo(torch.float32).min)
-        pieces.append(torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1))
-    out = torch.cat(pieces) if pieces else flat.new_zeros(0, dtype=torch.float32)
-    return out.reshape(logits.shape[:-1])

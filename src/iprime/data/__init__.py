@@ -1,4 +1,4 @@
-"""Datasets: the built-in arithmetic task, its verifier, and jsonl I/O."""
+"""Datasets: the built-in arithmetic task, its verifier, prompt rendering, and jsonl I/O."""
 
 from .arithmetic import (
     OPERATORS,
@@ -17,7 +17,8 @@ from .arithmetic import (
     problem_split,
     write_solution,
 )
-from .boxed import boxed_int_score, extract_boxed, parse_int_answer
+from .boxed import boxed_int_score, last_boxed, parse_int_answer
+from .chat import render_prompt
 from .jsonl import JsonlError, read_jsonl, write_jsonl, write_sft_jsonl
 
 __all__ = [
@@ -32,14 +33,15 @@ __all__ = [
     "boxed_int_score",
     "can_slip",
     "drop_carries",
-    "extract_boxed",
     "first_wrong_step",
     "generate_problems",
+    "last_boxed",
     "parse_int_answer",
     "problem_from_prompt",
     "problem_row",
     "problem_split",
     "read_jsonl",
+    "render_prompt",
     "write_jsonl",
     "write_sft_jsonl",
     "write_solution",

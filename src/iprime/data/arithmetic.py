@@ -73,7 +73,9 @@ class ArithmeticConfig:
             raise ValueError(f"first_digits must be in [1, 6] or None, got {self.first_digits}")
         ops = tuple(self.operators)
         if not ops or any(op not in OPERATORS for op in ops) or len(set(ops)) != len(ops):
-            raise ValueError(f"operators must be a non-empty subset of {OPERATORS} without repeats, got {self.operators!r}")
+            raise ValueError(
+                f"operators must be a non-empty subset of {OPERATORS} without repeats, got {self.operators!r}"
+            )
         object.__setattr__(self, "operators", ops)  # accept lists from YAML/CLI
         if not (2 <= self.mul_max <= 9):
             raise ValueError(f"mul_max must be in [2, 9], got {self.mul_max}")
@@ -416,3 +418,28 @@ class ArithmeticTask:
         for row in self.sft_rows(n, seed=seed):
             texts += [row["prompt"], row["response"]]
         return texts
+
+
+# ------------------------------------------------------------------ the quickstart's task
+
+QUICKSTART_TASK = ArithmeticConfig(min_ops=4, max_ops=4, digits=1, first_digits=1, operators=("+", "-"))
+"""The task at the difficulty of the CPU quickstart (:data:`iprime.presets.QUICKSTART`): four
+single-digit ``+``/``-`` operations, e.g. ``Compute 7 + 5 - 3 + 8 - 6.``"""
+
+QUICKSTART_SEED = 0
+"""The quickstart's seed: SFT data, tokenizer corpus and model use it, held-out rows ``+ 1``."""
+
+QUICKSTART_EVAL_PROMPTS = 200
+"""Held-out problems the quickstart evaluates on (also the ``arithmetic`` benchmark)."""
+
+
+def held_out_rows(
+    config: ArithmeticConfig = QUICKSTART_TASK, n: int = QUICKSTART_EVAL_PROMPTS, seed: int = QUICKSTART_SEED
+) -> list[dict]:
+    """The ``n`` test-split rows a run seeded ``seed`` evaluates on (drawn with ``seed + 1``).
+
+    With the defaults these are the quickstart's held-out rows, which ``iprime eval
+    --benchmarks arithmetic`` also scores. Slips only affect SFT solutions, so the rows depend
+    on the task config alone.
+    """
+    return ArithmeticTask(config=config).rows("test", n, seed=seed + 1)

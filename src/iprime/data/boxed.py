@@ -1,10 +1,18 @@
-"""Boxed-answer extraction and the exact-match verifier of the built-in task.
+"""Boxed-answer extraction (the one implementation) and the exact-match verifier of the built-in task.
 
-A response ends its reasoning with ``\\boxed{ANSWER}``. The verifier takes the *last*
-``\\boxed{...}`` (models often restate intermediate values earlier), reads the content between
-balanced braces, and compares it to the reference as an integer:
+:func:`last_boxed` reads the content of a response's last ``\\boxed{...}``, braces balanced
+(``\\{``/``\\}`` are literal braces, not grouping). Two readings, one scanner:
 
-    score(response, answer) = 1.0  if int(last_boxed(response)) == int(answer)
+- lenient (default; the math verifiers, benchmark golds, voting): ``\\boxed`` or ``\\fbox``,
+  also the brace-less ``\\boxed 5``; a box that is never closed is skipped, so a response cut
+  at the token limit falls back to an earlier, complete box;
+- ``strict=True`` (the built-in task, :func:`boxed_int_score`): only ``\\boxed{...}``, and
+  only the *last* one: if it is never closed (a truncated generation) there is no answer,
+  rather than an earlier, intermediate value.
+
+The built-in task's verifier compares the strict box with the reference as an integer:
+
+    score(response, answer) = 1.0  if int(last_boxed(response, strict=True)) == int(answer)
                               0.0  otherwise (no box, unbalanced braces, not an integer)
 """
 
@@ -12,32 +20,68 @@ from __future__ import annotations
 
 import re
 
-_BOXED = "\\boxed{"
+__all__ = ["boxed_int_score", "last_boxed", "parse_int_answer"]
+
+# \boxed and \fbox are the two box commands that MATH-style solutions use.
+# The negative lookahead keeps "\boxedfoo"-style macros from matching.
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 # An integer literal after whitespace is removed: "- 12" and " 12 " are read as -12 and 12.
 _INT = re.compile(r"[+-]?\d+")
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` in ``text``, braces balanced; ``None`` if absent.
+def _brace_group(text: str, start: int) -> tuple[str, int] | None:
+    """``(content, end)`` of the brace group opening at ``text[start]``; ``None`` if it never closes.
 
-    Nested braces are kept (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``); a last box that is
-    never closed (a truncated generation) gives ``None`` rather than a partial answer.
+    Escaped braces (``\\{`` and ``\\}``) are literal text, not grouping, so set answers such
+    as ``\\boxed{\\{1,2\\}}`` keep their inner braces.
     """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    start = text.rfind(_BOXED)
-    if start < 0:
+    if start >= len(text) or text[start] != "{":
         return None
-    i = start + len(_BOXED)
-    depth = 1
-    for j in range(i, len(text)):
-        ch = text[j]
+    depth = 0
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2  # skip the escaped character, whatever it is
+            continue
         if ch == "{":
             depth += 1
         elif ch == "}":
             depth -= 1
             if depth == 0:
-                return text[i:j]
+                return text[start + 1 : i], i + 1
+        i += 1
+    return None  # unbalanced: the box was never closed
+
+
+def last_boxed(text: str, *, strict: bool = False) -> str | None:
+    """Content of the last box in ``text``, stripped; ``None`` if there is none.
+
+    Nested braces are kept (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``). Lenient (default):
+    the last *complete* ``\\boxed{...}`` / ``\\fbox{...}`` or brace-less ``\\boxed 5`` (one token
+    up to whitespace or ``$``); unclosed boxes are skipped. ``strict``: the last ``\\boxed{...}``
+    only, and ``None`` when that box is unclosed (see the module docstring for why).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    for match in reversed(list(_BOX_RE.finditer(text))):
+        pos = match.end()
+        if strict:
+            if match.group(0) != "\\boxed" or not text.startswith("{", pos):
+                continue
+            group = _brace_group(text, pos)
+            return None if group is None else group[0].strip()
+        while pos < len(text) and text[pos] == " ":
+            pos += 1
+        if pos < len(text) and text[pos] == "{":
+            group = _brace_group(text, pos)
+            if group is not None:
+                return group[0].strip()
+            continue
+        # "\boxed 5" form: a single token.
+        token = re.match(r"[^\s$]+", text[pos:])
+        if match.end() < pos and token:
+            return token.group(0).strip()
     return None
 
 
@@ -58,9 +102,10 @@ def parse_int_answer(content: str | None) -> int | None:
 
 
 def boxed_int_score(response: str, answer: str | int) -> float:
-    """1.0 if the last boxed answer of ``response`` equals ``answer`` as an integer, else 0.0."""
+    """1.0 if the last boxed answer of ``response`` (read strictly) equals ``answer`` as an
+    integer, else 0.0."""
     expected = answer if isinstance(answer, int) else parse_int_answer(str(answer))
     if expected is None:
         raise ValueError(f"reference answer must be an integer, got {answer!r}")
-    got = parse_int_answer(extract_boxed(response))
+    got = parse_int_answer(last_boxed(response, strict=True))
     return 1.0 if got is not None and got == expected else 0.0

@@ -74,7 +74,5 @@ class PromptStream:
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         if state["num_rows"] != self.num_rows:
-            raise ValueError(
-                f"checkpoint was taken over {state['num_rows']} rows, this dataset has {self.num_rows}"
-            )
+            raise ValueError(f"checkpoint was taken over {state['num_rows']} rows, this dataset has {self.num_rows}")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

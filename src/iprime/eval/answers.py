@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 
-from iprime.data.boxed import extract_boxed, parse_int_answer
+from iprime.data.boxed import last_boxed, parse_int_answer
 from iprime.verifiers.extract import extract_final_answer, strip_math_delimiters
 
 __all__ = ["EQUIVALENCES", "extract_answer", "group_answers", "math_equal", "normalize_answer"]
@@ -70,7 +70,7 @@ def extract_answer(response: str, verifier: str) -> str | None:
         norm = normalize_answer(raw)
         return norm or None
     if verifier == "arithmetic":
-        value = parse_int_answer(extract_boxed(response))
+        value = parse_int_answer(last_boxed(response, strict=True))
         return None if value is None else str(value)
     if verifier == "code":
         return None

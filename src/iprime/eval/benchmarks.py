@@ -103,7 +103,9 @@ def _load_math500(name: str) -> list[dict]:
     return [_math_row(name, "math500", r["id"], r["problem"], r) for r in read_data_file("math500.json.gz")]
 
 
-def _contest_loader(contest: str, file: str, adapter: str, years: tuple[int, ...] | None) -> Callable[[str], list[dict]]:
+def _contest_loader(
+    contest: str, file: str, adapter: str, years: tuple[int, ...] | None
+) -> Callable[[str], list[dict]]:
     def load(name: str) -> list[dict]:
         rows = read_data_file(file)
         picked = [r for r in rows if years is None or _year(r["url"], contest) in years]
@@ -132,31 +134,41 @@ def _load_olympiadbench(name: str) -> list[dict]:
 def _load_humaneval(name: str) -> list[dict]:
     # The HumanEval "prompt" is a Python stub (signature + docstring); it is shown as code.
     return [
-        _row(name, r["task_id"], f"Complete the following Python function:\n```python\n{r['prompt']}```" + CODE_SUFFIX,
-             adapters.humaneval_tests(r), "code")
+        _row(
+            name,
+            r["task_id"],
+            f"Complete the following Python function:\n```python\n{r['prompt']}```" + CODE_SUFFIX,
+            adapters.humaneval_tests(r),
+            "code",
+        )
         for r in read_data_file("humaneval.jsonl.gz")
     ]
 
 
 def _load_mbpp(name: str) -> list[dict]:
     # "instruction" = task text + the first test assert, which fixes the function's name/signature.
-    return [_row(name, r["task_id"], r["instruction"] + CODE_SUFFIX, adapters.mbpp_tests(r), "code")
-            for r in read_data_file("mbpp.json.gz")]
+    return [
+        _row(name, r["task_id"], r["instruction"] + CODE_SUFFIX, adapters.mbpp_tests(r), "code")
+        for r in read_data_file("mbpp.json.gz")
+    ]
 
 
 def _load_leetcode(name: str) -> list[dict]:
     # "prompt_sft" = problem statement + the starter code (class Solution) in a fenced block.
-    return [_row(name, r["task_id"], r["prompt_sft"] + CODE_SUFFIX, adapters.leetcode_tests(r), "code")
-            for r in read_data_file("leetcode.jsonl.gz")]
+    return [
+        _row(name, r["task_id"], r["prompt_sft"] + CODE_SUFFIX, adapters.leetcode_tests(r), "code")
+        for r in read_data_file("leetcode.jsonl.gz")
+    ]
 
 
 def _load_arithmetic(name: str) -> list[dict]:
     """The quickstart's held-out rows: the ones ``iprime quickstart`` evaluates."""
-    from iprime.presets import QUICKSTART
+    from iprime.data.arithmetic import held_out_rows
 
-    task = QUICKSTART.make_task()
-    rows = task.rows("test", QUICKSTART.eval_prompts, seed=QUICKSTART.seed + 1)
-    return [_row(name, f"{i}:{r['expression']}", r["prompt"], r["answer"], "math", "arithmetic") for i, r in enumerate(rows)]
+    rows = held_out_rows()
+    return [
+        _row(name, f"{i}:{r['expression']}", r["prompt"], r["answer"], "math", "arithmetic") for i, r in enumerate(rows)
+    ]
 
 
 BENCHMARKS: dict[str, Callable[[str], list[dict]]] = {
@@ -193,7 +205,9 @@ def load_benchmark(name: str, *, limit: int | None = None, **jsonl_options) -> l
     elif yearly:
         rows = _contest_loader(*_YEARLY[yearly.group(1)], (int(yearly.group(2)),))(name)
     else:
-        raise ValueError(f"unknown benchmark {name!r}; shipped: {benchmark_names()} (or aimeYYYY, amcYYYY, a .jsonl path)")
+        raise ValueError(
+            f"unknown benchmark {name!r}; shipped: {benchmark_names()} (or aimeYYYY, amcYYYY, a .jsonl path)"
+        )
     if jsonl_options and not name.endswith((".jsonl", ".jsonl.gz")):
         raise ValueError(f"options {sorted(jsonl_options)} only apply to .jsonl benchmarks, not {name!r}")
     seen: set[str] = set()
@@ -244,8 +258,12 @@ def load_jsonl_benchmark(
                 raise JsonlError(path, lineno, f"field {answer_key!r} has an empty gold answer")
             reference = golds
         else:
-            if not isinstance(answer, dict) or not ({"asserts"} <= answer.keys() or {"inputs", "outputs"} <= answer.keys()):
-                raise JsonlError(path, lineno, f"field {answer_key!r} must be a tests dict with 'asserts' or 'inputs'/'outputs'")
+            if not isinstance(answer, dict) or not (
+                {"asserts"} <= answer.keys() or {"inputs", "outputs"} <= answer.keys()
+            ):
+                raise JsonlError(
+                    path, lineno, f"field {answer_key!r} must be a tests dict with 'asserts' or 'inputs'/'outputs'"
+                )
             reference = answer
         suffix = (MATH_SUFFIX if kind == "math" else CODE_SUFFIX) if add_suffix else ""
         out.append(_row(name, raw[id_key] if id_key else lineno, prompt + suffix, reference, kind))

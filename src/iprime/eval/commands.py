@@ -1,8 +1,13 @@
-"""``iprime eval``: the typer command (registered in :mod:`iprime.cli`)."""
+"""``iprime eval`` and ``iprime prm rerank``: the typer commands (registered in :mod:`iprime.cli`)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+from iprime.prm.metadata import DEFAULT_BETA
 
 
 def _ints(text: str) -> list[int]:
@@ -14,8 +19,11 @@ def _ints(text: str) -> list[int]:
 
 def eval_command(
     model: str = typer.Option(..., help="policy model directory (or hub id)"),
-    benchmarks: str = typer.Option(..., help="comma-separated: math500,aime2024,aime,amc,minerva,olympiadbench,"
-                                             "humaneval,mbpp,leetcode,arithmetic, aimeYYYY/amcYYYY, or a .jsonl path"),
+    benchmarks: str = typer.Option(
+        ...,
+        help="comma-separated: math500,aime2024,aime,amc,minerva,olympiadbench,"
+        "humaneval,mbpp,leetcode,arithmetic, aimeYYYY/amcYYYY, or a .jsonl path",
+    ),
     out: str = typer.Option(..., help="output directory (generations.jsonl, summary.json, summary.md)"),
     n: int = typer.Option(1, help="samples per prompt"),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
@@ -26,8 +34,12 @@ def eval_command(
     seed: int = typer.Option(0),
     limit: int = typer.Option(None, help="first N rows of each benchmark"),
     prm: str = typer.Option(None, help="implicit PRM directory: adds best-of-N (bon@k) and weighted voting (wvote@k)"),
-    ref: str = typer.Option(None, help="reference model the PRM is read against"),
-    beta: float = typer.Option(0.05, help="PRM reward scale"),
+    ref: str = typer.Option(
+        None, help="reference model the PRM is read against (default: the one the PRM's iprime_prm.json names)"
+    ),
+    beta: float = typer.Option(
+        None, help=f"PRM reward scale (default: the PRM's iprime_prm.json, else {DEFAULT_BETA})"
+    ),
     vote_weight: str = typer.Option("sigmoid", help="PRM vote weight: sigmoid | exp | one"),
     equivalence: str = typer.Option("math", help="answer grouping for votes: math (math-verify merges) | exact"),
     workers: int = typer.Option(2, help="verifier worker processes (0 = inline)"),
@@ -48,14 +60,95 @@ def eval_command(
     console = Console(stderr=True)
     try:
         config = EvalConfig(
-            model=model, benchmarks=[b.strip() for b in benchmarks.split(",") if b.strip()], out=out, n=n,
-            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, ks=_ints(k), batch_size=batch_size,
-            seed=seed, limit=limit, prm=prm, ref=ref, beta=beta, vote_weight=vote_weight, equivalence=equivalence,
-            verify_workers=workers, dtype=dtype, device=device, resume=resume,
-            jsonl_options={"prompt_key": prompt_key, "answer_key": answer_key, "id_key": id_key, "kind": kind,
-                           "add_suffix": prompt_suffix},
+            model=model,
+            benchmarks=[b.strip() for b in benchmarks.split(",") if b.strip()],
+            out=out,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            ks=_ints(k),
+            batch_size=batch_size,
+            seed=seed,
+            limit=limit,
+            prm=prm,
+            ref=ref,
+            beta=beta,
+            vote_weight=vote_weight,
+            equivalence=equivalence,
+            verify_workers=workers,
+            dtype=dtype,
+            device=device,
+            resume=resume,
+            jsonl_options={
+                "prompt_key": prompt_key,
+                "answer_key": answer_key,
+                "id_key": id_key,
+                "kind": kind,
+                "add_suffix": prompt_suffix,
+            },
         )
         run_eval(config, console=console)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
+
+
+def rerank_command(
+    prm: str = typer.Option(..., help="PRM model directory"),
+    ref: str = typer.Option(None, help="reference model directory (default: the one the PRM's iprime_prm.json names)"),
+    data: str = typer.Option(..., help="jsonl rows: prompt_id, prompt, response[, reference, verifier]"),
+    out: str = typer.Option(..., help="output directory: picks.jsonl, summary.json"),
+    beta: float = typer.Option(None, help=f"reward scale (default: the PRM's iprime_prm.json, else {DEFAULT_BETA})"),
+    vote_weight: str = typer.Option("sigmoid", help="sigmoid | exp | one"),
+    equivalence: str = typer.Option("math", help="math | exact"),
+    batch_size: int = typer.Option(8),
+    workers: int = typer.Option(2, help="verifier processes for rows with a reference (0 = inline)"),
+) -> None:
+    """Best-of-N and PRM-weighted voting over groups of sampled responses."""
+    from rich.console import Console
+
+    from iprime.data.jsonl import read_jsonl
+    from iprime.eval.rerank import rerank_groups
+    from iprime.prm.scoring import ImplicitPRM
+    from iprime.verifiers import verify_batch
+
+    console = Console(stderr=True)
+
+    def fail(err: Exception) -> None:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+
+    try:
+        rows = read_jsonl(data, required=("prompt", "response"))
+        scorer = ImplicitPRM.from_pretrained(prm, ref, beta, batch_size=batch_size)
+    except (ValueError, FileNotFoundError) as err:
+        fail(err)
+    rewards = scorer.sequence_rewards(
+        [r["prompt"] for r in rows], [r["response"] for r in rows], ended=[bool(r.get("ended", True)) for r in rows]
+    )
+    with_ref = [r.get("reference") is not None for r in rows]
+    if any(with_ref) and not all(with_ref):
+        fail(ValueError("either every row has a 'reference' or none does"))
+    scores = None
+    if all(with_ref):
+        scores = [0.0] * len(rows)
+        for name in sorted({str(r.get("verifier", "math")) for r in rows}):
+            idx = [i for i, r in enumerate(rows) if str(r.get("verifier", "math")) == name]
+            res = verify_batch(
+                name, [rows[i]["response"] for i in idx], [rows[i]["reference"] for i in idx], workers=workers
+            )
+            for i, v in zip(idx, res):
+                scores[i] = v.score
+    try:
+        picks, summary = rerank_groups(rows, rewards, scores=scores, weight=vote_weight, equivalence=equivalence)
+    except ValueError as err:
+        fail(err)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "picks.jsonl").open("w", encoding="utf-8") as f:
+        for p in picks:
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    console.print(summary)
+    console.print(f"wrote {out_dir / 'picks.jsonl'} and {out_dir / 'summary.json'}")

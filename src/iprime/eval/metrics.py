@@ -149,7 +149,9 @@ def summarize_rows(records: Sequence[Mapping], ks: Sequence[int], vote_weight: s
         if voters:
             for k in ks:
                 out[f"wvote@{k}"] = _mean(
-                    _pick_correct(r, vote(r["groups"], vote_weights(r["prm_rewards"][:k], vote_weight) + [0.0] * (n - k), k))
+                    _pick_correct(
+                        r, vote(r["groups"], vote_weights(r["prm_rewards"][:k], vote_weight) + [0.0] * (n - k), k)
+                    )
                     for r in voters
                 )
     out["truncated_frac"] = _mean(t for r in records for t in r["truncated"])

@@ -25,15 +25,29 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from iprime.prm.metadata import DEFAULT_BETA, resolve_prm_settings
+
 from .answers import EQUIVALENCES, equality_for, extract_answer, group_answers
 from .benchmarks import load_benchmark
 from .metrics import VOTE_WEIGHTS, summarize_rows
+from .sampling import sample_rows
 
 __all__ = ["EvalConfig", "read_generations", "run_eval", "summary_markdown"]
 
 # Settings that change what is generated/scored: a resumed run must use the same values.
-_GENERATION_KEYS = ("model", "n", "temperature", "top_p", "max_new_tokens", "seed", "batch_size", "prm", "ref", "beta",
-                    "equivalence")
+_GENERATION_KEYS = (
+    "model",
+    "n",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "seed",
+    "batch_size",
+    "prm",
+    "ref",
+    "beta",
+    "equivalence",
+)
 
 
 @dataclass
@@ -45,7 +59,10 @@ class EvalConfig:
     max_new_tokens / seed: sampling (temperature 0 = greedy, then use n=1). ks: the k of
     pass@k / maj@k / bon@k / wvote@k (default 1 and n). batch_size: rows per generation
     chunk (each yields ``batch_size * n`` samples). limit: first rows of each benchmark.
-    prm / ref / beta: score every sample with the implicit PRM (best-of-N, weighted vote).
+    prm / ref / beta: score every sample with the implicit PRM (best-of-N, weighted vote);
+    ``ref`` / ``beta`` left ``None`` are read from the PRM's ``iprime_prm.json``
+    (:func:`iprime.prm.metadata.resolve_prm_settings`), ``beta`` else
+    :data:`~iprime.prm.metadata.DEFAULT_BETA`.
     vote_weight: ``sigmoid`` | ``exp`` | ``one``. equivalence: ``math`` (merge answers
     math-verify finds equal) | ``exact``. verify_workers: verifier processes (0 = inline).
     jsonl_options: prompt_key / answer_key / id_key / kind / add_suffix for .jsonl benchmarks.
@@ -64,7 +81,7 @@ class EvalConfig:
     limit: int | None = None
     prm: str | None = None
     ref: str | None = None
-    beta: float = 0.05
+    beta: float | None = None
     vote_weight: str = "sigmoid"
     equivalence: str = "math"
     verify_workers: int = 2
@@ -78,13 +95,28 @@ class EvalConfig:
         if not self.benchmarks:
             raise ValueError("benchmarks is empty: name at least one (e.g. math500)")
         if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError(f"n, batch_size and max_new_tokens must be >= 1, got {self.n}, {self.batch_size}, {self.max_new_tokens}")
+            raise ValueError(
+                f"n, batch_size and max_new_tokens must be >= 1, got {self.n}, {self.batch_size}, {self.max_new_tokens}"
+            )
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.temperature == 0 and self.n > 1:
-            raise ValueError(f"greedy decoding (temperature 0) gives n={self.n} identical samples; use n=1 or temperature > 0")
-        if (self.prm is None) != (self.ref is None):
-            raise ValueError("the implicit PRM needs both prm and ref (the reference model it is read against)")
+            raise ValueError(
+                f"greedy decoding (temperature 0) gives n={self.n} identical samples; use n=1 or temperature > 0"
+            )
+        if self.prm is not None:
+            settings = resolve_prm_settings(self.prm, beta=self.beta, reference=self.ref)
+            if settings.reference is None:
+                raise ValueError(
+                    f"the implicit PRM needs both prm and ref (the reference model it is read against): "
+                    f"pass ref, or save {self.prm} with its metadata (iprime_prm.json, written by "
+                    "iprime prm train)"
+                )
+            self.ref, self.beta = settings.reference, settings.beta
+        elif self.ref is not None:
+            raise ValueError("the implicit PRM needs both prm and ref: ref was given without prm")
+        if self.beta is None:
+            self.beta = DEFAULT_BETA
         if self.vote_weight not in VOTE_WEIGHTS:
             raise ValueError(f"vote_weight must be one of {VOTE_WEIGHTS}, got {self.vote_weight!r}")
         if self.equivalence not in EQUIVALENCES:
@@ -175,8 +207,14 @@ def _verify(rows: Sequence[dict], texts: Sequence[str], pool, config: EvalConfig
         idx = [i for i, r in enumerate(rows) if r["verifier"] == name]
         # the arithmetic check is a pure string comparison: no need for worker processes
         use_pool = pool if name != "arithmetic" else None
-        out = verify_batch(name, [texts[i] for i in idx], [rows[i]["reference"] for i in idx],
-                           workers=0 if use_pool is None else 1, pool=use_pool, timeout_s=config.verify_timeout_s)
+        out = verify_batch(
+            name,
+            [texts[i] for i in idx],
+            [rows[i]["reference"] for i in idx],
+            workers=0 if use_pool is None else 1,
+            pool=use_pool,
+            timeout_s=config.verify_timeout_s,
+        )
         for i, res in zip(idx, out):
             results[i] = res
     return results
@@ -226,10 +264,16 @@ def run_eval(
     an exception raised there stops the run like a kill would).
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from iprime.rollout import HFGenerator, SamplingParams
-    from iprime.train.chat import render_prompt
 
     console = console or Console(stderr=True)
     out = Path(config.out)
@@ -240,7 +284,9 @@ def run_eval(
     existing: list[dict] = []
     if gen_path.exists() and gen_path.stat().st_size > 0:
         if not config.resume:
-            raise FileExistsError(f"{gen_path} already has generations: pass resume=True (--resume) or use another --out")
+            raise FileExistsError(
+                f"{gen_path} already has generations: pass resume=True (--resume) or use another --out"
+            )
         if cfg_path.exists():
             saved = json.loads(cfg_path.read_text())
             diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
@@ -250,8 +296,12 @@ def run_eval(
     _write_atomic(cfg_path, json.dumps(settings, indent=2) + "\n")
 
     # Load rows first: a bad benchmark name fails before minutes of model loading.
-    benchmarks = {name: load_benchmark(name, limit=config.limit, **(config.jsonl_options if name.endswith((".jsonl", ".jsonl.gz")) else {}))
-                  for name in config.benchmarks}
+    benchmarks = {
+        name: load_benchmark(
+            name, limit=config.limit, **(config.jsonl_options if name.endswith((".jsonl", ".jsonl.gz")) else {})
+        )
+        for name in config.benchmarks
+    }
     names = {rows[0]["benchmark"] for rows in benchmarks.values()}
     if len(names) != len(benchmarks):
         raise ValueError(f"two benchmarks share a name: {config.benchmarks}")
@@ -267,16 +317,27 @@ def run_eval(
         if prm is None and config.prm is not None:
             from iprime.prm.scoring import ImplicitPRM
 
-            prm = ImplicitPRM.from_pretrained(config.prm, config.ref, config.beta, dtype=config.dtype, device=config.device)
+            prm = ImplicitPRM.from_pretrained(
+                config.prm, config.ref, config.beta, dtype=config.dtype, device=config.device
+            )
     generator = HFGenerator(model, tokenizer) if todo_total else None
 
     pool = None
-    needs_pool = config.verify_workers > 0 and any(r["verifier"] != "arithmetic" for rows in benchmarks.values() for r in rows)
+    needs_pool = config.verify_workers > 0 and any(
+        r["verifier"] != "arithmetic" for rows in benchmarks.values() for r in rows
+    )
     t0 = time.perf_counter()
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=console, disable=not progress) as bar:
-            for spec, rows in benchmarks.items():
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not progress,
+        ) as bar:
+            for rows in benchmarks.values():
                 name = rows[0]["benchmark"]
                 task = bar.add_task(name, total=len(rows), completed=sum((name, r["id"]) in done for r in rows))
                 for c, start in enumerate(range(0, len(rows), config.batch_size)):
@@ -287,22 +348,39 @@ def run_eval(
                         from iprime.verifiers import VerifierPool
 
                         pool = VerifierPool(config.verify_workers)
-                    params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
-                                            max_new_tokens=config.max_new_tokens, seed=config.seed + c)
-                    batch = generator.generate([render_prompt(tokenizer, r["prompt"]) for r in chunk], params)
-                    sample_rows = [chunk[int(i)] for i in batch.prompt_index]
-                    results = _verify(sample_rows, batch.texts, pool, config)
+                    params = SamplingParams(
+                        n=config.n,
+                        temperature=config.temperature,
+                        top_p=config.top_p,
+                        max_new_tokens=config.max_new_tokens,
+                        seed=config.seed + c,
+                    )
+                    samples = sample_rows(generator, tokenizer, chunk, params)
+                    texts = [t for s in samples for t in s.texts]
+                    per_sample_rows = [s.row for s in samples for _ in s.texts]
+                    results = _verify(per_sample_rows, texts, pool, config)
                     rewards = None
                     if prm is not None:
-                        rewards = prm.sequence_rewards([r["prompt"] for r in sample_rows], batch.texts,
-                                                       ended=[not bool(t) for t in batch.truncated])
-                    lengths = batch.response_lengths.tolist()
-                    truncated = batch.truncated.tolist()
+                        rewards = prm.sequence_rewards(
+                            [r["prompt"] for r in per_sample_rows],
+                            texts,
+                            ended=[not t for s in samples for t in s.truncated],
+                        )
                     records = []
-                    for i, row in enumerate(chunk):  # generator rows [i*n, (i+1)*n) belong to prompt i
-                        s = slice(i * config.n, (i + 1) * config.n)
-                        records.append(_record(row, config.n, batch.texts[s], results[s], truncated[s], lengths[s],
-                                               None if rewards is None else rewards[s], config))
+                    for i, s in enumerate(samples):  # flat samples [i*n, (i+1)*n) belong to row i
+                        part = slice(i * config.n, (i + 1) * config.n)
+                        records.append(
+                            _record(
+                                s.row,
+                                config.n,
+                                s.texts,
+                                results[part],
+                                s.truncated,
+                                s.num_tokens,
+                                None if rewards is None else rewards[part],
+                                config,
+                            )
+                        )
                     _append_lines(gen_path, records)
                     done.update((name, r["id"]) for r in chunk)
                     bar.advance(task, len(chunk))
@@ -315,7 +393,9 @@ def run_eval(
     return write_summary(config, benchmarks, console=console, elapsed_s=time.perf_counter() - t0)
 
 
-def write_summary(config: EvalConfig, benchmarks: Mapping[str, list[dict]], *, console=None, elapsed_s: float = 0.0) -> dict:
+def write_summary(
+    config: EvalConfig, benchmarks: Mapping[str, list[dict]], *, console=None, elapsed_s: float = 0.0
+) -> dict:
     """Recompute the summary of every benchmark from ``generations.jsonl``; write .json/.md."""
     out = Path(config.out)
     records = read_generations(out / "generations.jsonl")
@@ -333,6 +413,8 @@ def write_summary(config: EvalConfig, benchmarks: Mapping[str, list[dict]], *, c
     _write_atomic(out / "summary.md", md)
     if console is not None:
         console.print(md, soft_wrap=True, markup=False)
-        console.print(f"wrote {out / 'generations.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'} ({elapsed_s:.1f} s)",
-                      soft_wrap=True)
+        console.print(
+            f"wrote {out / 'generations.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'} ({elapsed_s:.1f} s)",
+            soft_wrap=True,
+        )
     return summary

@@ -71,7 +71,7 @@ def load_tokenizer(path_or_id: str | Path) -> PreTrainedTokenizerBase:
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """"float32" | "bfloat16" | "float16" | torch.dtype -> torch.dtype."""
+    """ "float32" | "bfloat16" | "float16" | torch.dtype -> torch.dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:

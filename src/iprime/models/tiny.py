@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import random
 import string
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers

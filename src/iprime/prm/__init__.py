@@ -1,4 +1,6 @@
-"""The implicit PRM as a tool: token/step scoring, an HTML view, offline training, reranking.
+"""The implicit PRM as a tool: token/step scoring, an HTML view, offline training, and the
+metadata (beta, reference, step delimiter) saved beside a PRM. Reranking samples with a PRM
+is evaluation: :mod:`iprime.eval.rerank`.
 
 Attributes are imported on first use (PEP 562), so ``iprime.prm.commands`` (the CLI) can be
 imported without loading torch.
@@ -19,8 +21,12 @@ _EXPORTS = {
     "evaluate_prm_loss": "offline",
     "load_labelled_rows": "offline",
     "train_prm_offline": "offline",
-    "group_rows": "rerank",
-    "rerank_groups": "rerank",
+    "DEFAULT_BETA": "metadata",
+    "DEFAULT_STEP_DELIMITER": "metadata",
+    "PRMMetadata": "metadata",
+    "load_prm_metadata": "metadata",
+    "resolve_prm_settings": "metadata",
+    "save_prm_metadata": "metadata",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -32,7 +32,8 @@ h1 { font-size: 20px; margin: 0 0 4px 0; }
 .card h2 { font-size: 15px; margin: 0 0 6px 0; }
 .stats { font-size: 13px; color: #444; margin-bottom: 8px; }
 .stats b.neg { color: rgb(215,48,39); } .stats b.pos { color: rgb(33,102,172); }
-details { font-size: 13px; margin-bottom: 8px; } details pre { white-space: pre-wrap; background: #f4f4f4; padding: 8px; }
+details { font-size: 13px; margin-bottom: 8px; }
+details pre { white-space: pre-wrap; background: #f4f4f4; padding: 8px; }
 .resp { font-family: ui-monospace, 'SFMono-Regular', Menlo, Consolas, monospace; font-size: 14px; line-height: 1.9;
   white-space: pre-wrap; word-break: break-word; }
 .tok { border-radius: 2px; padding: 1px 0; }
@@ -81,20 +82,26 @@ def _response_html(i: int, s: ResponseScore, scale: float, label: object | None)
     parts, step_no, step_start, rows = [], 0, 0, []
     for t, (tok, r) in enumerate(zip(s.tokens, s.rewards)):
         is_eos = s.ended and t == len(s.tokens) - 1
-        tip = (f"token {t}: {tok!r} | r = {r:+.4f} | log pi_phi = {s.prm_logp[t]:.3f}, "
-               f"log pi_ref = {s.ref_logp[t]:.3f} | step {step_no + 1}")
+        tip = (
+            f"token {t}: {tok!r} | r = {r:+.4f} | log pi_phi = {s.prm_logp[t]:.3f}, "
+            f"log pi_ref = {s.ref_logp[t]:.3f} | step {step_no + 1}"
+        )
         style = f"background:{reward_colour(r, scale)};color:{_text_colour(r, scale)}"
         inner, after = _token_html(tok, is_eos)
         parts.append(f'<span class="tok" style="{style}" title="{html.escape(tip)}" data-r="{r:.6g}">{inner}</span>')
         if t in ends:
             total = s.step_rewards[step_no]
             cls = "step worst" if step_no == worst else "step"
-            parts.append(f'<span class="{cls}" style="background:{reward_colour(total, scale * 3)}" '
-                         f'title="step {step_no + 1}: sum of {t - step_start + 1} token rewards">'
-                         f"step {step_no + 1}: {total:+.3f}</span>")
+            parts.append(
+                f'<span class="{cls}" style="background:{reward_colour(total, scale * 3)}" '
+                f'title="step {step_no + 1}: sum of {t - step_start + 1} token rewards">'
+                f"step {step_no + 1}: {total:+.3f}</span>"
+            )
             text = "".join(s.tokens[step_start : t + 1]).strip() or "(empty)"
-            rows.append(f"<tr><td>{step_no + 1}</td><td>{t - step_start + 1}</td><td>{total:+.4f}</td>"
-                        f'<td class="txt">{html.escape(text[:160])}</td></tr>')
+            rows.append(
+                f"<tr><td>{step_no + 1}</td><td>{t - step_start + 1}</td><td>{total:+.4f}</td>"
+                f'<td class="txt">{html.escape(text[:160])}</td></tr>'
+            )
             step_no, step_start = step_no + 1, t + 1
         parts.append(after)
     sign = "neg" if s.seq_reward < 0 else "pos"
@@ -130,11 +137,12 @@ def render_html(
         raise ValueError(f"scale must be >= 0, got {scale}")
     cards = "".join(_response_html(i, s, scale, None if labels is None else labels[i]) for i, s in enumerate(scores))
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         f'<div class="meta">r<sub>t</sub> = &beta; (log &pi;<sub>&phi;</sub>(y<sub>t</sub>|y<sub>&lt;t</sub>) &minus; '
-        f"log &pi;<sub>ref</sub>(y<sub>t</sub>|y<sub>&lt;t</sub>)). Hover a token for its value. {html.escape(subtitle)}</div>"
+        "log &pi;<sub>ref</sub>(y<sub>t</sub>|y<sub>&lt;t</sub>)). Hover a token for its value. "
+        f"{html.escape(subtitle)}</div>"
         f'<div class="legend"><span>{-scale:+.3f}</span><div class="scale"></div><span>{scale:+.3f}</span>'
         "<span>(red: PRM likes the token less than the reference &middot; blue: more)</span></div>"
         f"{cards}</body></html>\n"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -28,7 +27,9 @@ import torch
 
 from iprime.algo import prm_ce_loss, prm_dpo_loss
 from iprime.models import response_logprobs
+from iprime.optim import fit
 
+from .metadata import DEFAULT_BETA
 from .scoring import EncodedResponse, collate_responses, encode_response
 
 __all__ = ["OfflinePRMConfig", "build_pairs", "evaluate_prm_loss", "load_labelled_rows", "train_prm_offline"]
@@ -39,7 +40,7 @@ class OfflinePRMConfig:
     """beta: reward scale. loss: ``ce`` | ``dpo``. batch_size: rows (ce) or pairs (dpo) per
     step. max_response_tokens: longer responses are cut (and lose their EOS)."""
 
-    beta: float = 0.05
+    beta: float = DEFAULT_BETA
     loss: str = "ce"
     lr: float = 1e-5
     epochs: float = 1.0
@@ -92,7 +93,9 @@ def build_pairs(rows: Sequence[Mapping], max_pairs_per_prompt: int, rng: random.
     return pairs
 
 
-def _batch_loss(prm, ref, batch: Sequence[EncodedResponse], labels: torch.Tensor, pad_id: int, config: OfflinePRMConfig) -> torch.Tensor:
+def _batch_loss(
+    prm, ref, batch: Sequence[EncodedResponse], labels: torch.Tensor, pad_id: int, config: OfflinePRMConfig
+) -> torch.Tensor:
     device = next(prm.parameters()).device
     ids, attn, mask = collate_responses(batch, pad_id)
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
@@ -111,8 +114,16 @@ def evaluate_prm_loss(prm, ref, tokenizer, rows: Sequence[Mapping], config: Offl
     """The training objective of ``config.loss`` over all ``rows`` (CE: mean over rows; DPO:
     mean over every pair, no subsampling), without updating anything: a validation loss."""
     config = config or OfflinePRMConfig()
-    encoded = [encode_response(tokenizer, r["prompt"], r["response"], ended=bool(r.get("ended", True)),
-                               max_response_tokens=config.max_response_tokens) for r in rows]
+    encoded = [
+        encode_response(
+            tokenizer,
+            r["prompt"],
+            r["response"],
+            ended=bool(r.get("ended", True)),
+            max_response_tokens=config.max_response_tokens,
+        )
+        for r in rows
+    ]
     labels = [float(r["label"]) for r in rows]
     if config.loss == "ce":
         units = [[i] for i in range(len(rows))]
@@ -144,16 +155,26 @@ def train_prm_offline(
     *,
     log: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train ``prm`` in place (AdamW); returns ``{"steps", "losses", "first_loss", "final_loss",
-    "examples", "train_time_s", "config"}``. ``losses`` holds every step's loss. The PRM is
-    left in eval mode; ``ref`` is never updated."""
+    """Train ``prm`` in place (AdamW, the loop of :func:`iprime.optim.fit`); returns ``{"steps",
+    "losses", "first_loss", "final_loss", "examples", "train_time_s", "config"}``. ``losses``
+    holds every step's loss. ``log`` (if given) receives ``{"step", "loss", "elapsed_s"}`` every
+    ``config.log_every`` steps and at the last, ``loss`` being the mean since the previous
+    record. The PRM is left in eval mode; ``ref`` is never updated."""
     config = config or OfflinePRMConfig()
     if not rows:
         raise ValueError("no labelled rows")
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
-    encoded = [encode_response(tokenizer, r["prompt"], r["response"], ended=bool(r.get("ended", True)),
-                               max_response_tokens=config.max_response_tokens) for r in rows]
+    encoded = [
+        encode_response(
+            tokenizer,
+            r["prompt"],
+            r["response"],
+            ended=bool(r.get("ended", True)),
+            max_response_tokens=config.max_response_tokens,
+        )
+        for r in rows
+    ]
     labels = [float(r["label"]) for r in rows]
     if config.loss == "ce":
         units: list = list(range(len(rows)))
@@ -170,43 +191,46 @@ def train_prm_offline(
     prm.train()
     params = [p for p in prm.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the PRM has no trainable parameters (requires_grad is False on all of them); "
-                         "a PRM copied from a frozen reference needs prm.requires_grad_(True)")
+        raise ValueError(
+            "the PRM has no trainable parameters (requires_grad is False on all of them); "
+            "a PRM copied from a frozen reference needs prm.requires_grad_(True)"
+        )
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    order: list = []
-    for step in range(total):
-        if len(order) < config.batch_size:  # refill with a fresh shuffle (epochs may be fractional)
-            fresh = list(units)
-            rng.shuffle(fresh)
-            order += fresh
-        chunk, order = order[: config.batch_size], order[config.batch_size :]
-        if config.loss == "ce":
-            batch = [encoded[i] for i in chunk]
-            y = torch.tensor([labels[i] for i in chunk])
-        else:  # rows [w0, l0, w1, l1, ...]: groups of 2, winner first
-            batch = [encoded[i] for pair in chunk for i in pair]
-            y = torch.tensor([labels[i] for pair in chunk for i in pair])
-        loss = _batch_loss(prm, ref, batch, y, pad_id, config)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite PRM loss at step {step}: {loss.item()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
-        if log is not None and ((step + 1) % config.log_every == 0 or step == total - 1):
-            window = losses[-config.log_every :]
-            log({"step": step + 1, "loss": sum(window) / len(window), "elapsed_s": time.perf_counter() - t0})
+
+    def batches():
+        order: list = []
+        while True:
+            if len(order) < config.batch_size:  # refill with a fresh shuffle (epochs may be fractional)
+                fresh = list(units)
+                rng.shuffle(fresh)
+                order += fresh
+            chunk, order = order[: config.batch_size], order[config.batch_size :]
+            if config.loss == "ce":
+                yield [encoded[i] for i in chunk], torch.tensor([labels[i] for i in chunk])
+            else:  # rows [w0, l0, w1, l1, ...]: groups of 2, winner first
+                yield (
+                    [encoded[i] for pair in chunk for i in pair],
+                    torch.tensor([labels[i] for pair in chunk for i in pair]),
+                )
+
+    fitted = fit(
+        params,
+        opt,
+        batches(),
+        lambda b: _batch_loss(prm, ref, b[0], b[1], pad_id, config),
+        total,
+        grad_clip=config.grad_clip,
+        log_every=config.log_every,
+        log=log,
+        name="PRM loss",
+    )
     prm.eval()
     return {
         "steps": total,
-        "losses": losses,
-        "first_loss": losses[0],
-        "final_loss": losses[-1],
+        "losses": fitted.losses,
+        "first_loss": fitted.losses[0],
+        "final_loss": fitted.losses[-1],
         "examples": len(units),
-        "train_time_s": time.perf_counter() - t0,
+        "train_time_s": fitted.time_s,
         "config": asdict(config),
     }

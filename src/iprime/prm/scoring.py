@@ -13,9 +13,9 @@ Log-probs come from :func:`iprime.models.response_logprobs`, rewards from
 tool and the trainer compute the same numbers.
 
 Steps are found on the response *text*: a step ends at the token in which an occurrence of
-``step_delimiter`` (default ``"\\n\\n"``) ends, and the last token closes the final step. Text,
-not token ids, because BPE merges delimiters with their neighbours (``".\\n\\n"`` can be one token),
-which an id-pattern search would miss.
+``step_delimiter`` (default :data:`~iprime.prm.metadata.DEFAULT_STEP_DELIMITER`, ``"\\n"``) ends, and
+the last token closes the final step. Text, not token ids, because BPE merges delimiters with
+their neighbours (``".\\n\\n"`` can be one token), which an id-pattern search would miss.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 
 from iprime.algo import implicit_process_rewards
+from iprime.data.chat import render_prompt
 from iprime.models import response_logprobs
-from iprime.train.chat import render_prompt
+
+from .metadata import DEFAULT_BETA, DEFAULT_STEP_DELIMITER, resolve_prm_settings
 
 __all__ = ["EncodedResponse", "ImplicitPRM", "ResponseScore", "collate_responses", "encode_response"]
-
-DEFAULT_STEP_DELIMITER = "\n\n"
 
 
 @dataclass
@@ -53,7 +53,9 @@ class EncodedResponse:
     ended: bool
 
 
-def encode_response(tokenizer, prompt, response: str, *, ended: bool = True, max_response_tokens: int | None = None) -> EncodedResponse:
+def encode_response(
+    tokenizer, prompt, response: str, *, ended: bool = True, max_response_tokens: int | None = None
+) -> EncodedResponse:
     """Tokenize like SFT / rollouts: ``[chat_template(prompt) | response | eos if ended]``.
 
     ``prompt`` is a user message string or a list of chat messages. ``max_response_tokens``
@@ -137,7 +139,9 @@ class ImplicitPRM:
     under ``torch.no_grad``.
     """
 
-    def __init__(self, prm, ref, tokenizer, beta: float = 0.05, *, batch_size: int = 8, chunk_size: int = 1024) -> None:
+    def __init__(
+        self, prm, ref, tokenizer, beta: float = DEFAULT_BETA, *, batch_size: int = 8, chunk_size: int = 1024
+    ) -> None:
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got {beta}")
         if batch_size < 1:
@@ -150,11 +154,32 @@ class ImplicitPRM:
         self.beta, self.batch_size, self.chunk_size = float(beta), batch_size, chunk_size
 
     @classmethod
-    def from_pretrained(cls, prm_path: str | Path, ref_path: str | Path, beta: float = 0.05, *,
-                        dtype: str = "float32", device: str = "cpu", batch_size: int = 8) -> ImplicitPRM:
+    def from_pretrained(
+        cls,
+        prm_path: str | Path,
+        ref_path: str | Path | None = None,
+        beta: float | None = None,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        batch_size: int = 8,
+    ) -> ImplicitPRM:
         """Load both models; their tokenizers must have the same vocabulary (rewards compare
-        the two models' log-probs of the *same* token ids)."""
+        the two models' log-probs of the *same* token ids).
+
+        ``ref_path`` / ``beta`` left ``None`` are read from the PRM's saved metadata
+        (:func:`iprime.prm.metadata.resolve_prm_settings`; ``beta`` falls back to
+        :data:`~iprime.prm.metadata.DEFAULT_BETA`); a reference given nowhere is an error.
+        """
         from iprime.models import load_model, load_tokenizer
+
+        settings = resolve_prm_settings(prm_path, beta=beta, reference=ref_path)
+        if settings.reference is None:
+            raise ValueError(
+                f"no reference model for the PRM {str(prm_path)!r}: pass one (--ref), or save the PRM "
+                "with its metadata (iprime prm train writes iprime_prm.json beside the weights)"
+            )
+        ref_path, beta = settings.reference, settings.beta
 
         tok, ref_tok = load_tokenizer(prm_path), load_tokenizer(ref_path)
         if tok.get_vocab() != ref_tok.get_vocab():
@@ -186,7 +211,9 @@ class ImplicitPRM:
                 model.train(was_training)
         return out[0], out[1], mask
 
-    def score_encoded(self, encoded: Sequence[EncodedResponse], *, step_delimiter: str | None = DEFAULT_STEP_DELIMITER) -> list[ResponseScore]:
+    def score_encoded(
+        self, encoded: Sequence[EncodedResponse], *, step_delimiter: str | None = DEFAULT_STEP_DELIMITER
+    ) -> list[ResponseScore]:
         """Scores of already-encoded responses, in input order."""
         results: list[ResponseScore] = []
         for start in range(0, len(encoded), self.batch_size):
@@ -202,24 +229,32 @@ class ImplicitPRM:
                 for s, t in e.spans:  # byte-level BPE can split a character over two tokens
                     tokens.append(e.response[max(s, prev) : t])
                     prev = max(prev, t)
-                results.append(ResponseScore(
-                    prompt=e.prompt,
-                    response=e.response,
-                    tokens=tokens,
-                    token_ids=list(e.response_ids),
-                    prm_logp=prm_logp[b, :T].tolist(),
-                    ref_logp=ref_logp[b, :T].tolist(),
-                    rewards=rewards[b, :T].tolist(),
-                    step_ends=ends[b],
-                    step_rewards=[float(step[b, i]) for i in ends[b]],
-                    seq_reward=float(rewards[b, :T].sum()),
-                    beta=self.beta,
-                    ended=e.ended,
-                ))
+                results.append(
+                    ResponseScore(
+                        prompt=e.prompt,
+                        response=e.response,
+                        tokens=tokens,
+                        token_ids=list(e.response_ids),
+                        prm_logp=prm_logp[b, :T].tolist(),
+                        ref_logp=ref_logp[b, :T].tolist(),
+                        rewards=rewards[b, :T].tolist(),
+                        step_ends=ends[b],
+                        step_rewards=[float(step[b, i]) for i in ends[b]],
+                        seq_reward=float(rewards[b, :T].sum()),
+                        beta=self.beta,
+                        ended=e.ended,
+                    )
+                )
         return results
 
-    def score(self, prompts: Sequence, responses: Sequence[str], *, ended: bool | Sequence[bool] = True,
-              step_delimiter: str | None = DEFAULT_STEP_DELIMITER) -> list[ResponseScore]:
+    def score(
+        self,
+        prompts: Sequence,
+        responses: Sequence[str],
+        *,
+        ended: bool | Sequence[bool] = True,
+        step_delimiter: str | None = DEFAULT_STEP_DELIMITER,
+    ) -> list[ResponseScore]:
         """Token/step/sequence rewards of ``responses[i]`` to ``prompts[i]``.
 
         ended: whether each response finished with EOS (then EOS is scored as its last token,
@@ -233,6 +268,8 @@ class ImplicitPRM:
         encoded = [self.encode(p, r, ended=f) for p, r, f in zip(prompts, responses, flags)]
         return self.score_encoded(encoded, step_delimiter=step_delimiter)
 
-    def sequence_rewards(self, prompts: Sequence, responses: Sequence[str], *, ended: bool | Sequence[bool] = True) -> list[float]:
+    def sequence_rewards(
+        self, prompts: Sequence, responses: Sequence[str], *, ended: bool | Sequence[bool] = True
+    ) -> list[float]:
         """Only ``R = beta * sum_t log(pi_phi / pi_ref)`` per response (best-of-N, voting)."""
         return [s.seq_reward for s in self.score(prompts, responses, ended=ended, step_delimiter=None)]

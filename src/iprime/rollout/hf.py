@@ -58,8 +58,10 @@ def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) 
     # what torch.multinomial rejects too; a NaN would otherwise become an out-of-range index
     ok = torch.all(torch.isfinite(total) & (total > 0)) & torch.all(probs >= 0)
     if not bool(ok):  # one host sync per decoding step
-        raise ValueError("sampling probabilities must be finite and non-negative with a positive sum in every row "
-                         "(non-finite logits?)")
+        raise ValueError(
+            "sampling probabilities must be finite and non-negative with a positive sum in every row "
+            "(non-finite logits?)"
+        )
     u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device).double() * total
     return torch.searchsorted(c, u, right=True).squeeze(-1)
 

@@ -27,8 +27,9 @@ from transformers import PreTrainedTokenizerBase
 
 from iprime.rollout.types import RolloutBatch, SamplingParams, encode_prompts
 
-_INSTALL_HINT = ("rollout.engine='vllm' needs vLLM (CUDA): pip install 'iprime[vllm]'. "
-                 "Use rollout.engine='hf' without it.")
+_INSTALL_HINT = (
+    "rollout.engine='vllm' needs vLLM (CUDA): pip install 'iprime[vllm]'. Use rollout.engine='hf' without it."
+)
 
 
 def _import_vllm():
@@ -48,6 +49,7 @@ def sync_vllm_weights(llm: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> 
     Older engines expose the in-process model at ``llm_engine.model_executor.driver_worker``."""
     weights = [(name, t.detach()) for name, t in weights]
     if hasattr(llm, "collective_rpc"):
+
         def _load(worker, weights=weights):  # runs inside each worker
             worker.model_runner.model.load_weights(weights=weights)
 
@@ -72,8 +74,15 @@ class VLLMGenerator:
     ``enable_sleep_mode=True``). ``sampling_params_cls``: vLLM's ``SamplingParams`` (looked up
     lazily; tests pass a stand-in)."""
 
-    def __init__(self, llm: Any, tokenizer: PreTrainedTokenizerBase, *, sleep: bool = True,
-                 device: str | torch.device = "cpu", sampling_params_cls: Any = None) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        sleep: bool = True,
+        device: str | torch.device = "cpu",
+        sampling_params_cls: Any = None,
+    ) -> None:
         if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("tokenizer needs pad and eos tokens; load it with iprime.models.load_tokenizer")
         self.llm, self.tokenizer, self.sleep_between = llm, tokenizer, sleep
@@ -86,19 +95,28 @@ class VLLMGenerator:
             self._sleep()
 
     @classmethod
-    def from_config(cls, model_path: str, tokenizer: PreTrainedTokenizerBase, cfg) -> "VLLMGenerator":
+    def from_config(cls, model_path: str, tokenizer: PreTrainedTokenizerBase, cfg) -> VLLMGenerator:
         """A colocated engine for ``model_path`` from ``cfg.rollout`` / ``cfg.model``."""
         vllm = _import_vllm()
         r = cfg.rollout
         kwargs: dict[str, Any] = dict(
-            model=model_path, tokenizer=model_path, dtype=cfg.model.dtype, seed=cfg.train.seed,
-            gpu_memory_utilization=r.vllm_gpu_memory_utilization, enable_sleep_mode=r.vllm_sleep,
+            model=model_path,
+            tokenizer=model_path,
+            dtype=cfg.model.dtype,
+            seed=cfg.train.seed,
+            gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+            enable_sleep_mode=r.vllm_sleep,
             enforce_eager=r.vllm_enforce_eager,
         )
         if r.vllm_max_model_len is not None:
             kwargs["max_model_len"] = r.vllm_max_model_len
-        return cls(vllm.LLM(**kwargs), tokenizer, sleep=r.vllm_sleep, device=cfg.model.device,
-                   sampling_params_cls=vllm.SamplingParams)
+        return cls(
+            vllm.LLM(**kwargs),
+            tokenizer,
+            sleep=r.vllm_sleep,
+            device=cfg.model.device,
+            sampling_params_cls=vllm.SamplingParams,
+        )
 
     # ------------------------------------------------------------------ engine state
     def _sleep(self) -> None:
@@ -125,27 +143,34 @@ class VLLMGenerator:
         if cls is None:
             cls = _import_vllm().SamplingParams
         return cls(
-            n=params.n, temperature=params.temperature, top_p=params.top_p,
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
             top_k=params.top_k if params.top_k > 0 else -1,  # -1: off (accepted by every vLLM version)
-            max_tokens=params.max_new_tokens, seed=params.seed, logprobs=0,
-            ignore_eos=not params.stop_at_eos, stop_token_ids=list(self.eos_ids),
-            skip_special_tokens=True, detokenize=False,
+            max_tokens=params.max_new_tokens,
+            seed=params.seed,
+            logprobs=0,
+            ignore_eos=not params.stop_at_eos,
+            stop_token_ids=list(self.eos_ids),
+            skip_special_tokens=True,
+            detokenize=False,
         )
-
 
     def generate(self, prompts: list[list[int]] | list[str], params: SamplingParams) -> RolloutBatch:
         """Sample ``params.n`` responses per prompt; rows ``[i*n, (i+1)*n)`` belong to prompt ``i``."""
         prompt_ids, prompt_texts = encode_prompts(self.tokenizer, prompts)
         self._wake()
         try:
-            outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids],
-                                        self.vllm_sampling_params(params), use_tqdm=False)
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": p} for p in prompt_ids], self.vllm_sampling_params(params), use_tqdm=False
+            )
         finally:
             self._sleep()
         return self.to_batch(prompt_ids, prompt_texts, outputs, params)
 
-    def to_batch(self, prompt_ids: list[list[int]], prompt_texts: list[str], outputs: list[Any],
-                 params: SamplingParams) -> RolloutBatch:
+    def to_batch(
+        self, prompt_ids: list[list[int]], prompt_texts: list[str], outputs: list[Any], params: SamplingParams
+    ) -> RolloutBatch:
         """vLLM ``RequestOutput``s (one per prompt, in order) -> a :class:`RolloutBatch`."""
         if len(outputs) != len(prompt_ids):
             raise ValueError(f"vLLM returned {len(outputs)} outputs for {len(prompt_ids)} prompts")
@@ -173,17 +198,22 @@ class VLLMGenerator:
         logp = torch.zeros((B, T), dtype=torch.float32)
         for b, (i, toks, lps) in enumerate(zip(rows, responses, logps)):
             p = prompt_ids[i]
-            prompt[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
-            pmask[b, P - len(p):] = 1
+            prompt[b, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+            pmask[b, P - len(p) :] = 1
             if toks:
                 response[b, : len(toks)] = torch.tensor(toks, dtype=torch.long)
                 rmask[b, : len(toks)] = 1
                 logp[b, : len(toks)] = torch.tensor(lps, dtype=torch.float32)
         texts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
         return RolloutBatch(
-            prompt_ids=prompt.to(dev), prompt_mask=pmask.to(dev), response_ids=response.to(dev),
-            response_mask=rmask.to(dev), sampling_logprobs=logp.to(dev),
+            prompt_ids=prompt.to(dev),
+            prompt_mask=pmask.to(dev),
+            response_ids=response.to(dev),
+            response_mask=rmask.to(dev),
+            sampling_logprobs=logp.to(dev),
             truncated=torch.tensor(truncated, dtype=torch.bool, device=dev),
-            prompt_index=torch.tensor(rows, dtype=torch.long, device=dev), texts=texts,
-            prompt_texts=[prompt_texts[i] for i in rows], pad_id=self.pad_id,
+            prompt_index=torch.tensor(rows, dtype=torch.long, device=dev),
+            texts=texts,
+            prompt_texts=[prompt_texts[i] for i in rows],
+            pad_id=self.pad_id,
         )

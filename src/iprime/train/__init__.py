@@ -1,6 +1,5 @@
 """Training loops: supervised fine-tuning and accuracy evaluation."""
 
-from .chat import render_prompt
 from .evaluate import evaluate_accuracy
 from .sft import (
     IGNORE_INDEX,
@@ -8,7 +7,6 @@ from .sft import (
     collate,
     encode_sft_example,
     load_sft_rows,
-    lr_factor,
     run_sft,
     sft_loss,
     split_row,
@@ -21,8 +19,6 @@ __all__ = [
     "encode_sft_example",
     "evaluate_accuracy",
     "load_sft_rows",
-    "lr_factor",
-    "render_prompt",
     "run_sft",
     "sft_loss",
     "split_row",

@@ -8,7 +8,8 @@ the same global pool, makes the same filter decision and trains on a contiguous,
 of the kept groups (groups never span ranks). The models are sharded with FSDP2
 (``fully_shard`` per decoder layer, then a root that runs :func:`response_logprobs`).
 
-Single-process runs (no ``WORLD_SIZE`` > 1 in the environment) never touch any of this.
+In one process (no ``WORLD_SIZE`` > 1 in the environment) every helper here is a no-op: the
+trainer runs one code path for any world size.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def init_distributed(device: str) -> tuple[DistContext, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(), torch.device(device)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
@@ -109,10 +110,12 @@ class LogprobModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, response_len: int, temperature: float = 1.0,
-                return_entropy: bool = False):
-        out = response_logprobs(self.model, input_ids, attention_mask, response_len, temperature=temperature,
-                                return_entropy=return_entropy)
+    def forward(
+        self, input_ids, attention_mask, response_len: int, temperature: float = 1.0, return_entropy: bool = False
+    ):
+        out = response_logprobs(
+            self.model, input_ids, attention_mask, response_len, temperature=temperature, return_entropy=return_entropy
+        )
         # fresh tensors, not views: FSDP's pre-backward hook on a view is lost by in-place ops
         return tuple(x.clone() for x in out) if return_entropy else out.clone()
 
@@ -196,9 +199,15 @@ def _dcp_state(models: dict[str, nn.Module], optimizers: dict[str, torch.optim.O
     return state
 
 
-def save_dcp_checkpoint(out_dir: str | Path, step: int, models: dict[str, nn.Module],
-                        optimizers: dict[str, torch.optim.Optimizer], meta: dict[str, Any], ctx: DistContext,
-                        keep: int = 2) -> Path:
+def save_dcp_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    models: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    meta: dict[str, Any],
+    ctx: DistContext,
+    keep: int = 2,
+) -> Path:
     """Sharded checkpoint with ``torch.distributed.checkpoint``: every rank writes its shards,
     rank 0 writes ``meta.pt`` (step, scheduler, stream, buffer, RNG, config). Written into a
     temporary directory and renamed into place by rank 0, then ``LATEST`` is replaced, so a
@@ -227,8 +236,9 @@ def is_dcp_checkpoint(path: str | Path) -> bool:
     return (Path(path) / ".metadata").is_file() and (Path(path) / "meta.pt").is_file()
 
 
-def load_dcp_checkpoint(path: str | Path, models: dict[str, nn.Module],
-                        optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+def load_dcp_checkpoint(
+    path: str | Path, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+) -> dict[str, Any]:
     """Load shards (resharded to this world size, FSDP or plain modules) into ``models`` and
     ``optimizers``; returns ``meta.pt``."""
     import torch.distributed.checkpoint as dcp
@@ -237,8 +247,9 @@ def load_dcp_checkpoint(path: str | Path, models: dict[str, nn.Module],
     state = _dcp_state(models, optimizers)
     dcp.load(state, checkpoint_id=str(path))
     for name, model in models.items():
-        set_state_dict(model, optimizers[name], model_state_dict=state[name],
-                       optim_state_dict=state[f"{name}_optimizer"])
+        set_state_dict(
+            model, optimizers[name], model_state_dict=state[name], optim_state_dict=state[f"{name}_optimizer"]
+        )
     return torch.load(Path(path) / "meta.pt", map_location="cpu", weights_only=False)
 
 
@@ -250,3 +261,54 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         return model.state_dict()
     reshard_all(model)
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def all_gather_rollouts(batch, starts: list[int], ctx: DistContext, device: torch.device):
+    """Every rank's share of a round, concatenated in rank order (``batch`` itself in one process).
+
+    ``starts[r]`` is the offset of rank r's first prompt in the round: each share's
+    ``prompt_index`` is shifted by it. A rank with no prompts passes ``None``."""
+    if not ctx.enabled:
+        return batch
+    from iprime.rollout import RolloutBatch
+
+    parts = all_gather_objects(batch.to("cpu") if batch is not None else None, ctx)
+    for part, start in zip(parts, starts):
+        if part is not None:
+            part.prompt_index = part.prompt_index + start
+    return RolloutBatch.cat([p for p in parts if p is not None]).to(device)
+
+
+# ------------------------------------------------------------------------------ run setup
+def check_config(cfg, ctx: DistContext) -> None:
+    """What a data-parallel run needs of the config (nothing in one process)."""
+    from iprime.algo import get_advantage_estimator
+
+    W = ctx.world_size
+    if cfg.rollout.prompts_per_step % W:
+        raise ValueError(
+            f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be a multiple of the "
+            f"world size {W}: each rank trains on an equal share of whole groups"
+        )
+    spec = get_advantage_estimator(cfg.algo.estimator)
+    if W > 1 and not spec.data_parallel:
+        raise ValueError(
+            f'algo.estimator="{spec.name}" is single-process only (its value model is not sharded); '
+            "use an estimator without a value model under torchrun"
+        )
+
+
+def checkpoint_format(fmt: str, ctx: DistContext) -> str:
+    """``train.checkpoint_format`` resolved: ``auto`` is ``dcp`` under torchrun, else ``torch``."""
+    if fmt == "auto":
+        return "dcp" if ctx.enabled else "torch"
+    if ctx.enabled and fmt != "dcp":
+        raise ValueError('train.checkpoint_format="torch" holds full tensors; under torchrun use "dcp" (or "auto")')
+    return fmt
+
+
+def shard_models(models: list[nn.Module | None], ctx: DistContext, device: torch.device) -> dict[int, nn.Module]:
+    """FSDP2-shard each model under torchrun; ``{id(model): root}`` (empty in one process)."""
+    if not ctx.enabled:
+        return {}
+    return {id(m): shard_model(m, device) for m in models if m is not None}

@@ -4,6 +4,10 @@
 
 over ``N`` rows and ``n`` samples each; ``temperature=0`` is greedy decoding (then ``n``
 should be 1, since every sample would be the same).
+
+The in-memory sibling of ``iprime eval``: both sample through
+:func:`iprime.eval.sampling.sample_rows` (see there for why two entry points exist); this one
+takes any verifier callable and returns one number, for training curves and the quickstart.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from .chat import render_prompt
+from ..eval.sampling import sample_rows
 
 
 def evaluate_accuracy(
@@ -30,10 +34,11 @@ def evaluate_accuracy(
     """Mean ``verifier(response, row["answer"])`` over ``n`` samples of every row.
 
     Rows need ``prompt`` (a string or a list of chat messages) and ``answer``. Prompts are
-    rendered with the tokenizer's chat template (:func:`~iprime.train.chat.render_prompt`),
-    exactly as in SFT. Returns ``accuracy``, ``pass_at_n`` (share of rows with at least one
-    correct sample), ``truncated_frac`` (responses cut at ``max_new_tokens``), ``n_rows``,
-    ``n_samples``, ``time_s``, and with ``return_samples`` the ``samples`` list of
+    rendered with the tokenizer's chat template (:func:`~iprime.data.chat.render_prompt`),
+    exactly as in SFT; every chunk of ``batch_size`` rows is sampled with ``seed``. Returns
+    ``accuracy``, ``pass_at_n`` (share of rows with at least one correct sample),
+    ``truncated_frac`` (responses cut at ``max_new_tokens``), ``n_rows``, ``n_samples``,
+    ``time_s``, and with ``return_samples`` the ``samples`` list of
     ``{"prompt", "answer", "response", "score"}``.
     """
     from ..rollout import HFGenerator, SamplingParams
@@ -58,16 +63,17 @@ def evaluate_accuracy(
     try:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            prompts = [render_prompt(tokenizer, row["prompt"]) for row in chunk]
-            out = generator.generate(prompts, params)
-            for text, pi, truncated in zip(out.texts, out.prompt_index, out.truncated):
-                row = chunk[int(pi)]
-                score = float(verifier(text, row["answer"]))
-                scores[start + int(pi)].append(score)
-                n_truncated += bool(truncated)
-                n_total += 1
-                if return_samples:
-                    samples.append({"prompt": row["prompt"], "answer": row["answer"], "response": text, "score": score})
+            for offset, sampled in enumerate(sample_rows(generator, tokenizer, chunk, params)):
+                row = sampled.row
+                for text, truncated in zip(sampled.texts, sampled.truncated):
+                    score = float(verifier(text, row["answer"]))
+                    scores[start + offset].append(score)
+                    n_truncated += truncated
+                    n_total += 1
+                    if return_samples:
+                        samples.append(
+                            {"prompt": row["prompt"], "answer": row["answer"], "response": text, "score": score}
+                        )
     finally:
         model.train(was_training)
     result = {

@@ -9,7 +9,9 @@ from typing import Any
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: str | Path, *, tensorboard: bool = True, wandb: bool = False, config: dict | None = None):
+    def __init__(
+        self, out_dir: str | Path, *, tensorboard: bool = True, wandb: bool = False, config: dict | None = None
+    ):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"

@@ -36,8 +36,13 @@ def attach_lora(base: nn.Module, r: int, alpha: int, dropout: float = 0.0) -> nn
     from iprime.models import LoraSettings
 
     settings = LoraSettings(r=r, alpha=alpha, dropout=dropout)
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(base, config)
 
 
@@ -59,9 +64,14 @@ def row_lengths(prompt_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple
     return [int(x) for x in p], [int(x) for x in r]
 
 
-def plan_micro_batches(order: list[int], max_rows: int, max_tokens: int | None = None,
-                       prompt_len: list[int] | None = None, response_len: list[int] | None = None,
-                       unit: int = 1) -> list[list[int]]:
+def plan_micro_batches(
+    order: list[int],
+    max_rows: int,
+    max_tokens: int | None = None,
+    prompt_len: list[int] | None = None,
+    response_len: list[int] | None = None,
+    unit: int = 1,
+) -> list[list[int]]:
     """Split ``order`` (row ids, kept in this order) into consecutive micro-batches.
 
     Without ``max_tokens``: chunks of ``max_rows`` (rounded down to whole ``unit`` blocks, at

@@ -15,15 +15,15 @@ The loss of a batch is the mean over its response tokens:
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from ..data.chat import render_prompt
 from ..data.jsonl import JsonlError, read_jsonl
-from .chat import render_prompt
+from ..optim import fit, lr_factor
 
 IGNORE_INDEX = -100
 
@@ -35,7 +35,7 @@ class SFTConfig:
     Training length is ``max_steps`` if set, else ``ceil(epochs * len(rows) / batch_size)``.
     The learning rate warms up linearly for ``warmup_steps`` then follows ``schedule``
     (``"cosine"`` to ``min_lr_ratio * lr``, ``"linear"`` to ``min_lr_ratio * lr``, or
-    ``"constant"``).
+    ``"constant"``): :func:`iprime.optim.lr_factor`.
     """
 
     lr: float = 1e-3
@@ -95,7 +95,11 @@ def split_row(row: Mapping) -> tuple[list[dict] | str, str]:
         if not isinstance(msgs, list) or len(msgs) < 2:
             raise ValueError("'messages' must be a list of at least 2 messages")
         for i, m in enumerate(msgs):
-            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            if (
+                not isinstance(m, Mapping)
+                or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), str)
+            ):
                 raise ValueError(f"messages[{i}] must be an object with string 'role' and 'content'")
         if msgs[-1]["role"] != "assistant":
             raise ValueError(f"the last message must have role 'assistant', got {msgs[-1]['role']!r}")
@@ -152,19 +156,6 @@ def sft_loss(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
-def lr_factor(step: int, total: int, config: SFTConfig) -> float:
-    """Multiplier of ``config.lr`` at optimizer step ``step`` (0-based)."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    if config.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
-    lo = config.min_lr_ratio
-    if config.schedule == "linear":
-        return lo + (1.0 - lo) * (1.0 - progress)
-    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def run_sft(
     model,
     tokenizer,
@@ -206,53 +197,43 @@ def run_sft(
         lr=config.lr,
         betas=config.betas,
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, config))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, config.warmup_steps, config.schedule, config.min_lr_ratio)
+    )
+    n_tokens = 0
+
+    def batches():
+        nonlocal n_tokens
+        order: list[int] = []
+        while True:
+            if len(order) < config.batch_size:  # reshuffle each epoch; a short tail joins the next epoch
+                order += torch.randperm(len(encoded), generator=gen).tolist()
+            idx, order = order[: config.batch_size], order[config.batch_size :]
+            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
+            n_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            yield batch
 
     model.train()
-    t0 = time.perf_counter()
-    order: list[int] = []
-    window, window_tokens, window_start = [], 0, 0.0
-    first_loss, last_window_loss, n_tokens = None, float("nan"), 0
-    for step in range(total):
-        if len(order) < config.batch_size:  # reshuffle each epoch; a short tail joins the next epoch
-            order += torch.randperm(len(encoded), generator=gen).tolist()
-        idx, order = order[: config.batch_size], order[config.batch_size :]
-        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
-        loss = sft_loss(model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite SFT loss at step {step}: {loss.item()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
-        sched.step()
-
-        value = loss.item()
-        first_loss = value if first_loss is None else first_loss
-        n_resp = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        n_tokens += n_resp
-        window.append(value)
-        window_tokens += int(batch["attention_mask"].sum())
-        if (step + 1) % config.log_every == 0 or step + 1 == total:
-            last_window_loss = sum(window) / len(window)
-            elapsed = time.perf_counter() - t0
-            if log is not None:
-                log({
-                    "step": step + 1,
-                    "loss": last_window_loss,
-                    "lr": sched.get_last_lr()[0],
-                    "tokens_per_s": window_tokens / max(elapsed - window_start, 1e-9),
-                    "elapsed_s": elapsed,
-                })
-            window, window_tokens, window_start = [], 0, elapsed
+    fitted = fit(
+        list(model.parameters()),
+        opt,
+        batches(),
+        lambda batch: sft_loss(model, batch),
+        total,
+        scheduler=sched,
+        grad_clip=config.grad_clip,
+        log_every=config.log_every,
+        log=log,
+        count_tokens=lambda batch: int(batch["attention_mask"].sum()),
+        name="SFT loss",
+    )
     model.eval()
     return {
         "steps": total,
         "epochs": total * config.batch_size / len(encoded),
-        "first_loss": first_loss,
-        "final_loss": last_window_loss,
-        "train_time_s": time.perf_counter() - t0,
+        "first_loss": fitted.losses[0],
+        "final_loss": fitted.last_window_loss,
+        "train_time_s": fitted.time_s,
         "examples": len(encoded),
         "response_tokens": n_tokens,
         "truncated": n_truncated,

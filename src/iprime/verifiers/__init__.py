@@ -11,6 +11,8 @@ Heavy dependencies (sympy via math-verify, reasoning-gym) are imported on
 first use, so importing this package is cheap.
 """
 
+from iprime.data.boxed import last_boxed
+
 from .batch import (
     CodeVerifier,
     MathVerifier,
@@ -22,7 +24,7 @@ from .batch import (
     verify_batch,
 )
 from .code import verify_code, verify_code_detailed
-from .extract import extract_code, extract_final_answer, last_boxed
+from .extract import extract_code, extract_final_answer
 from .gym import GymTask, GymVerifier
 from .math import verify_math, verify_math_detailed
 from .result import VerifyResult

@@ -20,9 +20,10 @@ import multiprocessing as mp
 import os
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = ["TaskOutcome", "DeadlinePool"]
 
@@ -221,7 +222,10 @@ class DeadlinePool:
                 finish(worker, TaskOutcome(ok, value, error, elapsed))
             for worker in list(self._workers):
                 if worker.task_index is not None and now >= worker.deadline:
-                    finish(worker, TaskOutcome(False, error=f"timed out after {timeout_s:g}s", elapsed_s=now - worker.started_at))
+                    finish(
+                        worker,
+                        TaskOutcome(False, error=f"timed out after {timeout_s:g}s", elapsed_s=now - worker.started_at),
+                    )
                     self._replace(worker)
                 elif not worker.ready and now >= worker.startup_deadline:
                     self.close()
@@ -246,7 +250,7 @@ class DeadlinePool:
                 worker.process.kill()
                 worker.process.join(timeout=5)
 
-    def __enter__(self) -> "DeadlinePool":
+    def __enter__(self) -> DeadlinePool:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -278,7 +278,9 @@ def run_job(job: dict, reporter: Reporter) -> None:
             try:
                 test_code = compile(test_src, f"<test {index}>", "exec")
             except SyntaxError as exc:
-                reporter.send(event="test", index=index, passed=False, reason=f"test does not compile: {_short_exc(exc)}")
+                reporter.send(
+                    event="test", index=index, passed=False, reason=f"test does not compile: {_short_exc(exc)}"
+                )
                 continue
             passed, reason = _run_forked(lambda: exec(test_code, namespace), min(test_timeout, remaining), token)
             reporter.send(event="test", index=index, passed=passed, reason=reason)

@@ -9,7 +9,8 @@ sample's crash or timeout scores 0 with a reason; it never fails the batch.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from ._pool import DeadlinePool, TaskOutcome
 from .result import VerifyResult
@@ -149,6 +150,7 @@ def _verify_one(verifier: Verifier, response: str, reference: Any) -> VerifyResu
 def _warm_worker() -> None:
     # Import the heavy modules once per worker, before any deadline starts.
     import iprime.verifiers.code  # noqa: F401
+
     from .math import _warm_math_worker
 
     _warm_math_worker()
@@ -205,7 +207,7 @@ class VerifierPool:
     def close(self) -> None:
         self._pool.close()
 
-    def __enter__(self) -> "VerifierPool":
+    def __enter__(self) -> VerifierPool:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,7 +16,8 @@ All execution happens in :mod:`iprime.verifiers.sandbox`.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .extract import extract_code
 from .result import VerifyResult
@@ -77,8 +78,12 @@ def verify_code_detailed(
         if total == 0:
             raise ValueError("tests['asserts'] is empty: nothing would be verified")
         run = run_tests(
-            code, setup=tests.get("setup", "") or "", asserts=asserts,
-            limits=limits, stop_on_failure=all_or_nothing, isolation=isolation,
+            code,
+            setup=tests.get("setup", "") or "",
+            asserts=asserts,
+            limits=limits,
+            stop_on_failure=all_or_nothing,
+            isolation=isolation,
         )
         outcomes = {t.index: (t.passed, t.reason) for t in run.tests}
     else:
@@ -87,8 +92,12 @@ def verify_code_detailed(
         if total == 0:
             raise ValueError("tests['inputs'] is empty: nothing would be verified")
         run = run_tests(
-            code, setup=tests.get("setup", "") or "", stdin_inputs=inputs,
-            limits=limits, stop_on_failure=all_or_nothing, isolation=isolation,
+            code,
+            setup=tests.get("setup", "") or "",
+            stdin_inputs=inputs,
+            limits=limits,
+            stop_on_failure=all_or_nothing,
+            isolation=isolation,
         )
         outcomes = {}
         for t in run.tests:

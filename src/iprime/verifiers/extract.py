@@ -3,74 +3,23 @@
 Pure string functions with no third-party imports, shared by the math, code
 and reasoning-gym verifiers. Every function returns ``None`` when there is
 nothing to extract, so callers can score 0 with an explicit reason instead
-of guessing.
+of guessing. Boxes are read by :func:`iprime.data.boxed.last_boxed`, the one
+box reader (lenient here: the last complete box).
 """
 
 from __future__ import annotations
 
 import re
 
+from iprime.data.boxed import last_boxed
+
 __all__ = [
-    "last_boxed",
     "answer_is_fallback",
     "answer_tag",
     "extract_final_answer",
     "extract_code",
     "strip_math_delimiters",
 ]
-
-# \boxed and \fbox are the two box commands that MATH-style solutions use.
-# The negative lookahead keeps "\boxedfoo"-style macros from matching.
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-
-
-def _balanced_group(text: str, start: int) -> tuple[str, int] | None:
-    """Return ``(content, end)`` of the brace group opening at ``text[start]``.
-
-    Escaped braces (``\\{`` and ``\\}``) are literal text, not grouping, so set
-    answers such as ``\\boxed{\\{1,2\\}}`` keep their inner braces.
-    """
-    if start >= len(text) or text[start] != "{":
-        return None
-    depth = 0
-    i = start
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2  # skip the escaped character, whatever it is
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-        i += 1
-    return None  # unbalanced: the box was never closed
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``.
-
-    Also accepts the brace-less form ``\\boxed 5`` (one token up to whitespace
-    or ``$``), which appears in some MATH solutions. Boxes that are never
-    closed are skipped, so a truncated response falls back to an earlier box.
-    """
-    for match in reversed(list(_BOX_RE.finditer(text))):
-        pos = match.end()
-        while pos < len(text) and text[pos] == " ":
-            pos += 1
-        if pos < len(text) and text[pos] == "{":
-            group = _balanced_group(text, pos)
-            if group is not None:
-                return group[0].strip()
-            continue
-        # "\boxed 5" form: a single token.
-        token = re.match(r"[^\s$]+", text[pos:])
-        if match.end() < pos and token:
-            return token.group(0).strip()
-    return None
-
 
 # "The (final) answer is: 42." – the sentence end is a period followed by
 # whitespace or the end of text, so decimals such as "3.5" survive.

@@ -16,26 +16,25 @@ what to install.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-from .extract import answer_tag, last_boxed
+from iprime.data.boxed import last_boxed
+
+from .extract import answer_tag
 from .result import VerifyResult
 
 __all__ = ["GymTask", "GymVerifier", "extract_gym_answer", "DEFAULT_INSTRUCTION"]
 
 # Appended to each question so the policy knows how to format its answer.
-DEFAULT_INSTRUCTION = (
-    "Think step by step, then give only the final answer inside <answer></answer> tags."
-)
+DEFAULT_INSTRUCTION = "Think step by step, then give only the final answer inside <answer></answer> tags."
 
 
 def _reasoning_gym():
     try:
         import reasoning_gym
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "iprime.verifiers.gym needs reasoning-gym: pip install 'reasoning-gym>=0.1.19'"
-        ) from exc
+        raise ImportError("iprime.verifiers.gym needs reasoning-gym: pip install 'reasoning-gym>=0.1.19'") from exc
     return reasoning_gym
 
 
@@ -60,7 +59,9 @@ class GymTask:
         **config: extra dataset options passed to ``create_dataset``.
     """
 
-    def __init__(self, name: str, size: int = 500, seed: int = 0, instruction: str = DEFAULT_INSTRUCTION, **config: Any):
+    def __init__(
+        self, name: str, size: int = 500, seed: int = 0, instruction: str = DEFAULT_INSTRUCTION, **config: Any
+    ):
         rg = _reasoning_gym()
         self.name = name
         self.instruction = instruction

@@ -30,7 +30,7 @@ import re
 import signal
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from .extract import extract_final_answer, strip_math_delimiters
 from .result import VerifyResult
@@ -61,9 +61,7 @@ def _math_verify():
         import math_verify.grader
         import math_verify.parser
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "iprime.verifiers.math needs math-verify: pip install 'math-verify[antlr4_13_2]'"
-        ) from exc
+        raise ImportError("iprime.verifiers.math needs math-verify: pip install 'math-verify[antlr4_13_2]'") from exc
     # We pass timeout=None on purpose and enforce our own deadline; silence
     # math-verify's one-time "you must provide the timeout yourself" warning.
     math_verify.parser.TIMEOUT_WARNING_SHOWN = True
@@ -277,4 +275,3 @@ def verify_math(
     module docstring for extraction and timeout behaviour.
     """
     return verify_math_detailed(response, gold, timeout_s).score
-

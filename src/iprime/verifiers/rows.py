@@ -13,9 +13,10 @@ They never read files: loading the data is the caller's job.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from .extract import last_boxed
+from iprime.data.boxed import last_boxed
 
 __all__ = [
     "math500_golds",

@@ -262,8 +262,18 @@ def _run(code, setup, asserts, stdin_inputs, limits, test_timeout_s, stop_on_fai
         if isolation == "namespaces":
             os.chown(workdir, uid, uid)
             os.chmod(workdir, 0o700)
-            cmd = ["unshare", "--net", "--pid", "--mount", "--fork", "--kill-child", "--mount-proc",
-                   sys.executable, "-I", str(_RUNNER)]
+            cmd = [
+                "unshare",
+                "--net",
+                "--pid",
+                "--mount",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                sys.executable,
+                "-I",
+                str(_RUNNER),
+            ]
         else:
             cmd = [sys.executable, "-I", str(_RUNNER)]
         fds, result_r, result_w = (result_r, result_w), -1, -1  # _supervise owns them now
@@ -327,7 +337,10 @@ def _supervise(
                     sel.unregister(fileobj)
                     continue
                 buffers[key.data] += data
-            if len(buffers["stdout"]) + len(buffers["stderr"]) > limits.output_bytes or len(buffers["result"]) > 4 << 20:
+            if (
+                len(buffers["stdout"]) + len(buffers["stderr"]) > limits.output_bytes
+                or len(buffers["result"]) > 4 << 20
+            ):
                 run.output_limit_exceeded = True
                 break
     finally:

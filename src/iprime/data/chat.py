@@ -1,4 +1,4 @@
-"""Prompt rendering shared by SFT and evaluation, so both see the exact same prompt text."""
+"""Prompt rendering shared by SFT, rollouts, evaluation and the PRM scorer, so all see the exact same prompt text."""
 
 from __future__ import annotations
 

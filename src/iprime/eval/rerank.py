@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from iprime.eval.answers import equality_for, extract_answer, group_answers
-from iprime.eval.metrics import best_of_n, vote, vote_weights
+from .answers import equality_for, extract_answer, group_answers
+from .metrics import best_of_n, vote, vote_weights
 
 __all__ = ["group_rows", "rerank_groups"]
 
@@ -72,13 +72,15 @@ def rerank_groups(
             return out
 
         votable = verifier != "code"
-        picks.append({
-            "prompt_id": pid,
-            "n": len(idx),
-            "best_of_n": describe(best_of_n(r)),
-            "weighted_vote": describe(vote(groups, vote_weights(r, weight))) if votable else None,
-            "majority": describe(vote(groups)) if votable else None,
-        })
+        picks.append(
+            {
+                "prompt_id": pid,
+                "n": len(idx),
+                "best_of_n": describe(best_of_n(r)),
+                "weighted_vote": describe(vote(groups, vote_weights(r, weight))) if votable else None,
+                "majority": describe(vote(groups)) if votable else None,
+            }
+        )
     summary: dict = {"groups": len(picks), "responses": len(rows)}
     if scores is not None:
         summary["mean_accuracy"] = sum(float(s) >= 1.0 for s in scores) / len(scores)

@@ -1,0 +1,150 @@
+"""What a PRIME run trains: the policy, the reference, the implicit PRM, an optional value
+model, their optimizers and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from iprime.algo import get_advantage_estimator
+from iprime.config import PrimeConfig
+from iprime.models import load_model, load_tokenizer
+from iprime.optim import lr_factor
+from iprime.train.memory import attach_lora, enable_gradient_checkpointing
+from iprime.train.value import ValueModel
+
+
+@dataclass
+class Models:
+    """The models of a run. ``reference`` is ``None`` when the policy's own pre-update log-probs
+    serve as the reference (``model.reference=policy``) or when the PRM is a LoRA adapter on the
+    reference (``reference_is_prm_base``: the reference is the PRM with its adapter off)."""
+
+    policy: torch.nn.Module
+    tokenizer: object
+    reference: torch.nn.Module | None = None
+    prm: torch.nn.Module | None = None
+    value: torch.nn.Module | None = None
+    reference_is_prm_base: bool = False
+
+    @property
+    def has_reference(self) -> bool:
+        """A reference distinct from the policy: a frozen model, or the LoRA PRM's base."""
+        return self.reference is not None or self.reference_is_prm_base
+
+
+@dataclass
+class Optimizers:
+    policy: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    prm: torch.optim.Optimizer | None = None
+    value: torch.optim.Optimizer | None = None
+
+
+def _load_policy(cfg: PrimeConfig, model, tokenizer, device: torch.device):
+    if isinstance(model, (str, Path)):
+        policy = load_model(
+            model, dtype=cfg.model.dtype, device=device, gradient_checkpointing=cfg.model.gradient_checkpointing
+        )
+        return policy, tokenizer or load_tokenizer(model)
+    if tokenizer is None:
+        raise ValueError("pass tokenizer= together with a loaded model")
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model.to(device), tokenizer
+
+
+def _reference(cfg: PrimeConfig, policy, ref_model, device: torch.device):
+    if cfg.model.reference == "policy":
+        return None
+    if ref_model is not None:
+        reference = ref_model.to(device)
+    elif cfg.model.reference == "sft":
+        reference = copy.deepcopy(policy)
+    else:
+        reference = load_model(cfg.model.reference, dtype=cfg.model.dtype, device=device)
+    return reference.eval().requires_grad_(False)
+
+
+def _prm(cfg: PrimeConfig, policy, reference, prm_model, device: torch.device):
+    """The PRM and the reference that remains (``None`` when the PRM is a LoRA adapter on it)."""
+    p = cfg.prm
+    if p.lora:
+        if prm_model is not None:
+            raise ValueError("prm.lora builds the PRM on the reference; pass ref_model=, not prm_model=")
+        prm, reference = attach_lora(reference, p.lora_r, p.lora_alpha, p.lora_dropout), None
+    elif prm_model is not None:
+        prm = prm_model.to(device)
+    elif cfg.model.prm:
+        prm = load_model(cfg.model.prm, dtype=cfg.model.dtype, device=device)
+    else:
+        prm = copy.deepcopy(policy)
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(prm)
+    return prm.train(), reference
+
+
+def build_models(
+    cfg: PrimeConfig, model, device: torch.device, *, tokenizer=None, prm_model=None, ref_model=None
+) -> Models:
+    """Policy from ``model`` (a path / hub id, or a loaded causal LM with ``tokenizer``); the
+    reference per ``model.reference``; the PRM per ``prm`` and ``model.prm`` (the policy's
+    starting weights by default); a value model when the estimator needs one."""
+    policy, tokenizer = _load_policy(cfg, model, tokenizer, device)
+    policy.train()
+    reference = _reference(cfg, policy, ref_model, device)
+    prm = None
+    if cfg.prm.enabled:
+        prm, reference = _prm(cfg, policy, reference, prm_model, device)
+    value = ValueModel(policy).to(device) if get_advantage_estimator(cfg.algo.estimator).needs_values else None
+    return Models(
+        policy, tokenizer, reference, prm, value, reference_is_prm_base=bool(cfg.prm.enabled and cfg.prm.lora)
+    )
+
+
+def build_optimizers(cfg: PrimeConfig, models: Models) -> Optimizers:
+    """AdamW for each trained model; the policy's learning rate follows ``optim.schedule``."""
+    o = cfg.optim
+    policy = torch.optim.AdamW(models.policy.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        policy, lambda step: lr_factor(step, cfg.train.steps, o.warmup_steps, o.schedule)
+    )
+    prm = value = None
+    if models.prm is not None:
+        trainable = [p for p in models.prm.parameters() if p.requires_grad]
+        prm = torch.optim.AdamW(trainable, lr=cfg.prm.lr, weight_decay=cfg.prm.weight_decay)
+    if models.value is not None:
+        value = torch.optim.AdamW(models.value.parameters(), lr=o.value_lr)
+    return Optimizers(policy, scheduler, prm, value)
+
+
+def build_generator(cfg: PrimeConfig, model, models: Models, generator=None):
+    """The rollout engine: ``generator`` if given, vLLM (``rollout.engine=vllm``, loads the
+    policy from its path), else the built-in HF sampler on the policy."""
+    from iprime.rollout import HFGenerator
+
+    if generator is not None:
+        return generator
+    if cfg.rollout.engine == "vllm":
+        from iprime.rollout.vllm import VLLMGenerator
+
+        if not isinstance(model, (str, Path)):
+            raise ValueError('rollout.engine="vllm" loads the policy from its path; pass model= as a path')
+        return VLLMGenerator.from_config(str(model), models.tokenizer, cfg)
+    return HFGenerator(models.policy, models.tokenizer, batch_size=cfg.rollout.generation_batch_size)
+
+
+def reuses_sampling_logprobs(cfg: PrimeConfig, generator, policy) -> bool:
+    """Whether PPO's old log-probs are the sampler's. The built-in sampler records exactly what a
+    recompute would give (same model and temperature); another engine's log-probs are not ours."""
+    from iprime.rollout import HFGenerator
+
+    own_sampler = isinstance(generator, HFGenerator) and generator.model is policy
+    if cfg.rollout.old_logprobs == "sampling" and not own_sampler:
+        raise ValueError('rollout.old_logprobs="sampling" needs the built-in HF sampler on the policy')
+    return cfg.rollout.old_logprobs == "sampling" or (
+        cfg.rollout.old_logprobs == "auto" and own_sampler and not cfg.rollout.is_correction
+    )

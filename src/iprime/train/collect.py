@@ -1,0 +1,166 @@
+"""Rollout collection: generation rounds, verification, PRIME's accuracy filter, refill and the
+buffer of surplus groups.
+
+A step wants ``rollout.prompts_per_step`` groups of ``K`` responses whose accuracy lies in
+``[filter.low, filter.high]``. Each round draws ``ceil(prompts_per_step * oversample)`` prompts
+from the resumable :class:`~iprime.data.prompts.PromptStream`, samples K responses each and
+verifies them; kept groups accumulate until the step is full or ``rollout.max_rounds`` rounds
+ran. Kept groups beyond the step's need wait in the buffer for the next step (at most one step's
+worth). Under torchrun each rank samples and verifies a contiguous share of a round's prompts,
+and the rollouts are all-gathered in rank order, so every rank filters the same global pool.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from iprime import algo
+from iprime.config import PrimeConfig
+from iprime.data.prompts import PromptStream
+from iprime.rollout import RolloutBatch, SamplingParams
+from iprime.train import distributed as D
+
+
+def verify_samples(
+    verifier: Callable[[str, Any], float], texts: Sequence[str], references: Sequence[Any], rows: Sequence[int]
+) -> list[float]:
+    """``verifier(text, reference)`` for each sample, checked to lie in [0, 1]."""
+    scores = []
+    for text, reference, row in zip(texts, references, rows):
+        score = float(verifier(text, reference))
+        if not (0.0 <= score <= 1.0) or math.isnan(score):
+            raise ValueError(f"verifier returned {score} for row {row}; scores must lie in [0, 1]")
+        scores.append(score)
+    return scores
+
+
+def rollout_stats(generated: list[RolloutBatch], groups_seen: int, groups_kept: int) -> dict[str, float]:
+    """Accuracy before the filter, kept share, length and truncation of what a step generated."""
+    if not generated:  # a step served entirely from the buffer generates nothing
+        return {}
+    every = RolloutBatch.cat(generated)
+    return {
+        "rollout/acc_before_filter": float(every.tensors["outcome"].mean()),
+        "rollout/kept_group_frac": groups_kept / max(1, groups_seen),
+        "rollout/response_length": float(every.response_mask.sum(-1).float().mean()),
+        "rollout/truncated_frac": float(every.truncated.float().mean()),
+    }
+
+
+class RolloutCollector:
+    """Turns prompts into a step's filtered global batch; owns the prompt stream and the buffer.
+
+    ``prompts[i]`` is the rendered prompt of ``rows[i]``; ``verifier(text, rows[i][reference_key])``
+    scores a response in [0, 1]. ``policy_root``: the policy's FSDP root when the built-in sampler
+    runs the (sharded) policy, whose full parameters are then gathered for the whole round."""
+
+    def __init__(
+        self,
+        config: PrimeConfig,
+        dist: D.DistContext,
+        device: torch.device,
+        generator,
+        rows: Sequence[Mapping[str, Any]],
+        prompts: Sequence[Any],
+        verifier: Callable[[str, Any], float],
+        policy_root: torch.nn.Module | None = None,
+    ) -> None:
+        self.cfg, self.dist, self.device = config, dist, device
+        self.generator, self.rows, self.prompts, self.verifier = generator, rows, prompts, verifier
+        self.policy_root = policy_root
+        self.stream = PromptStream(len(rows), config.train.seed, config.data.shuffle)
+        self.buffer: RolloutBatch | None = None
+
+    def _sampling_params(self, step: int, round_index: int) -> SamplingParams:
+        r = self.cfg.rollout
+        # seeded by (run seed, step, round, rank): a resumed run samples exactly what the original would
+        seed = (self.cfg.train.seed * 1_000_003 + step * 101 + round_index + self.dist.rank * 7_919_993) % (2**31)
+        return SamplingParams(
+            n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens, seed=seed
+        )
+
+    def generate_round(self, step: int, round_index: int) -> tuple[RolloutBatch, dict[str, float]]:
+        """Sample and verify one round; returns the global round (identical on every rank)."""
+        indices = self.stream.take(math.ceil(self.cfg.rollout.prompts_per_step * self.cfg.rollout.oversample))
+        shares = D.group_shares(len(indices), self.dist.world_size)
+        start, end = shares[self.dist.rank]
+        mine = indices[start:end]
+        batch, t_gen, t_ver = None, 0.0, 0.0
+        if mine:
+            t0 = time.perf_counter()
+            with D.full_params(self.policy_root):
+                batch = self.generator.generate(
+                    [self.prompts[i] for i in mine], self._sampling_params(step, round_index)
+                )
+            t_gen = time.perf_counter() - t0
+            row_ids = [mine[int(p)] for p in batch.prompt_index]
+            batch.meta["row"] = row_ids
+            t0 = time.perf_counter()
+            references = [self.rows[r][self.cfg.data.reference_key] for r in row_ids]
+            scores = verify_samples(self.verifier, batch.texts, references, row_ids)
+            batch.tensors["outcome"] = torch.tensor(scores, dtype=torch.float32, device=batch.response_ids.device)
+            t_ver = time.perf_counter() - t0
+        batch = D.all_gather_rollouts(batch, [s for s, _ in shares], self.dist, self.device)
+        return batch, {"time/generate": t_gen, "time/verify": t_ver, "generated_tokens": int(batch.response_mask.sum())}
+
+    def _keep_mask(self, batch: RolloutBatch) -> torch.Tensor:
+        f = self.cfg.filter
+        if not f.enabled:
+            return torch.ones(len(batch), dtype=torch.bool)
+        return algo.filter_groups(
+            batch.tensors["outcome"], batch.truncated, self.cfg.rollout.n, f.low, f.high, f.drop_truncated
+        )
+
+    def collect(self, step: int) -> tuple[RolloutBatch | None, dict[str, float]]:
+        """Generate and filter until the step has ``prompts_per_step`` groups or rounds run out.
+
+        Returns the step's global batch (identical on every rank; ``None`` when no group is left
+        to train on) and the rollout metrics."""
+        K, want = self.cfg.rollout.n, self.cfg.rollout.prompts_per_step
+        kept = [self.buffer] if self.buffer is not None and len(self.buffer) else []
+        n_kept = sum(len(b) for b in kept) // K
+        stats: dict[str, float] = {"time/generate": 0.0, "time/verify": 0.0, "generated_tokens": 0}
+        generated, seen, passed, rounds = [], 0, 0, 0
+        while n_kept < want and rounds < self.cfg.rollout.max_rounds:
+            batch, s = self.generate_round(step, rounds)
+            stats = {key: stats[key] + s[key] for key in stats}
+            generated.append(batch)
+            keep = self._keep_mask(batch)
+            seen, passed = seen + len(batch) // K, passed + int(keep.sum()) // K
+            if keep.any():
+                kept.append(batch.select(keep))
+                n_kept += int(keep.sum()) // K
+            rounds += 1
+        stats["rollout/rounds"] = rounds
+        stats.update(rollout_stats(generated, seen, passed))
+        return self._take(kept, n_kept, stats)
+
+    def _take(self, kept: list[RolloutBatch], n_kept: int, stats: dict[str, float]):
+        """The step's groups from the kept pool; the surplus (at most one step's worth) is buffered."""
+        K, want = self.cfg.rollout.n, self.cfg.rollout.prompts_per_step
+        if not kept:
+            self.buffer = None
+            return None, stats
+        pool = RolloutBatch.cat(kept)
+        groups = min(want, n_kept)
+        groups -= groups % self.dist.world_size  # equal shares of whole groups per rank
+        take = groups * K
+        train, surplus = pool.select(torch.arange(take)), pool.select(torch.arange(take, len(pool)))
+        self.buffer = surplus.select(torch.arange(min(len(surplus), want * K))) if len(surplus) else None
+        stats["rollout/buffer_groups"] = (len(self.buffer) // K) if self.buffer is not None else 0
+        if take == 0:  # fewer kept groups than ranks: all wait in the buffer
+            return None, stats
+        stats["rollout/acc_after_filter"] = float(train.tensors["outcome"].mean())
+        return train, stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stream": self.stream.state_dict(), "buffer": self.buffer}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.stream.load_state_dict(state["stream"])
+        self.buffer = state["buffer"].to(self.device) if state["buffer"] is not None else None
