@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from iprime.prm.metadata import DEFAULT_BETA, resolve_prm_settings
+from iprime.rollout.sampling import sample_rows
 
 from .answers import EQUIVALENCES, equality_for, extract_answer, group_answers
 from .benchmarks import load_benchmark
 from .metrics import VOTE_WEIGHTS, summarize_rows
-from .sampling import sample_rows
 
 __all__ = ["EvalConfig", "read_generations", "run_eval", "summary_markdown"]
 

@@ -6,7 +6,7 @@ over ``N`` rows and ``n`` samples each; ``temperature=0`` is greedy decoding (th
 should be 1, since every sample would be the same).
 
 The in-memory sibling of ``iprime eval``: both sample through
-:func:`iprime.eval.sampling.sample_rows` (see there for why two entry points exist); this one
+:func:`iprime.rollout.sampling.sample_rows` (see there for why two entry points exist); this one
 takes any verifier callable and returns one number, for training curves and the quickstart.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from ..eval.sampling import sample_rows
+from ..rollout.sampling import sample_rows
 
 
 def evaluate_accuracy(
