@@ -33,3 +33,34 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# --- GPU: `make setup-gpu` (.venv-gpu with vLLM and the CUDA torch it pins), `make gpu-check` ---
+# Never part of `setup`/`run`/`test`. vLLM goes in first and chooses torch; the torch it brought is
+# then frozen into constraints-gpu.txt, and iprime is installed under that file, so no requirement
+# can replace vLLM's torch (the CPU pin in constraints.txt is not used here). docs/scaling.md.
+GPU_VENV  := .venv-gpu
+GPU_PY    := $(GPU_VENV)/bin/python
+GPU_PIP   := $(GPU_PY) -m pip --disable-pip-version-check
+GPU_STAMP := $(GPU_VENV)/.installed
+VLLM      ?= vllm==0.33.0
+GPU_PYTHON ?= $(PYTHON)
+GPU_OUT   ?= runs/gpu_check
+
+.PHONY: setup-gpu gpu-check
+
+setup-gpu: $(GPU_STAMP)
+
+$(GPU_STAMP): pyproject.toml
+	$(GPU_PYTHON) -c "import sys; assert sys.version_info >= (3, 11), 'vLLM 0.33 needs Python >= 3.11: make setup-gpu GPU_PYTHON=python3.11'"
+	test -x $(GPU_PY) || $(GPU_PYTHON) -m venv $(GPU_VENV)
+	$(GPU_PIP) install -q "$(VLLM)"
+	printf '%s\n' "# Written by 'make setup-gpu': the torch that $(VLLM) installed (do not edit; rerun it)." \
+		"# Used by .venv-gpu only; the CPU setup pins torch with constraints.txt." > constraints-gpu.txt
+	$(GPU_PIP) freeze | grep -iE '^(vllm|torch|torchaudio|torchvision)==' | LC_ALL=C sort >> constraints-gpu.txt
+	grep -q '^torch==' constraints-gpu.txt
+	$(GPU_PIP) install -q -c constraints-gpu.txt -e ".[dev,lora,vllm]"
+	$(GPU_PY) -c "import torch, vllm, iprime; assert torch.version.cuda, 'torch is a CPU build'; print('torch', torch.__version__, 'CUDA', torch.version.cuda, '| vllm', vllm.__version__, '| iprime', iprime.__version__)"
+	touch $(GPU_STAMP)
+
+gpu-check: $(GPU_STAMP)
+	$(GPU_PY) benchmarks/gpu_check.py --out $(GPU_OUT)

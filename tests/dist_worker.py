@@ -56,6 +56,7 @@ def base_overrides(out_dir) -> list[str]:
     return [
         f"train.out_dir={out_dir}",
         "train.tensorboard=false",
+        "verify.workers=0",
         "rollout.n=4",
         "rollout.max_new_tokens=8",
         "filter.enabled=false",

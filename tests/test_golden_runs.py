@@ -29,6 +29,7 @@ BASE = [
     "train.steps=3",
     "train.save_every=0",
     "train.tensorboard=false",
+    "verify.workers=0",
     "train.log_samples_every=0",
     "train.num_threads=1",
     "rollout.n=4",

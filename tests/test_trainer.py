@@ -28,6 +28,7 @@ def make_config(tmp_path, *overrides: str):
         "train.steps=3",
         "train.save_every=1",
         "train.tensorboard=false",
+        "verify.workers=0",
         "rollout.n=4",
         "rollout.prompts_per_step=2",
         "rollout.max_new_tokens=8",
@@ -231,7 +232,7 @@ def test_prm_epochs_are_repeated_passes_scored_before_the_first(tiny_model_dir, 
 
 def test_bad_rows_are_reported_with_their_index(tiny_model_dir, tmp_path):
     rows = ROWS[:3] + [{"prompt": "Compute 1 + 1."}] + ROWS[3:]
-    with pytest.raises(ValueError, match=r"row 3: missing or empty field 'answer'"):
+    with pytest.raises(ValueError, match=r"train_dataset row 3: answer: field 'answer' is missing"):
         PrimeTrainer(str(tiny_model_dir), make_config(tmp_path), rows, parity_verifier)
 
 
@@ -295,3 +296,13 @@ def test_a_registered_estimator_trains_from_the_config(tiny_model_dir, tmp_path,
     (m,) = trainer.train(progress=False)
     assert seen == [(torch.Size([8]), torch.Size([8, 8]), 4, True)]
     assert m["adv/max"] == pytest.approx(3.0 * (1.0 - 1.0 / 3.0))  # 3 x the RLOO advantage of a right answer
+
+
+def test_an_explosive_update_is_not_checkpointed_as_the_newest_state(tiny_model_dir, tmp_path):
+    cfg = make_config(tmp_path, "train.steps=1", "optim.lr=1e10", "prm.enabled=false", "algo.estimator=rloo")
+    alternating = itertools.cycle([1.0, 0.0])
+    trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, lambda text, answer: next(alternating))
+    with pytest.warns(UserWarning, match="not checkpointed"):
+        (m,) = trainer.train(progress=False)
+    assert "policy" in m["guard/rejected"] and math.isfinite(m["policy/grad_norm"])  # finite, yet ruinous
+    assert not (tmp_path / "checkpoints" / "LATEST").exists()

@@ -191,6 +191,7 @@ def test_trainer_with_a_vllm_engine_syncs_weights_and_corrects(tiny_model_dir, t
             "train.steps=2",
             "train.save_every=0",
             "train.tensorboard=false",
+            "verify.workers=0",
             "rollout.n=4",
             "rollout.prompts_per_step=2",
             "rollout.max_new_tokens=8",

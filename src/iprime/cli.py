@@ -74,14 +74,17 @@ def train(
         console.print("[red]config error:[/red] model.policy: set the path (or hub id) of the SFT model")
         raise typer.Exit(2)
     if not cfg.data.train_path:
-        console.print("[red]config error:[/red] data.train_path: set the training data file")
+        console.print("[red]config error:[/red] data.train_path: set the training data (file, directory or hf:NAME)")
         raise typer.Exit(2)
-    from iprime.data.prompts import load_rows
+    from iprime.data.sources import DataError, read_records
     from iprime.train.prime import PrimeTrainer
-    from iprime.verifiers import get_verifier
 
-    rows = load_rows(cfg.data.train_path, required=[cfg.data.prompt_key, cfg.data.reference_key])
-    trainer = PrimeTrainer(cfg.model.policy, cfg, rows, get_verifier(cfg.data.verifier))
+    try:  # every row is read and checked before the model loads
+        records = read_records(cfg.data.train_path, max_row_bytes=cfg.data.max_row_bytes)
+        trainer = PrimeTrainer(cfg.model.policy, cfg, records)
+    except (DataError, FileNotFoundError) as err:
+        console.print(f"[red]data error:[/red] {err}")
+        raise typer.Exit(2) from None
     trainer.train(resume=resume)
     trainer.save_pretrained(Path(cfg.train.out_dir) / "final")
 
@@ -112,12 +115,16 @@ def sft(
 
 # Evaluation and the implicit PRM as a tool (their options live beside their code). Re-ranking
 # samples with a PRM is evaluation: its command lives in iprime.eval and joins the prm group here.
+from iprime.config_show import config_app  # noqa: E402
+from iprime.data.commands import data_app  # noqa: E402
 from iprime.eval.commands import eval_command, rerank_command  # noqa: E402
 from iprime.prm.commands import prm_app  # noqa: E402
 
 app.command("eval")(eval_command)
 prm_app.command("rerank")(rerank_command)
 app.add_typer(prm_app, name="prm")
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

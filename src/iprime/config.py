@@ -47,18 +47,44 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where prompts come from and which fields the verifier reads."""
+    """Where prompts come from, how a row's prompt and reference are read, and how rows are checked."""
 
     train_path: str | None = None
-    """jsonl / parquet file of training rows; ``None`` when a dataset object is passed in Python."""
+    """Training rows: a jsonl(.gz) or parquet file, a directory of them, or a Hugging Face dataset
+    (``hf:NAME`` or ``hf:NAME:SPLIT``; a hub id needs the network, a local dataset directory does
+    not). ``None`` when rows are passed in Python."""
     eval_path: str | None = None
     prompt_key: str = "prompt"
-    """Column holding the prompt text (or a list of chat messages)."""
-    reference_key: str = "answer"
-    """Column passed to the verifier as the reference (gold answer, tests, ...)."""
-    verifier: str = "math"
-    """Verifier by name (``iprime.verifiers.available_verifiers()``): ``math``, ``code``,
-    ``arithmetic`` (the built-in task), ``gym:<reasoning-gym dataset>``."""
+    """Field holding the prompt: a string, or a list of ``{"role", "content"}`` chat messages
+    (rendered with the tokenizer's chat template). Dotted keys reach nested fields."""
+    reference_key: str = "auto"
+    """Field passed to the verifier as the reference (gold answer, tests, ...); dotted keys reach
+    nested fields (``reward_model.ground_truth``). ``auto``: ``answer`` if the rows have it, else
+    ``reward_model.ground_truth`` (verl / Eurus-2-RL-Data rows)."""
+    ability_key: str = "ability"
+    """Field naming a row's kind (``math``, ``code``, ...) for per-row verifier dispatch."""
+    source_key: str = "data_source"
+    """Field naming a row's source dataset, also used for dispatch (``iprime.verifiers.score_row``)."""
+    verifier: str = "auto"
+    """``auto``: each row's verifier from its ability / data source (math, code, reasoning-gym;
+    ``iprime.verifiers.score_row``); or a verifier name for every row
+    (``iprime.verifiers.available_verifiers()``: ``math``, ``code``, ``arithmetic``, ``gym:<dataset>``)."""
+    reward_functions: list[str] = field(default_factory=list)
+    """Extra reward functions by import path, ``package.module:function``, each called as
+    ``fn(response: str, row: dict) -> float`` and weighted by ``reward_weights``; with any given,
+    a sample's score is the weighted sum of the verifier (weight 1) and these, clipped to [0, 1]."""
+    reward_weights: list[float] = field(default_factory=list)
+    """One weight per ``reward_functions`` entry (default 1.0 each)."""
+    system_prompt: str | None = None
+    """A system message put before string prompts (message-list prompts are used as they are)."""
+    max_prompt_tokens: int | None = None
+    """Longest rendered prompt in tokens; longer rows are handled per ``overlong_prompts``. ``None``:
+    the model's context length minus ``rollout.max_new_tokens``."""
+    overlong_prompts: Literal["drop", "error"] = "drop"
+    """``drop``: leave rows over ``max_prompt_tokens`` out and say how many; ``error``: refuse the data."""
+    max_row_bytes: int = 16 << 20
+    """Largest jsonl line (or parquet row) read, in bytes: a larger one is refused with its line,
+    before it is parsed or tokenized."""
     shuffle: bool = True
 
 
@@ -199,6 +225,20 @@ class OptimConfig:
 
 
 @dataclass
+class VerifyConfig:
+    """How rollouts are scored: worker processes with a hard deadline per sample."""
+
+    workers: int = 2
+    """Verifier worker processes (started once per run). ``0`` scores in the training process, with
+    no deadline and no isolation from a crashing verifier: for debugging and unpicklable verifiers."""
+    timeout_s: float = 10.0
+    """Per-sample time limit; a worker still busy at ``timeout_s + max(3, timeout_s / 4)`` is killed,
+    the sample scores 0 and counts in ``verify/timeouts``."""
+    memory_limit_mb: int | None = 4096
+    """Address-space cap of each verifier worker (the code sandbox has its own limits)."""
+
+
+@dataclass
 class TrainConfig:
     """Run length, seeding, output and fault handling."""
 
@@ -210,6 +250,9 @@ class TrainConfig:
     log_samples_every: int = 10
     max_bad_steps: int = 3
     """Consecutive steps with a non-finite loss or gradient before the run stops."""
+    max_empty_steps: int = 5
+    """Consecutive steps with nothing to learn from (every reward 0, or no group passed the filter)
+    before the run stops and says what to check: a run must never train blind."""
     num_threads: int | None = None
     tensorboard: bool = True
     wandb: bool = False
@@ -229,6 +272,7 @@ class PrimeConfig:
     prm: PRMConfig = field(default_factory=PRMConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -325,6 +369,25 @@ def validate(cfg: PrimeConfig) -> None:
     )
     need(cfg.train.steps >= 0, "train.steps", "must be >= 0")
     need(cfg.train.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+    need(cfg.train.max_empty_steps >= 1, "train.max_empty_steps", "must be >= 1")
+    need(cfg.verify.workers >= 0, "verify.workers", "must be >= 0")
+    need(cfg.verify.timeout_s > 0, "verify.timeout_s", "must be > 0")
+    need(
+        not cfg.data.reward_weights or len(cfg.data.reward_weights) == len(cfg.data.reward_functions),
+        "data.reward_weights",
+        "needs one weight per data.reward_functions entry",
+    )
+    need(
+        all(":" in f for f in cfg.data.reward_functions),
+        "data.reward_functions",
+        "each entry is an import path package.module:function",
+    )
+    need(
+        cfg.data.max_prompt_tokens is None or cfg.data.max_prompt_tokens >= 1,
+        "data.max_prompt_tokens",
+        "must be >= 1 (or null)",
+    )
+    need(cfg.data.max_row_bytes >= 1024, "data.max_row_bytes", "must be >= 1024")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +416,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: invalid value {value!r}")
+    if origin is list:
+        (item,) = get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if annotation is bool:
         if isinstance(value, bool):
             return value

@@ -1,22 +1,45 @@
 """The CPU quickstart: tiny model -> SFT on the built-in task -> evaluate -> PRIME -> evaluate.
 
 No GPU and no downloads: the model and tokenizer are built locally from a config, the task is
-generated procedurally. Writes ``summary.json``, ``metrics.jsonl``, PNG plots and the final
+generated procedurally. The PRIME settings live in one file, ``iprime/configs/cpu_quickstart.yaml``
+(shipped in the package), loaded with :func:`~iprime.config.load_config` plus the run's own
+overrides. Writes ``summary.json``, ``metrics.jsonl``, PNG plots and the final
 model directory under ``out``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+import yaml
 
 from iprime.config import load_config
 from iprime.presets import QuickstartPreset, run_preset_sft
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+
+QUICKSTART_CONFIG = "cpu_quickstart.yaml"
+"""The quickstart's PRIME settings: ``iprime/configs/cpu_quickstart.yaml``, shipped in the package."""
+
+
+def packaged_config(name: str = QUICKSTART_CONFIG) -> Traversable:
+    """A YAML config shipped in the package (``iprime/configs/<name>``), found the same way in a
+    source tree, an editable install and a wheel."""
+    ref = resources.files("iprime").joinpath("configs", name)
+    if not ref.is_file():
+        raise FileNotFoundError(f"config {name!r} is not in the iprime package (iprime/configs)")
+    return ref
 
 
 @dataclass
@@ -24,38 +47,42 @@ class QuickstartConfig:
     """Every knob of the quickstart in one place (CleanRL style).
 
     The task, tiny model and SFT come from :data:`iprime.presets.QUICKSTART` (an SFT model that
-    greedily drops carries on ~70% of carry steps: 20-50% held-out accuracy, room for RL).
+    greedily drops carries on ~70% of carry steps: 20-50% held-out accuracy, room for RL). The
+    PRIME settings are a YAML file: ``prime_config``, by default the packaged
+    ``iprime/configs/cpu_quickstart.yaml``.
     """
 
     preset: QuickstartPreset = field(default_factory=QuickstartPreset)
     train_prompts: int = 3000
     curve_eval_prompts: int = 100
-    prime_overrides: tuple[str, ...] = (
-        "train.steps=60",
-        "train.save_every=20",
-        "train.eval_every=5",
-        "train.log_samples_every=10",
-        "rollout.n=4",
-        "rollout.prompts_per_step=16",
-        "rollout.oversample=2.0",
-        "rollout.max_rounds=3",
-        "rollout.temperature=1.0",
-        "filter.low=0.2",
-        "filter.high=0.8",
-        # a 0.6M-parameter model is easily knocked off its SFT solution: 2e-4 collapsed
-        # held-out accuracy from 47% to 8% in 60 steps, 3e-5 lifts it
-        "optim.lr=3e-5",
-        "optim.mini_batch_size=64",
-        "optim.micro_batch_size=64",
-        "optim.epochs=1",
-        "prm.lr=3e-4",
-        "prm.beta=0.05",
-        "prm.micro_batch_size=64",
-        "algo.estimator=prime",
-        "algo.rm_coef=5.0",
-        "algo.outcome_coef=5.0",
-        "algo.whiten=true",
-    )
+    prime_config: str | None = None
+    """YAML file of the PRIME settings; ``None``: the packaged ``cpu_quickstart.yaml``."""
+
+    @contextlib.contextmanager
+    def prime_config_path(self) -> Iterator[Path]:
+        """A filesystem path of the PRIME settings file, for :func:`~iprime.config.load_config`."""
+        if self.prime_config is not None:
+            yield Path(self.prime_config)
+            return
+        with resources.as_file(packaged_config()) as path:
+            yield path
+
+    @property
+    def prime_overrides(self) -> tuple[str, ...]:
+        """The settings file as dotted ``key=value`` overrides, for callers that compose override
+        lists (``load_config(None, list(qc.prime_overrides) + more)`` equals
+        ``load_config(file, more)``)."""
+        with self.prime_config_path() as path:
+            data = yaml.safe_load(path.read_text()) or {}
+        return tuple(_flatten(data))
+
+
+def _flatten(data: dict, prefix: str = "") -> Iterator[str]:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}={json.dumps(value)}"  # JSON scalars and lists are valid YAML
 
 
 def _plot(metrics: list[dict], out: Path, baseline: dict | None = None) -> list[Path]:
@@ -123,19 +150,17 @@ def run_quickstart(
 
     curve_before = evaluate(model, curve_rows)  # step 0 of the held-out curve
     log("4/5 PRIME")
-    cfg = load_config(
-        None,
-        list(qc.prime_overrides)
-        + [
-            f"train.out_dir={out}",
-            f"model.policy={out / 'sft'}",
-            f"train.seed={preset.seed}",
-            f"rollout.max_new_tokens={preset.max_new_tokens}",
-            f"train.num_threads={preset.threads}",
-            "train.tensorboard=false",
-            *extra_overrides,
-        ],
-    )
+    run_overrides = [
+        f"train.out_dir={out}",
+        f"model.policy={out / 'sft'}",
+        f"train.seed={preset.seed}",
+        f"rollout.max_new_tokens={preset.max_new_tokens}",
+        f"train.num_threads={preset.threads}",
+        "train.tensorboard=false",
+        *extra_overrides,
+    ]
+    with qc.prime_config_path() as prime_config:
+        cfg = load_config(prime_config, run_overrides)
     train_rows = task.rows("train", qc.train_prompts, seed=preset.seed + 2)
     trainer = PrimeTrainer(
         model,

@@ -8,35 +8,48 @@ from typing import Any
 
 import torch
 
+from .sources import DEFAULT_MAX_ROW_BYTES, DataError, MissingField, get_field, read_records, resolve_reference_key
 
-def load_rows(path: str | Path, *, required: Sequence[str] = ()) -> list[dict]:
-    """Rows from a ``.jsonl`` (malformed lines reported with their number) or ``.parquet`` file."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"data file {str(p)!r} does not exist")
-    if p.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as err:
-            raise ImportError("reading parquet needs pyarrow: pip install pyarrow") from err
-        rows = pq.read_table(p).to_pylist()
-        check_rows(rows, required, source=str(p))
-        return rows
-    from .jsonl import read_jsonl
 
-    return read_jsonl(p, required=required)
+def load_rows(
+    path: str | Path, *, required: Sequence[str] = (), max_row_bytes: int = DEFAULT_MAX_ROW_BYTES
+) -> list[dict]:
+    """Rows of ``path`` through :func:`iprime.data.sources.read_records`: a ``.jsonl``(``.gz``),
+    ``.json`` or ``.parquet`` file, a directory of them, or ``hf:NAME[:SPLIT]``.
+
+    Each key of ``required`` (dotted keys reach nested fields; ``"auto"`` is the reference key
+    :func:`~iprime.data.sources.resolve_reference_key` picks) must be present and non-empty in
+    every row, of any type (a prompt may be a message list); otherwise a
+    :class:`~iprime.data.sources.DataError` names the row's file and line (or row). A missing
+    file raises ``FileNotFoundError``.
+    """
+    records = read_records(path, max_row_bytes=max_row_bytes)
+    rows = [r.row for r in records]
+    _check_required(rows, required, [r.where for r in records])
+    return rows
 
 
 def check_rows(rows: Sequence[Mapping[str, Any]], required: Sequence[str], *, source: str = "dataset") -> None:
-    """Every row is a mapping with the required, non-empty fields; the error names the row."""
+    """Every row is a mapping with the required, non-empty fields (dotted keys reach nested
+    fields; ``"auto"``: the resolved reference key); the error names the row."""
     if len(rows) == 0:
-        raise ValueError(f"{source} has no rows")
-    for i, row in enumerate(rows):
+        raise DataError(f"{source} has no rows")
+    _check_required(rows, required, [f"{source} row {i}" for i in range(len(rows))])
+
+
+def _check_required(rows: Sequence[Any], required: Sequence[str], where: Sequence[str]) -> None:
+    for row, w in zip(rows, where):
         if not isinstance(row, Mapping):
-            raise ValueError(f"{source} row {i}: expected a mapping, got {type(row).__name__}")
-        for key in required:
-            if key not in row or row[key] is None or (isinstance(row[key], str) and not row[key].strip()):
-                raise ValueError(f"{source} row {i}: missing or empty field {key!r} (has {sorted(row)})")
+            raise DataError(f"{w}: expected a mapping, got {type(row).__name__}", where=w)
+    keys = [resolve_reference_key(rows, k) if k == "auto" else k for k in required]
+    for row, w in zip(rows, where):
+        for key in keys:
+            try:
+                value = get_field(row, key)
+            except MissingField:
+                value = None
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise DataError(f"{w}: missing or empty field {key!r} (has {sorted(row)})", where=w, field=key)
 
 
 class PromptStream:

@@ -148,3 +148,57 @@ def reuses_sampling_logprobs(cfg: PrimeConfig, generator, policy) -> bool:
     return cfg.rollout.old_logprobs == "sampling" or (
         cfg.rollout.old_logprobs == "auto" and own_sampler and not cfg.rollout.is_correction
     )
+
+
+def context_length(model) -> int | None:
+    """The model's context window from its config (a path, a hub id, or a loaded model)."""
+    if isinstance(model, (str, Path)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(model))
+    else:
+        config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None)
+
+
+def prepare_training_data(cfg: PrimeConfig, dataset, tokenizer, model, scorer):
+    """The run's rows checked and resolved (:func:`iprime.data.sources.prepare_rows`): prompts
+    (with ``data.system_prompt``), references (``data.reference_key``, ``auto`` for verl/Eurus
+    rows), each row against its verifier (per-row dispatch only), prompt lengths against
+    ``data.max_prompt_tokens`` (default: the context window minus ``rollout.max_new_tokens``).
+    Every bad row is reported with its location in one error."""
+    from functools import partial
+
+    from iprime.data.sources import Record, prepare_rows
+    from iprime.verifiers import check_row
+
+    records = [r if isinstance(r, Record) else Record(dict(r), f"train_dataset row {i}") for i, r in enumerate(dataset)]
+    limit = cfg.data.max_prompt_tokens
+    if limit is None and tokenizer is not None:
+        context = context_length(model)
+        limit = None if context is None else context - cfg.rollout.max_new_tokens
+        if limit is not None and limit < 1:
+            raise ValueError(
+                f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} leaves no room for a prompt in "
+                f"the model's context of {context} tokens"
+            )
+    check = partial(check_row, scoring=scorer.scoring) if scorer.verifier is None else None
+    data = prepare_rows(
+        records,
+        prompt_key=cfg.data.prompt_key,
+        reference_key=cfg.data.reference_key,
+        system_prompt=cfg.data.system_prompt,
+        check_row=check,
+        tokenizer=tokenizer,
+        max_prompt_tokens=limit,
+        overlong=cfg.data.overlong_prompts,
+    )
+    if data.dropped_overlong:
+        import warnings
+
+        warnings.warn(
+            f"{len(data.dropped_overlong)} rows have prompts over {limit} tokens and were left out "
+            f"(data.overlong_prompts=drop); the first: {data.dropped_overlong[0]}",
+            stacklevel=2,
+        )
+    return data

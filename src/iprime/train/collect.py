@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,19 +24,9 @@ from iprime.config import PrimeConfig
 from iprime.data.prompts import PromptStream
 from iprime.rollout import RolloutBatch, SamplingParams
 from iprime.train import distributed as D
+from iprime.train.scoring import RolloutScorer
 
-
-def verify_samples(
-    verifier: Callable[[str, Any], float], texts: Sequence[str], references: Sequence[Any], rows: Sequence[int]
-) -> list[float]:
-    """``verifier(text, reference)`` for each sample, checked to lie in [0, 1]."""
-    scores = []
-    for text, reference, row in zip(texts, references, rows):
-        score = float(verifier(text, reference))
-        if not (0.0 <= score <= 1.0) or math.isnan(score):
-            raise ValueError(f"verifier returned {score} for row {row}; scores must lie in [0, 1]")
-        scores.append(score)
-    return scores
+VERIFY_COUNTS = ("verify/timeouts", "verify/failed")
 
 
 def rollout_stats(generated: list[RolloutBatch], groups_seen: int, groups_kept: int) -> dict[str, float]:
@@ -55,8 +45,9 @@ def rollout_stats(generated: list[RolloutBatch], groups_seen: int, groups_kept: 
 class RolloutCollector:
     """Turns prompts into a step's filtered global batch; owns the prompt stream and the buffer.
 
-    ``prompts[i]`` is the rendered prompt of ``rows[i]``; ``verifier(text, rows[i][reference_key])``
-    scores a response in [0, 1]. ``policy_root``: the policy's FSDP root when the built-in sampler
+    ``prompts[i]`` is the rendered prompt of ``rows[i]`` and ``references[i]`` its reference;
+    ``scorer`` (:class:`~iprime.train.scoring.RolloutScorer`) scores responses in [0, 1].
+    ``policy_root``: the policy's FSDP root when the built-in sampler
     runs the (sharded) policy, whose full parameters are then gathered for the whole round."""
 
     def __init__(
@@ -67,11 +58,13 @@ class RolloutCollector:
         generator,
         rows: Sequence[Mapping[str, Any]],
         prompts: Sequence[Any],
-        verifier: Callable[[str, Any], float],
+        references: Sequence[Any],
+        scorer: RolloutScorer,
         policy_root: torch.nn.Module | None = None,
     ) -> None:
         self.cfg, self.dist, self.device = config, dist, device
-        self.generator, self.rows, self.prompts, self.verifier = generator, rows, prompts, verifier
+        self.generator, self.rows, self.prompts, self.references = generator, rows, prompts, references
+        self.scorer = scorer
         self.policy_root = policy_root
         self.stream = PromptStream(len(rows), config.train.seed, config.data.shuffle)
         self.buffer: RolloutBatch | None = None
@@ -91,6 +84,7 @@ class RolloutCollector:
         start, end = shares[self.dist.rank]
         mine = indices[start:end]
         batch, t_gen, t_ver = None, 0.0, 0.0
+        verify_stats = dict.fromkeys(VERIFY_COUNTS, 0)
         if mine:
             t0 = time.perf_counter()
             with D.full_params(self.policy_root):
@@ -101,12 +95,14 @@ class RolloutCollector:
             row_ids = [mine[int(p)] for p in batch.prompt_index]
             batch.meta["row"] = row_ids
             t0 = time.perf_counter()
-            references = [self.rows[r][self.cfg.data.reference_key] for r in row_ids]
-            scores = verify_samples(self.verifier, batch.texts, references, row_ids)
+            rows, references = [self.rows[r] for r in row_ids], [self.references[r] for r in row_ids]
+            scores, verify_stats = self.scorer.score(batch.texts, rows, references, row_ids)
             batch.tensors["outcome"] = torch.tensor(scores, dtype=torch.float32, device=batch.response_ids.device)
             t_ver = time.perf_counter() - t0
         batch = D.all_gather_rollouts(batch, [s for s, _ in shares], self.dist, self.device)
-        return batch, {"time/generate": t_gen, "time/verify": t_ver, "generated_tokens": int(batch.response_mask.sum())}
+        counts = D.all_reduce(torch.tensor([verify_stats[k] for k in VERIFY_COUNTS], device=self.device))
+        stats = {"time/generate": t_gen, "time/verify": t_ver, "generated_tokens": int(batch.response_mask.sum())}
+        return batch, {**stats, **dict(zip(VERIFY_COUNTS, counts.tolist()))}
 
     def _keep_mask(self, batch: RolloutBatch) -> torch.Tensor:
         f = self.cfg.filter
@@ -125,6 +121,7 @@ class RolloutCollector:
         kept = [self.buffer] if self.buffer is not None and len(self.buffer) else []
         n_kept = sum(len(b) for b in kept) // K
         stats: dict[str, float] = {"time/generate": 0.0, "time/verify": 0.0, "generated_tokens": 0}
+        stats.update(dict.fromkeys(VERIFY_COUNTS, 0))
         generated, seen, passed, rounds = [], 0, 0, 0
         while n_kept < want and rounds < self.cfg.rollout.max_rounds:
             batch, s = self.generate_round(step, rounds)

@@ -199,6 +199,35 @@ def _dcp_state(models: dict[str, nn.Module], optimizers: dict[str, torch.optim.O
     return state
 
 
+def _on_all_ranks(ctx: DistContext, fn, *args):
+    """``fn(*args)`` on this rank; if it failed on any rank, every rank raises (its own error, or
+    an ``OSError`` quoting the failing rank's), so no rank waits in a collective that never comes."""
+    import errno
+
+    result, error = None, None
+    try:
+        result = fn(*args)
+    except (OSError, RuntimeError, ValueError, TypeError) as err:
+        error = err
+    if not ctx.enabled:
+        if error is not None:
+            raise error
+        return result
+    failures = [f for f in all_gather_objects(None if error is None else (ctx.rank, str(error)), ctx) if f]
+    if error is not None:
+        raise error
+    if failures:
+        rank, message = failures[0]
+        code = errno.ENOSPC if "No space left on device" in message else errno.EIO
+        raise OSError(code, f"checkpoint failed on rank {rank}: {message}")
+    return result
+
+
+def _own_shards(tmp: Path, rank: int) -> list[str]:
+    """The shard files this rank wrote (DCP's ``FileSystemWriter`` names them ``__<rank>_<n>.distcp``)."""
+    return sorted(p.name for p in tmp.glob(f"__{rank}_*.distcp"))
+
+
 def save_dcp_checkpoint(
     out_dir: str | Path,
     step: int,
@@ -209,26 +238,48 @@ def save_dcp_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Sharded checkpoint with ``torch.distributed.checkpoint``: every rank writes its shards,
-    rank 0 writes ``meta.pt`` (step, scheduler, stream, buffer, RNG, config). Written into a
-    temporary directory and renamed into place by rank 0, then ``LATEST`` is replaced, so a
-    crash leaves the previous checkpoint intact. Loadable at any world size."""
+    rank 0 writes ``meta.pt`` (step, scheduler, stream, buffer, RNG, config; plain data, see
+    :func:`iprime.train.checkpoint.to_plain`) and ``manifest.json`` (SHA-256 of every file; each
+    rank hashes its own shards). Written into ``.tmp-step-*`` and renamed into place by rank 0,
+    then ``LATEST`` is replaced, so a crash leaves the previous checkpoint intact; leftovers of
+    an interrupted save are removed first. A full disk raises ``OSError(ENOSPC)`` naming the
+    path on every rank. Loadable at any world size."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from iprime.train import checkpoint as C
 
     root = Path(out_dir) / "checkpoints"
     final, tmp = root / f"step-{step:06d}", root / f".tmp-step-{step:06d}-dcp"
-    if ctx.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    barrier(ctx)
-    dcp.save(_dcp_state(models, optimizers), checkpoint_id=str(tmp))
-    barrier(ctx)
-    if ctx.is_main:
-        torch.save(meta, tmp / "meta.pt")
-        from iprime.train.checkpoint import publish_checkpoint
 
-        publish_checkpoint(tmp, final, keep)
-    barrier(ctx)
+    def prepare() -> Any:  # rank 0: meta as plain data (a type error before anything is written), the directory
+        if not ctx.is_main:
+            return None
+        plain = C.to_plain(meta)
+        C.new_partial_dir(root, step, "dcp")
+        return plain
+
+    def write_shards() -> dict[str, dict[str, Any]]:
+        try:
+            dcp.save(_dcp_state(models, optimizers), checkpoint_id=str(tmp))
+        except (OSError, RuntimeError, CheckpointException) as err:
+            raise C.write_error(err, tmp, "checkpoint shards") from err
+        return C.file_digests(tmp, _own_shards(tmp, ctx.rank))
+
+    def finish(digests: dict[str, dict[str, Any]]) -> Path:
+        C.write_file(tmp / "meta.pt", lambda fh: torch.save(plain_meta, fh))
+        C.write_manifest(tmp, step, digests)
+        return C.publish_checkpoint(tmp, final, keep)
+
+    try:
+        plain_meta = _on_all_ranks(ctx, prepare)
+        own = _on_all_ranks(ctx, write_shards)
+        digests = {name: d for part in all_gather_objects(own, ctx) for name, d in part.items()}
+        _on_all_ranks(ctx, lambda: ctx.is_main and finish(digests))
+    except BaseException:
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 
@@ -237,20 +288,33 @@ def is_dcp_checkpoint(path: str | Path) -> bool:
 
 
 def load_dcp_checkpoint(
-    path: str | Path, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+    path: str | Path,
+    models: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    *,
+    dist: DistContext | None = None,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Load shards (resharded to this world size, FSDP or plain modules) into ``models`` and
-    ``optimizers``; returns ``meta.pt``."""
+    ``optimizers``; returns ``meta.pt``. With ``verify``, every file is first checked against
+    ``manifest.json`` (the ranks of ``dist`` share the hashing) and ``meta.pt`` is read as plain
+    data: a bad file raises :class:`~iprime.train.checkpoint.CheckpointError` naming it before
+    anything is loaded."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
+    from iprime.train import checkpoint as C
+
+    if verify:
+        C.verify_checkpoint(path, dist)
+    meta = C.load_torch_file(Path(path) / "meta.pt")
     state = _dcp_state(models, optimizers)
     dcp.load(state, checkpoint_id=str(path))
     for name, model in models.items():
         set_state_dict(
             model, optimizers[name], model_state_dict=state[name], optim_state_dict=state[f"{name}_optimizer"]
         )
-    return torch.load(Path(path) / "meta.pt", map_location="cpu", weights_only=False)
+    return meta
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

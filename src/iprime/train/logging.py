@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import Any
+
+
+class MetricsWarning(UserWarning):
+    """A damaged line of ``metrics.jsonl`` was dropped."""
+
+
+def _parse_line(raw: bytes) -> dict[str, Any] | None:
+    """The record of one ``metrics.jsonl`` line, or ``None`` when it is not a JSON object with an
+    integer ``step``."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    step = record.get("step", 0)
+    if isinstance(step, float) and step.is_integer():
+        step = int(step)
+    if isinstance(step, bool) or not isinstance(step, int):
+        return None
+    record["step"] = step
+    return record
 
 
 class MetricsLogger:
@@ -29,11 +53,37 @@ class MetricsLogger:
             self._wandb = wandb_lib.init(project="iprime", dir=str(self.dir), config=config or {})
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines of steps after the checkpoint so the file has one line per step."""
+        """On resume, drop lines of steps after the checkpoint so the file has one line per step.
+
+        A line that is not a JSON object with an integer ``step`` (a torn last line left by a kill
+        or a full disk, or a damaged line anywhere) is dropped with a warning naming the file and
+        line. The file is rewritten atomically (a temporary file, then ``os.replace``)."""
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        kept = []
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            record = _parse_line(raw)
+            if record is None:
+                torn = number == len(lines) and not data.endswith(b"\n")
+                what = "a torn last line (cut short by a kill or a full disk)" if torn else "an invalid line"
+                warnings.warn(
+                    f"{self.path}:{number}: dropping {what}: {raw[:80].decode('utf-8', 'replace')!r}",
+                    MetricsWarning,
+                    stacklevel=2,
+                )
+                continue
+            if record["step"] <= step:
+                kept.append(raw.decode("utf-8") + "\n")
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def log(self, metrics: dict[str, Any]) -> None:
         step = int(metrics["step"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,22 +28,34 @@ import torch
 
 from iprime.config import PrimeConfig, save_config
 from iprime.data.chat import render_prompt
-from iprime.data.prompts import check_rows
+from iprime.models import load_tokenizer
 from iprime.prm.metadata import PRMMetadata, save_prm_metadata
 from iprime.rollout import RolloutBatch
 from iprime.train import distributed as D
 from iprime.train.advantages import compute_advantages
-from iprime.train.build import build_generator, build_models, build_optimizers, reuses_sampling_logprobs
+from iprime.train.build import (
+    build_generator,
+    build_models,
+    build_optimizers,
+    prepare_training_data,
+    reuses_sampling_logprobs,
+)
 from iprime.train.checkpoint import load_run_checkpoint, rng_state, save_run_checkpoint, set_rng_state
 from iprime.train.collect import RolloutCollector
+from iprime.train.guards import UpdateGuard
 from iprime.train.logging import MetricsLogger
 from iprime.train.passes import ForwardPasses
 from iprime.train.ppo_update import PolicyUpdate, update_value, value_estimates
 from iprime.train.prm_update import prm_metrics, process_rewards, step_delimiter_ids, update_prm
+from iprime.train.scoring import RolloutScorer
 
 
 class NonFiniteError(RuntimeError):
     """Raised after ``train.max_bad_steps`` consecutive steps with a non-finite loss or gradient."""
+
+
+class EmptyStepsError(RuntimeError):
+    """Raised after ``train.max_empty_steps`` consecutive steps with nothing to learn from."""
 
 
 class PrimeTrainer:
@@ -52,8 +65,10 @@ class PrimeTrainer:
     >>> trainer.train()
 
     ``model``: a path/hub id or a loaded causal LM (then pass ``tokenizer``). ``train_dataset``:
-    rows (mappings) with ``config.data.prompt_key`` and ``config.data.reference_key``.
-    ``verifier(response_text, row[reference_key]) -> float`` in [0, 1]. ``eval_fn(trainer)``
+    rows (mappings, or :class:`iprime.data.sources.Record`) with ``config.data.prompt_key`` and the
+    reference (``config.data.reference_key``; dotted keys reach nested fields). Each row is scored
+    by its own verifier (``iprime.verifiers.score_row``: by ability / data source), or, given
+    ``verifier(response_text, reference) -> float`` in [0, 1], by that one. ``eval_fn(trainer)``
     returns metrics logged as ``eval/<name>`` every ``train.eval_every`` steps.
     """
 
@@ -62,7 +77,7 @@ class PrimeTrainer:
         model: str | torch.nn.Module,
         config: PrimeConfig,
         train_dataset: Sequence[Mapping[str, Any]],
-        verifier: Callable[[str, Any], float],
+        verifier: Callable[[str, Any], float] | None = None,
         *,
         tokenizer=None,
         prm_model: torch.nn.Module | None = None,
@@ -77,14 +92,16 @@ class PrimeTrainer:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         torch.manual_seed(cfg.train.seed)
+        # the data is checked before the model loads: a bad row costs seconds, not a model load
+        tokenizer = tokenizer or (load_tokenizer(model) if isinstance(model, (str, Path)) else None)
+        self.scorer = RolloutScorer(cfg, verifier)
+        self.data = prepare_training_data(cfg, train_dataset, tokenizer, model, self.scorer)
         self.models = build_models(
             cfg, model, self.device, tokenizer=tokenizer, prm_model=prm_model, ref_model=ref_model
         )
         # where the policy started: the reference a saved PRM is read against (model.reference=sft)
         self.model_source = str(model) if isinstance(model, (str, Path)) else (cfg.model.policy or None)
-        rows = list(train_dataset)
-        check_rows(rows, [cfg.data.prompt_key, cfg.data.reference_key], source="train_dataset")
-        prompts = [render_prompt(self.tokenizer, row[cfg.data.prompt_key]) for row in rows]
+        prompts = [render_prompt(self.tokenizer, prompt) for prompt in self.data.prompts]
         self.eval_dataset, self.eval_fn = eval_dataset, eval_fn
         # FSDP2 roots (data-parallel runs only): id(model) -> the module whose forward gives log-probs
         roots = D.shard_models([self.policy, self.reference, self.prm], self.dist, self.device)
@@ -96,19 +113,23 @@ class PrimeTrainer:
             self.dist,
             self.device,
             self.generator,
-            rows,
+            self.data.rows,
             prompts,
-            verifier,
+            self.data.references,
+            self.scorer,
             roots.get(id(self.policy)) if sampler_runs_policy else None,
         )
         self.reuse_sampling_logprobs = reuses_sampling_logprobs(cfg, self.generator, self.policy)
         self.optimizers = build_optimizers(cfg, self.models)
         self.delimiter_ids = step_delimiter_ids(self.tokenizer, cfg)
-        self.step = self.bad_steps = 0
+        self.step = self.bad_steps = self.empty_steps = 0
         self.out_dir = Path(cfg.train.out_dir)
         self.checkpoint_format = D.checkpoint_format(cfg.train.checkpoint_format, self.dist)
         self.logger: MetricsLogger | None = None
         self._samples: list[dict] | None = None
+        self._halt: Exception | None = None  # why the run must stop, raised once the step is logged
+        # an update far outside the run's history (a loss, gradient or weight-norm spike) is not checkpointed
+        self.guard = UpdateGuard()
 
     # the models and optimizers by role
     policy = property(lambda self: self.models.policy)
@@ -124,15 +145,29 @@ class PrimeTrainer:
         return self.collector.collect(self.step)
 
     def train_step(self) -> dict[str, Any]:
+        """One step; raises :class:`NonFiniteError` / :class:`EmptyStepsError` when the run must stop."""
+        metrics = self._step()
+        self._raise_halt()
+        return metrics
+
+    def _step(self) -> dict[str, Any]:
         t_step = time.perf_counter()
         batch, stats = self.collect()
         return self._train_on(batch, stats, t_step)
+
+    def _raise_halt(self) -> None:
+        """Raise the reason to stop found by the last step, if any (after its metrics are logged)."""
+        halt, self._halt = self._halt, None
+        if halt is not None:
+            raise halt
 
     def train_on_batch(self, batch: RolloutBatch) -> dict[str, Any]:
         """One step (log-probs, PRM update, advantages, policy update) on a given global batch
         with ``tensors["outcome"]``: no sampling. Under torchrun pass the same batch on every rank;
         each trains on its share. Used to compare world sizes on identical data."""
-        return self._train_on(batch.to(self.device), {"generated_tokens": 0}, time.perf_counter())
+        metrics = self._train_on(batch.to(self.device), {"generated_tokens": 0}, time.perf_counter())
+        self._raise_halt()
+        return metrics
 
     def _train_on(self, global_batch: RolloutBatch | None, stats: dict[str, Any], t_step: float) -> dict[str, Any]:
         metrics: dict[str, Any] = {"step": self.step + 1, **stats, "lr": self.optimizers.scheduler.get_last_lr()[0]}
@@ -143,17 +178,42 @@ class PrimeTrainer:
         self.optimizers.scheduler.step()
         self.step += 1
         metrics["time/step"] = time.perf_counter() - t_step
+        self._check_not_blind(metrics, global_batch is None)
         if global_batch is None:
             return metrics
         metrics["tokens_per_s"] = stats["generated_tokens"] / max(1e-9, metrics["time/step"])
         bad = metrics.get("policy/skipped_updates", 0) > 0 or metrics.get("prm/skipped", 0) > 0
         self.bad_steps = self.bad_steps + 1 if bad else 0
         if self.bad_steps >= self.cfg.train.max_bad_steps:
-            raise NonFiniteError(
+            self._halt = NonFiniteError(
                 f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (train.max_bad_steps="
                 f"{self.cfg.train.max_bad_steps}); the last checkpoint is in {self.out_dir / 'checkpoints'}"
             )
         return metrics
+
+    def _check_not_blind(self, metrics: dict[str, Any], skipped: bool) -> None:
+        """Count steps with nothing to learn from (no group passed the filter, or every sampled
+        reward 0); stop after ``train.max_empty_steps`` in a row and say what to check."""
+        all_zero = metrics.get("rollout/acc_before_filter") == 0.0
+        if not (skipped or all_zero):
+            self.empty_steps = 0
+            return
+        self.empty_steps += 1
+        metrics["empty"] = "every reward was 0" if all_zero else "no group passed the filter"
+        if self.empty_steps < self.cfg.train.max_empty_steps:
+            return
+        c = self.cfg
+        self._halt = EmptyStepsError(
+            f"{self.empty_steps} steps in a row had nothing to learn from (train.max_empty_steps="
+            f"{c.train.max_empty_steps}); the last: {metrics['empty']}, sampled accuracy "
+            f"{metrics.get('rollout/acc_before_filter', float('nan')):.3f}, truncated "
+            f"{metrics.get('rollout/truncated_frac', float('nan')):.0%}, verifier timeouts "
+            f"{metrics.get('verify/timeouts', 0)}, failures {metrics.get('verify/failed', 0)}. Check: that each row's "
+            f"reference is what its verifier expects (data.reference_key={c.data.reference_key!r}; run "
+            "`iprime data check` on the data); that responses have room to finish (rollout.max_new_tokens="
+            f"{c.rollout.max_new_tokens}); the accuracy band (filter.low={c.filter.low}, filter.high={c.filter.high}); "
+            f"and the responses in {self.out_dir / 'samples.jsonl'}."
+        )
 
     def _update(self, global_batch: RolloutBatch) -> dict[str, Any]:
         """The learning stages on one global batch; this rank works on its share."""
@@ -263,6 +323,8 @@ class PrimeTrainer:
         meta = {
             "step": self.step,
             "bad_steps": self.bad_steps,
+            "empty_steps": self.empty_steps,
+            "guard": self.guard.state_dict(),
             "config": self.cfg.to_dict(),
             "scheduler": self.optimizers.scheduler.state_dict(),
             **self.collector.state_dict(),
@@ -280,6 +342,9 @@ class PrimeTrainer:
         self.collector.load_state_dict(meta)
         set_rng_state(meta["rng"])
         self.step, self.bad_steps = int(meta["step"]), int(meta["bad_steps"])
+        self.empty_steps = int(meta.get("empty_steps", 0))
+        if "guard" in meta:
+            self.guard.load_state_dict(meta["guard"])
         return True
 
     # ------------------------------------------------------------------ the loop
@@ -298,6 +363,7 @@ class PrimeTrainer:
             )
             self.logger.truncate_after(self.step)
         history: list[dict[str, Any]] = []
+        self.guard.begin(self._parts()[0])
         try:
             with progress_bar(progress and main, cfg.train.steps, self.step) as advance:
                 while self.step < cfg.train.steps:
@@ -305,8 +371,9 @@ class PrimeTrainer:
                     history.append(metrics)
                     advance(self.step, metrics)
             if self.step and (not cfg.train.save_every or self.step % cfg.train.save_every):
-                self.save()
+                self._save_unless_rejected()
         finally:
+            self.scorer.close()  # the verifier workers; a later call starts them again
             if self.logger is not None:
                 self.logger.close()
         return history
@@ -315,16 +382,32 @@ class PrimeTrainer:
         """One step, its evaluation, logging and checkpoint."""
         cfg = self.cfg
         self._samples = None
-        metrics = self.train_step()
+        metrics = self._step()
+        metrics.update(self.guard.measure(self._parts()[0]))  # collective under torchrun
+        if reason := self.guard.check(metrics):
+            metrics["guard/rejected"] = reason
+        if self.guard.rejected_in_a_row >= cfg.train.max_bad_steps and self._halt is None:
+            self._halt = NonFiniteError(
+                f"{self.guard.rejected_in_a_row} updates in a row were far outside the run's history ({reason}); "
+                f"the last good checkpoint is in {self.out_dir / 'checkpoints'}"
+            )
         if self.eval_fn is not None and cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
             metrics.update({f"eval/{k}": v for k, v in self.eval_fn(self).items()})
         if self.logger is not None:
             self.logger.log(metrics)
             if self._samples:
                 self.logger.log_samples(self.step, self._samples)
+        self._raise_halt()  # logged first: the step that stops the run is in metrics.jsonl
         if cfg.train.save_every and self.step % cfg.train.save_every == 0:
-            self.save()
+            self._save_unless_rejected()
         return metrics
+
+    def _save_unless_rejected(self) -> None:
+        """Checkpoint, unless the last update was rejected by the guard (a spike is never the newest state)."""
+        if self.guard.last_reason:
+            warnings.warn(f"step {self.step}: not checkpointed: {self.guard.last_reason}", stacklevel=2)
+            return
+        self.save()
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the policy (and the PRM, if any) as ordinary Hugging Face model directories; the
@@ -397,6 +480,8 @@ def progress_bar(enabled: bool, total: int, completed: int):
                 f"prm_acc {m.get('prm/pairwise_acc', float('nan')):.2f} "
                 f"len {m.get('rollout/response_length', 0):.0f}"
             )
+            if "empty" in m:  # shown, not hidden in the metrics file
+                info += f" [EMPTY STEP: {m['empty']}]"
             bar.update(task, completed=step, info=info)
 
         yield advance

@@ -5,6 +5,10 @@
 * :class:`GymTask` / ``"gym:<dataset>"`` — reasoning-gym's procedural tasks.
 * :func:`verify_batch` / :class:`VerifierPool` — many samples over worker
   processes; :func:`get_verifier` picks a verifier by name.
+* :func:`score_row` / :func:`score_rows` — per-row rewards: each row's
+  verifier by its ability / data source (:mod:`iprime.verifiers.dispatch`),
+  plus weighted user reward functions; :func:`check_row` finds rows that
+  cannot be scored before training.
 * :mod:`iprime.verifiers.rows` — benchmark rows to gold answers / tests.
 
 Heavy dependencies (sympy via math-verify, reasoning-gym) are imported on
@@ -23,18 +27,31 @@ from .batch import (
     register_verifier,
     verify_batch,
 )
-from .code import verify_code, verify_code_detailed
+from .code import parse_tests, verify_code, verify_code_detailed
+from .dispatch import (
+    RowScoring,
+    check_row,
+    register_row_verifier,
+    row_reference,
+    score_row,
+    score_row_detailed,
+    score_rows,
+    verifier_for_row,
+)
 from .extract import extract_code, extract_final_answer
 from .gym import GymTask, GymVerifier
 from .math import verify_math, verify_math_detailed
 from .result import VerifyResult
-from .sandbox import SandboxError, SandboxLimits, SandboxUnavailable
+from .sandbox import InsecureSandboxWarning, SandboxError, SandboxLimits, SandboxUnavailable
 
 __all__ = [
+    "InsecureSandboxWarning",
+    "parse_tests",
     "CodeVerifier",
     "GymTask",
     "GymVerifier",
     "MathVerifier",
+    "RowScoring",
     "SandboxError",
     "SandboxLimits",
     "SandboxUnavailable",
@@ -42,11 +59,18 @@ __all__ = [
     "VerifierPool",
     "VerifyResult",
     "available_verifiers",
+    "check_row",
     "extract_code",
     "extract_final_answer",
     "get_verifier",
     "last_boxed",
+    "register_row_verifier",
     "register_verifier",
+    "row_reference",
+    "score_row",
+    "score_row_detailed",
+    "score_rows",
+    "verifier_for_row",
     "verify_batch",
     "verify_code",
     "verify_code_detailed",

@@ -3,17 +3,28 @@
 The trainer picks a verifier by name (``"math"``, ``"code"``,
 ``"gym:<dataset>"``) with :func:`get_verifier` and scores a whole rollout
 batch with :func:`verify_batch` (or a long-lived :class:`VerifierPool`). One
-sample's crash or timeout scores 0 with a reason; it never fails the batch.
+sample's crash or timeout scores 0 with a reason (``VerifyResult.timed_out``
+marks timeouts); it never fails the batch. Per-row dispatch (each row its own
+verifier, by ability / data source) is :mod:`iprime.verifiers.dispatch`, run in
+the same pool by :meth:`VerifierPool.score_rows`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._pool import DeadlinePool, TaskOutcome
-from .result import VerifyResult
+from .result import VerifyResult, reason_says_timed_out
+from .sandbox import SandboxUnavailable
+
+if TYPE_CHECKING:
+    from .dispatch import RowScoring
 
 __all__ = [
     "Verifier",
@@ -24,6 +35,7 @@ __all__ = [
     "available_verifiers",
     "VerifierPool",
     "verify_batch",
+    "mark_timeout",
 ]
 
 
@@ -134,6 +146,28 @@ def _resolve(kind_or_fn: str | Verifier, timeout_s: float | None) -> Verifier:
     return kind_or_fn
 
 
+def mark_timeout(result: VerifyResult) -> VerifyResult:
+    """``result`` with ``timed_out`` set when its reason reports a timeout (math's deadline, the sandbox's)."""
+    if not result.timed_out and reason_says_timed_out(result.reason):
+        return dataclasses.replace(result, timed_out=True)
+    return result
+
+
+@dataclass(frozen=True)
+class SandboxRefusal:
+    """A worker's report that the code sandbox cannot run here: raised as
+    :class:`SandboxUnavailable` in the parent, never scored as a silent 0."""
+
+    message: str
+
+
+def _pool_verify_one(verifier: Verifier, response: str, reference: Any) -> VerifyResult | SandboxRefusal:
+    try:
+        return _verify_one(verifier, response, reference)
+    except SandboxUnavailable as err:
+        return SandboxRefusal(str(err))
+
+
 def _verify_one(verifier: Verifier, response: str, reference: Any) -> VerifyResult:
     """Run one sample (inside a worker, or inline when workers=0)."""
     start = time.monotonic()
@@ -142,18 +176,20 @@ def _verify_one(verifier: Verifier, response: str, reference: Any) -> VerifyResu
         result = detailed(response, reference)
         if not isinstance(result, VerifyResult):
             raise TypeError(f"{type(verifier).__name__}.detailed returned {type(result).__name__}, not VerifyResult")
-        return result
+        return mark_timeout(result)
     score = float(verifier(response, reference))
     return VerifyResult(score, int(score >= 1.0), 1, "ok", time.monotonic() - start)
 
 
-def _warm_worker() -> None:
+def _warm_worker(preload: tuple[str, ...] = ()) -> None:
     # Import the heavy modules once per worker, before any deadline starts.
     import iprime.verifiers.code  # noqa: F401
 
     from .math import _warm_math_worker
 
     _warm_math_worker()
+    for module in preload:
+        importlib.import_module(module)
 
 
 def _hard_deadline(verifier: Verifier, timeout_s: float | None) -> float:
@@ -169,21 +205,49 @@ def _hard_deadline(verifier: Verifier, timeout_s: float | None) -> float:
 
 
 def _to_result(outcome: TaskOutcome) -> VerifyResult:
+    if outcome.ok and isinstance(outcome.value, SandboxRefusal):
+        raise SandboxUnavailable(outcome.value.message)  # one loud refusal, not a 0 per sample
     if outcome.ok:
         return outcome.value
-    return VerifyResult(0.0, 0, 0, f"verifier failed: {outcome.error}", outcome.elapsed_s)
+    reason = f"verifier failed: {outcome.error}"
+    # The pool's hard deadline says "timed out after ..."; a worker's exception text never starts so.
+    return VerifyResult(0.0, 0, 0, reason, outcome.elapsed_s, timed_out=reason_says_timed_out(reason))
 
 
 class VerifierPool:
-    """Long-lived worker processes for repeated :meth:`verify` calls.
+    """Long-lived worker processes for repeated :meth:`verify` / :meth:`score_rows` calls.
 
-    Starting workers costs a second or two (Python + sympy imports); a
-    trainer should keep one pool for the whole run. ``memory_limit_bytes``
-    caps each worker's address space (the code sandbox has its own limits).
+    Start one per run and reuse it: each worker imports math-verify/sympy
+    and the code sandbox once (3-6 s to the first result on the busy
+    2-core machine; ``benchmarks/verifiers.py --inline`` prints it), which
+    would otherwise be paid per batch. Workers start in the background when
+    the pool is created; the first call waits for them, and no sample's
+    deadline starts before its worker is ready.
+
+    Args:
+        workers: worker processes.
+        memory_limit_bytes: caps each worker's address space (the code
+            sandbox has its own limits); ``None`` for no cap.
+        preload: extra modules each worker imports at start-up, before any
+            deadline runs: ``"reasoning_gym"`` for gym rows (about 2 s to
+            import), the modules of user reward functions. Workers are
+            spawned with this process's ``sys.path`` at the time the pool is
+            created, so modules must be importable then.
     """
 
-    def __init__(self, workers: int = 2, memory_limit_bytes: int | None = 4 << 30) -> None:
-        self._pool = DeadlinePool(workers, memory_limit_bytes=memory_limit_bytes, warmup=_warm_worker)
+    def __init__(
+        self, workers: int = 2, memory_limit_bytes: int | None = 4 << 30, *, preload: Sequence[str] = ()
+    ) -> None:
+        warmup = functools.partial(_warm_worker, tuple(preload)) if preload else _warm_worker
+        self._pool = DeadlinePool(workers, memory_limit_bytes=memory_limit_bytes, warmup=warmup)
+
+    @property
+    def workers(self) -> int:
+        return self._pool.size
+
+    def _map(self, fn: Callable[..., Any], arg_tuples: Sequence[tuple], timeout_s: float) -> list[TaskOutcome]:
+        """Run picklable ``fn(*args)`` per tuple in the workers, killed at ``timeout_s`` each."""
+        return self._pool.map(fn, arg_tuples, timeout_s)
 
     def verify(
         self,
@@ -198,11 +262,24 @@ class VerifierPool:
             raise ValueError(f"{len(responses)} responses but {len(references)} references")
         verifier = _resolve(kind_or_fn, timeout_s)
         outcomes = self._pool.map(
-            _verify_one,
+            _pool_verify_one,
             [(verifier, r, ref) for r, ref in zip(responses, references)],
             _hard_deadline(verifier, timeout_s),
         )
         return [_to_result(o) for o in outcomes]
+
+    def score_rows(
+        self,
+        responses: Sequence[str],
+        rows: Sequence[Mapping[str, Any]],
+        scoring: RowScoring | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> list[VerifyResult]:
+        """Each response scored by its own row's verifier: :func:`iprime.verifiers.dispatch.score_rows`."""
+        from .dispatch import score_rows
+
+        return score_rows(responses, rows, scoring, pool=self, timeout_s=timeout_s)
 
     def close(self) -> None:
         self._pool.close()
@@ -227,7 +304,8 @@ def verify_batch(
 
     Args:
         kind_or_fn: a registry name (``"math"``, ``"code"``,
-            ``"gym:<dataset>"``) or a picklable :class:`Verifier`.
+            ``"gym:<dataset>"``) or a picklable :class:`Verifier` (a
+            module-level function, or an instance of a module-level class).
         responses, references: equally long sequences.
         workers: worker processes; ``0`` runs inline in this process (no
             isolation from crashes; for debugging and baselines).
@@ -237,7 +315,8 @@ def verify_batch(
         pool: reuse a :class:`VerifierPool` instead of starting workers.
 
     A sample whose verifier raises, crashes its worker or overruns scores
-    0.0 with the reason in ``VerifyResult.reason``.
+    0.0 with the reason in ``VerifyResult.reason``; ``VerifyResult.timed_out``
+    marks the overruns (the verifier's own timeout or the hard kill).
     """
     if len(responses) != len(references):
         raise ValueError(f"{len(responses)} responses but {len(references)} references")
@@ -249,6 +328,8 @@ def verify_batch(
         for response, reference in zip(responses, references):
             try:
                 results.append(_verify_one(verifier, response, reference))
+            except SandboxUnavailable:  # no sandbox here: one loud refusal, never a silent 0
+                raise
             except Exception as exc:  # one sample's failure is that sample's 0
                 results.append(VerifyResult(0.0, 0, 0, f"verifier failed: {exc!r}"))
         return results

@@ -1,29 +1,62 @@
 """Code verification: extract the program from a response and run its tests.
 
-``tests`` is one of two shapes (see :mod:`iprime.verifiers.rows` for
-adapters from HumanEval, MBPP and LeetCode rows):
+``tests`` comes in any of the shapes :func:`parse_tests` accepts (a dict or its JSON
+string): stdin/stdout pairs (APPS, CodeContests), call-based tests with ``fn_name``
+(APPS, LeetCode-style), or assert snippets with an optional setup (HumanEval, MBPP,
+LeetCode; see :mod:`iprime.verifiers.rows` for adapters from benchmark rows).
 
-* ``{"asserts": [...], "setup": "..."}``: ``setup`` (imports, helpers) and
-  the candidate's code run once, then every assert snippet runs in its own
-  forked process; a snippet passes if it finishes without raising.
-* ``{"inputs": [...], "outputs": [...]}``: the program runs once per input
-  with that text on stdin; a test passes if its stdout equals the expected
-  output up to whitespace (compared token by token).
+**The host judges.** Nothing the candidate's code can reach decides whether a test
+passed:
 
-All execution happens in :mod:`iprime.verifiers.sandbox`.
+* stdin/stdout: the program runs once per input in the sandbox; its stdout comes back
+  and is compared here, token by token (whitespace-insensitive).
+* call-based: the function (or ``Solution().<fn_name>``) is called in the sandbox with
+  each input; its return value comes back as plain data (:func:`encode_plain`: None,
+  bool, numbers, str, bytes, lists, tuples, dicts, sets; any other object fails) and is
+  compared here with the expected value, also unwrapped from a one-element list as the
+  APPS/TACO evaluators do.
+* asserts: each snippet is parsed here with :mod:`ast`. One that compares a computed
+  value with a constant (``assert f(x) == 3``, ``!=``, ``<``, ``in``, ``is None``..., also
+  through ``set(...)``, ``sorted(...)``, ``abs(f(x) - 0.5) < 1e-6``, ``math.isclose(...)``)
+  or asserts a call of the candidate's function with constant arguments
+  (``assert is_prime(7)``, ``assert not f(4)``) sends only the computed expressions to
+  the sandbox and evaluates the comparison here: the expected values never enter it.
+  Any other snippet (HumanEval's ``check(candidate)``, LeetCode's multi-line blocks)
+  runs in a separate judge process that holds the test but never the candidate's code;
+  the candidate's functions and objects are remote handles that answer with plain data.
+
+All execution happens in :mod:`iprime.verifiers.sandbox`; ``docs/security.md`` states
+the guarantees and their limits.
 """
 
 from __future__ import annotations
 
+import ast
+import json
+import keyword
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from ._sandbox_runner import PlainDataError, _stub_names, encode_plain
 from .extract import extract_code
 from .result import VerifyResult
-from .sandbox import Isolation, SandboxLimits, run_tests
+from .rows import LEETCODE_PRELUDE
+from .sandbox import SandboxLimits, SandboxRun, check_isolation_available, run_checked
 
-__all__ = ["verify_code", "verify_code_detailed", "outputs_match"]
+__all__ = [
+    "parse_tests",
+    "verify_code",
+    "verify_code_detailed",
+    "outputs_match",
+    "call_output_matches",
+    "CALL_PRELUDE",
+]
+
+# What APPS's evaluator puts before call-based solutions (they assume these imports).
+CALL_PRELUDE = LEETCODE_PRELUDE + "\nimport sys, time, random, fractions"
 
 
 def outputs_match(got: str, expected: str) -> bool:
@@ -31,82 +64,564 @@ def outputs_match(got: str, expected: str) -> bool:
     return got.split() == expected.split()
 
 
-def _validate_tests(tests: Mapping[str, Any]) -> str:
+def call_output_matches(got: Any, expected: Any) -> bool:
+    """APPS/TACO comparison of a call's return value with the expected one.
+
+    Tuples compare as lists (JSON has no tuples); an expected one-element list is also
+    tried unwrapped (the datasets wrap some return values); an expected dict whose keys
+    are all digit strings is also tried with int keys (JSON turned them into strings).
+    ``got`` must be plain data (it is: it was decoded from the sandbox's answer).
+    """
+    candidates = [expected]
+    if isinstance(expected, list) and len(expected) == 1:
+        candidates.append(expected[0])
+    for c in list(candidates):
+        if isinstance(c, dict) and c and all(isinstance(k, str) and k.lstrip("-").isdigit() for k in c):
+            candidates.append({int(k): v for k, v in c.items()})
+    got = _untuple(got)
+    for c in candidates:
+        try:
+            if got == _untuple(c):
+                return True
+        except (TypeError, ValueError, RecursionError):
+            continue
+    return False
+
+
+def _untuple(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_untuple(x) for x in value]
+    if isinstance(value, dict):
+        return {k: _untuple(v) for k, v in value.items()}
+    return value
+
+
+# ----------------------------------------------------------------------------- test formats
+
+_ASSERT_KEYS = {"asserts", "setup", "kind"}
+_IO_KEYS = {"inputs", "outputs", "fn_name", "setup", "kind"}
+
+
+def parse_tests(tests: Mapping[str, Any] | Sequence[str] | str) -> dict:
+    """Check a code reference and return it in canonical form; ``ValueError`` says what is wrong.
+
+    Accepted (as a dict, or as a JSON string of one):
+
+    * stdin/stdout (APPS, CodeContests): ``{"inputs": [...], "outputs": [...]}``, each
+      input the program's stdin text and each output its expected stdout (a list of
+      lines is joined with newlines, as APPS's evaluator does);
+    * call-based (APPS ``fn_name`` rows, LeetCode-style): ``{"fn_name": "f", "inputs":
+      [[args...], ...], "outputs": [expected, ...]}``: ``f`` (or ``Solution().f`` when the
+      code defines a class ``Solution``) is called with each input's positional
+      arguments and its return value compared with the expected one; an expected value
+      that is a one-element list is also compared unwrapped, as the APPS/TACO
+      evaluators do (the datasets wrap some return values);
+    * asserts (HumanEval, MBPP, LeetCode): ``{"asserts": [...], "setup": "..."}``, or a
+      plain list of assert snippets.
+
+    The canonical forms, which this function also accepts unchanged:
+
+    * ``{"kind": "stdio", "inputs": [str, ...], "outputs": [str, ...], "setup": str}``
+    * ``{"kind": "call", "fn_name": str, "inputs": [[arg, ...], ...], "outputs": [value, ...],
+      "setup": str}`` (``setup`` defaults to APPS's import prelude, which its solutions
+      assume: ``typing``, ``collections``, ``heapq``, ``math``...)
+    * ``{"kind": "asserts", "asserts": [str, ...], "setup": str}``
+
+    Lists are never empty, inputs and outputs have equal lengths, and call arguments
+    and expected values are plain data (None, bool, int, float, str, lists, tuples,
+    dicts, sets of those).
+    """
+    if isinstance(tests, (bytes, bytearray)):
+        tests = tests.decode()
+    if isinstance(tests, str):
+        try:
+            tests = json.loads(tests)
+        except ValueError as err:
+            raise ValueError(f"code tests are not valid JSON: {err}") from None
+    if isinstance(tests, (list, tuple)):
+        tests = {"asserts": list(tests)}
     if not isinstance(tests, Mapping):
-        raise TypeError(f"tests must be a dict, got {type(tests).__name__}")
-    has_asserts = "asserts" in tests
-    has_io = "inputs" in tests or "outputs" in tests
-    if has_asserts == has_io:
-        raise ValueError("tests must have either 'asserts' (+ optional 'setup') or 'inputs' and 'outputs'")
-    if has_io:
-        if len(tests.get("inputs", [])) != len(tests.get("outputs", [])):
-            raise ValueError("tests['inputs'] and tests['outputs'] must have the same length")
-        return "stdio"
-    return "asserts"
+        raise ValueError(f"code tests must be a dict, a JSON object or a list of asserts, got {type(tests).__name__}")
+    keys = set(tests)
+    kind = tests.get("kind")
+    if "asserts" in keys:
+        if keys - _ASSERT_KEYS:
+            raise ValueError(f"assert tests take 'asserts' and 'setup', not {sorted(map(str, keys - _ASSERT_KEYS))}")
+        _check_kind(kind, "asserts")
+        return {"kind": "asserts", "asserts": _assert_list(tests["asserts"]), "setup": _setup(tests)}
+    if "inputs" in keys or "outputs" in keys:
+        if keys - _IO_KEYS:
+            raise ValueError(
+                "input/output tests take 'inputs', 'outputs' and optionally 'fn_name' and 'setup', "
+                f"not {sorted(map(str, keys - _IO_KEYS))}"
+            )
+        inputs, outputs = _io_lists(tests)
+        fn_name = tests.get("fn_name")
+        if fn_name is None:
+            _check_kind(kind, "stdio")
+            return {
+                "kind": "stdio",
+                "inputs": [_text(x, "inputs", i) for i, x in enumerate(inputs)],
+                "outputs": [_text(x, "outputs", i) for i, x in enumerate(outputs)],
+                "setup": _setup(tests),
+            }
+        _check_kind(kind, "call")
+        if not isinstance(fn_name, str) or not fn_name.isidentifier() or keyword.iskeyword(fn_name):
+            raise ValueError(f"tests['fn_name'] must be a Python identifier, got {fn_name!r}")
+        args = []
+        for i, x in enumerate(inputs):
+            if not isinstance(x, (list, tuple)):
+                raise ValueError(
+                    f"tests['inputs'][{i}] must be the list of the call's positional arguments, "
+                    f"got {type(x).__name__} {_short(x)}"
+                )
+            _plain(x, f"tests['inputs'][{i}]")
+            args.append(list(x))
+        for i, x in enumerate(outputs):
+            _plain(x, f"tests['outputs'][{i}]")
+        setup = tests.get("setup")
+        return {
+            "kind": "call",
+            "fn_name": fn_name,
+            "inputs": args,
+            "outputs": list(outputs),
+            "setup": CALL_PRELUDE if setup is None else _setup(tests),
+        }
+    raise ValueError(
+        f"code tests have keys {sorted(map(str, keys))}; expected 'inputs' and 'outputs' (and 'fn_name' for "
+        "call-based tests), or 'asserts' (and 'setup')"
+    )
+
+
+def _check_kind(kind: Any, actual: str) -> None:
+    if kind is not None and kind != actual:
+        raise ValueError(f"tests['kind'] is {kind!r} but the tests have the shape of {actual!r} tests")
+
+
+def _setup(tests: Mapping[str, Any]) -> str:
+    setup = tests.get("setup")
+    if setup is None:
+        return ""
+    if not isinstance(setup, str):
+        raise ValueError(f"tests['setup'] must be a string, got {type(setup).__name__}")
+    return setup
+
+
+def _assert_list(asserts: Any) -> list[str]:
+    if isinstance(asserts, str) or not isinstance(asserts, Sequence):
+        raise ValueError(f"tests['asserts'] must be a list of strings, got {type(asserts).__name__}")
+    if len(asserts) == 0:
+        raise ValueError("tests['asserts'] is empty: nothing would be verified")
+    for i, a in enumerate(asserts):
+        if not isinstance(a, str) or not a.strip():
+            raise ValueError(f"tests['asserts'][{i}] must be a non-empty string, got {_short(a)}")
+    return list(asserts)
+
+
+def _io_lists(tests: Mapping[str, Any]) -> tuple[list, list]:
+    for key in ("inputs", "outputs"):
+        value = tests.get(key)
+        if value is None:
+            raise ValueError(f"tests have no {key!r}: input/output tests need both 'inputs' and 'outputs'")
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ValueError(f"tests[{key!r}] must be a list, got {type(value).__name__}")
+    inputs, outputs = list(tests["inputs"]), list(tests["outputs"])
+    if not inputs:
+        raise ValueError("tests['inputs'] is empty: nothing would be verified")
+    if len(inputs) != len(outputs):
+        raise ValueError(f"tests have {len(inputs)} inputs but {len(outputs)} outputs")
+    return inputs, outputs
+
+
+def _text(value: Any, key: str, index: int) -> str:
+    """stdin/stdout text; a list of lines is joined with newlines (APPS's evaluator does so)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(line, str) for line in value):
+        return "\n".join(value)
+    raise ValueError(
+        f"tests[{key!r}][{index}] must be text (or a list of lines) in stdin/stdout tests, got "
+        f"{type(value).__name__} {_short(value)}; call-based tests need 'fn_name'"
+    )
+
+
+def _plain(value: Any, where: str) -> None:
+    try:
+        encode_plain(value)
+    except PlainDataError as err:
+        raise ValueError(f"{where} is not plain data ({err})") from None
+
+
+def _short(value: Any, width: int = 80) -> str:
+    try:
+        text = value if isinstance(value, str) and width > 80 else repr(value)
+    except (ValueError, RecursionError):  # an int past the str-conversion limit; absurd nesting
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# ----------------------------------------------------------------------------- host-judged asserts
+
+
+class _NotHost(Exception):
+    pass
+
+
+_SAFE_FUNCS: dict[str, Callable] = {
+    "abs": abs,
+    "round": round,
+    "len": len,
+    "set": set,
+    "frozenset": frozenset,
+    "sorted": sorted,
+    "list": list,
+    "tuple": tuple,
+    "min": min,
+    "max": max,
+    "sum": sum,
+    "bool": bool,
+    "float": float,
+    "int": int,
+    "str": str,
+}
+_SAFE_MATH: dict[str, Callable] = {"isclose": math.isclose, "fabs": math.fabs}
+_CONSTANT_TYPES = (int, float, complex, str, bytes, bool, type(None))
+_COMPARE = {
+    ast.Eq: lambda a, b: a == b,
+    ast.NotEq: lambda a, b: a != b,
+    ast.Lt: lambda a, b: a < b,
+    ast.LtE: lambda a, b: a <= b,
+    ast.Gt: lambda a, b: a > b,
+    ast.GtE: lambda a, b: a >= b,
+    ast.Is: lambda a, b: a is b,
+    ast.IsNot: lambda a, b: a is not b,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+}
+_MAX_PRODUCT = 10**7
+
+
+def _binop(op: ast.operator, a: Any, b: Any) -> Any:
+    sequence = (str, bytes, list, tuple)
+    if isinstance(op, ast.Add):
+        return a + b
+    if isinstance(op, ast.Sub):
+        return a - b
+    if isinstance(op, ast.Mult):
+        for seq, n in ((a, b), (b, a)):
+            if isinstance(seq, sequence) and isinstance(n, int) and len(seq) * max(n, 0) > _MAX_PRODUCT:
+                raise ValueError("product too large")
+        return a * b
+    if isinstance(op, ast.Div):
+        return a / b
+    if isinstance(op, ast.FloorDiv):
+        return a // b
+    if isinstance(op, ast.Mod):
+        return a % b
+    if isinstance(op, ast.Pow):
+        if isinstance(a, int) and isinstance(b, int) and abs(b) * max(a.bit_length(), 1) > 1_000_000:
+            raise ValueError("power too large")
+        return a**b
+    raise _NotHost
+
+
+def _compile(node: ast.expr, holes: list[str], shadowed: frozenset[str] = frozenset()) -> Callable[[list], Any]:
+    """Compile ``node`` for evaluation on the host; subexpressions outside the safe
+    grammar become *holes* (their source goes to the sandbox, their value comes back).
+    Names in ``shadowed`` (bound by the setup or the candidate's code) are never taken
+    for the builtins of the safe grammar: ``sum(10, 15)`` may be the candidate's ``sum``."""
+    try:
+        return _compile_safe(node, holes, shadowed)
+    except _NotHost:
+        index = len(holes)
+        holes.append(ast.unparse(node))
+        return lambda values: values[index]
+
+
+def _compile_safe(node: ast.expr, holes: list[str], shadowed: frozenset[str]) -> Callable[[list], Any]:
+    if isinstance(node, ast.Constant):
+        if type(node.value) not in _CONSTANT_TYPES:
+            raise _NotHost
+        value = node.value
+        return lambda values: value
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        if any(isinstance(e, ast.Starred) for e in node.elts):
+            raise _NotHost
+        parts = [_compile(e, holes, shadowed) for e in node.elts]
+        build = {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)]
+        return lambda values: build(p(values) for p in parts)
+    if isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):
+            raise _NotHost
+        pairs = [(_compile(k, holes, shadowed), _compile(v, holes, shadowed)) for k, v in zip(node.keys, node.values)]
+        return lambda values: {k(values): v(values) for k, v in pairs}
+    if isinstance(node, ast.UnaryOp):
+        operand = _compile(node.operand, holes, shadowed)
+        op = {ast.USub: lambda x: -x, ast.UAdd: lambda x: +x, ast.Not: lambda x: not x, ast.Invert: lambda x: ~x}[
+            type(node.op)
+        ]
+        return lambda values: op(operand(values))
+    if isinstance(node, ast.BinOp):
+        if not isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)):
+            raise _NotHost
+        left, right, op = _compile(node.left, holes, shadowed), _compile(node.right, holes, shadowed), node.op
+        return lambda values: _binop(op, left(values), right(values))
+    if isinstance(node, ast.BoolOp):
+        parts = [_compile(v, holes, shadowed) for v in node.values]
+        if isinstance(node.op, ast.And):
+            return lambda values: all(p(values) for p in parts)
+        return lambda values: any(p(values) for p in parts)
+    if isinstance(node, ast.Compare):
+        left = _compile(node.left, holes, shadowed)
+        rights = [_compile(c, holes, shadowed) for c in node.comparators]
+        ops = [_COMPARE[type(op)] for op in node.ops]
+
+        def compare(values):
+            a = left(values)
+            for op, right in zip(ops, rights):
+                b = right(values)
+                if not op(a, b):
+                    return False
+                a = b
+            return True
+
+        return compare
+    if isinstance(node, ast.Call) and not any(isinstance(a, ast.Starred) for a in node.args):
+        fn = None
+        allowed_keywords: set[str] = set()
+        if isinstance(node.func, ast.Name) and node.func.id in _SAFE_FUNCS and node.func.id not in shadowed:
+            fn = _SAFE_FUNCS[node.func.id]
+        elif (
+            isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "math"
+            and "math" not in shadowed
+            and node.func.attr in _SAFE_MATH
+        ):
+            fn = _SAFE_MATH[node.func.attr]
+            allowed_keywords = {"rel_tol", "abs_tol"} if node.func.attr == "isclose" else set()
+        if fn is None or any(k.arg not in allowed_keywords for k in node.keywords):
+            raise _NotHost
+        args = [_compile(a, holes, shadowed) for a in node.args]
+        kwargs = {k.arg: _compile(k.value, holes, shadowed) for k in node.keywords}
+        return lambda values: fn(*(a(values) for a in args), **{k: v(values) for k, v in kwargs.items()})
+    raise _NotHost
+
+
+def _pure(node: ast.expr, shadowed: frozenset[str] = frozenset()) -> bool:
+    holes: list[str] = []
+    _compile(node, holes, shadowed)
+    return not holes
+
+
+@dataclass(frozen=True)
+class _HostAssert:
+    source: str
+    exprs: list[str]  # evaluated in the sandbox, in order
+    check: Callable[[list], Any]  # on the host, with their values
+
+
+def _bound_names(source: str) -> tuple[set[str], bool]:
+    """Names ``source`` binds at top level, and whether it has a star import (or does not parse)."""
+    try:
+        tree = ast.parse(source or "")
+    except SyntaxError:
+        return set(), True
+    names: set[str] = set()
+    star = False
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    star = True
+                else:
+                    names.add((alias.asname or alias.name).split(".")[0])
+        else:
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                    names.add(sub.id)
+    return names, star
+
+
+_SINGLETONS = (None, True, False)
+
+
+def plan_assert(source: str, setup: str = "", code: str = "") -> _HostAssert | None:
+    """How the host judges assert snippet ``source``, or None if it fits no such pattern.
+
+    Patterns (one ``assert`` statement, its message ignored):
+
+    * a comparison with a single operator where one side is built from constants only
+      (and safe builtins: ``set``, ``sorted``, ``abs``, ``round``, ``math.isclose``... unless
+      the setup or the candidate's ``code`` binds that name): the other side's non-constant
+      subexpressions are evaluated in the sandbox, the comparison here;
+    * ``math.isclose(a, b, rel_tol=..., abs_tol=...)`` with ``a`` or ``b`` constant;
+    * ``assert f(consts...)`` / ``assert not f(consts...)`` where ``f`` is not bound by the
+      setup (it is the candidate's), and ``x is None`` / ``is not None`` / ``is True`` /
+      ``is False``: the sandbox computes the truth value (there is no expected value to
+      hide: "true" is all the test asks, and any function can return ``True``).
+
+    The constant side (the expected value) stays on the host.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+        return None
+    test = tree.body[0].test
+    setup_names, setup_star = _bound_names(setup)
+    setup_names -= _stub_names(setup)
+    code_names, code_star = _bound_names(code)
+    shadowed = frozenset(setup_names | code_names)
+    if setup_star or code_star:  # a star import may bind any of them
+        shadowed |= frozenset(_SAFE_FUNCS) | {"math"}
+    pure = lambda node: _pure(node, shadowed)  # noqa: E731
+    holes: list[str] = []
+    check = None
+    negate = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
+    inner = test.operand if negate else test
+    if (
+        isinstance(test, ast.Compare)
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], (ast.Is, ast.IsNot))
+        and any(isinstance(n, ast.Constant) and n.value in _SINGLETONS for n in (test.left, test.comparators[0]))
+    ):
+        holes.append(f"bool({ast.unparse(test)})")
+        check = lambda values: values[0] is True  # noqa: E731
+    elif isinstance(test, ast.Compare) and len(test.ops) == 1:
+        if pure(test.left) != pure(test.comparators[0]):
+            check = _compile(test, holes, shadowed)
+    elif (
+        isinstance(test, ast.Call)
+        and isinstance(test.func, ast.Attribute)
+        and isinstance(test.func.value, ast.Name)
+        and test.func.value.id == "math"
+        and "math" not in shadowed
+        and test.func.attr == "isclose"
+        and len(test.args) == 2
+        and all(pure(k.value) for k in test.keywords)
+    ):
+        if pure(test.args[0]) != pure(test.args[1]):
+            check = _compile(test, holes, shadowed)
+    elif (
+        isinstance(inner, ast.Call)
+        and isinstance(inner.func, ast.Name)
+        and not setup_star
+        and inner.func.id not in setup_names
+        and (inner.func.id not in _SAFE_FUNCS or inner.func.id in code_names)
+        and all(pure(a) for a in inner.args)
+        and all(k.arg is not None and pure(k.value) for k in inner.keywords)
+    ):
+        holes.append(f"bool({ast.unparse(inner)})")
+        check = (lambda values: values[0] is False) if negate else (lambda values: values[0] is True)
+    if check is None or not holes:
+        return None
+    return _HostAssert(source, holes, check)
+
+
+# ----------------------------------------------------------------------------- verification
 
 
 def verify_code_detailed(
     response: str,
-    tests: Mapping[str, Any],
+    tests: Mapping[str, Any] | Sequence[str] | str,
     timeout_s: float = 10.0,
     all_or_nothing: bool = True,
     *,
     limits: SandboxLimits | None = None,
-    isolation: Isolation = "namespaces",
+    isolation: str | None = None,
 ) -> VerifyResult:
     """Run the response's code against ``tests``; see :func:`verify_code`.
 
     ``timeout_s`` is the wall limit for the whole sample (all tests).
     ``limits`` overrides the other sandbox limits (its ``wall_s`` is replaced
-    by ``timeout_s``). With ``all_or_nothing`` the remaining tests are
+    by ``timeout_s``). With ``all_or_nothing`` the remaining judged tests are
     skipped after the first failure, since they cannot change the score.
-    Bad tests (wrong shape) raise ``ValueError``; bad code never raises.
+    ``isolation``: ``"auto"`` (``None``: ``$IPRIME_SANDBOX``, else ``"auto"``), ``"namespaces"``,
+    ``"userns"`` or ``"rlimits"`` (see :mod:`iprime.verifiers.sandbox`).
+
+    Bad tests raise ``ValueError``; a machine where the sandbox cannot isolate raises
+    :class:`~iprime.verifiers.sandbox.SandboxUnavailable` (whatever the response, even
+    one without code: never a silent 0); bad code never raises.
     """
     start = time.monotonic()
-    mode = _validate_tests(tests)
+    tests = parse_tests(tests)
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    concrete = check_isolation_available(isolation)
     code = extract_code(response)
     if code is None or not code.strip():
         return VerifyResult(0.0, 0, 0, "no code block found", time.monotonic() - start)
     base = limits or SandboxLimits()
     limits = SandboxLimits(**{**base.__dict__, "wall_s": timeout_s})
+    setup = tests["setup"]
+    kind = tests["kind"]
+    outcomes: dict[int, tuple[bool, str]] = {}
 
-    if mode == "asserts":
-        asserts = list(tests["asserts"])
-        total = len(asserts)
-        if total == 0:
-            raise ValueError("tests['asserts'] is empty: nothing would be verified")
-        run = run_tests(
-            code,
-            setup=tests.get("setup", "") or "",
-            asserts=asserts,
-            limits=limits,
-            stop_on_failure=all_or_nothing,
-            isolation=isolation,
-        )
-        outcomes = {t.index: (t.passed, t.reason) for t in run.tests}
-    else:
-        inputs, expected = list(tests["inputs"]), list(tests["outputs"])
+    if kind == "stdio":
+        inputs, expected = tests["inputs"], tests["outputs"]
         total = len(inputs)
-        if total == 0:
-            raise ValueError("tests['inputs'] is empty: nothing would be verified")
-        run = run_tests(
+        run = run_checked(code, isolation=concrete, setup=setup, stdin_inputs=inputs, limits=limits)
+        for i in range(total):
+            got = run.outputs[i] if i < len(run.outputs) else None
+            if got is None:
+                outcomes[i] = (False, run.output_reasons[i] if i < len(run.output_reasons) else "not run")
+            elif not run.output_ok[i]:
+                outcomes[i] = (False, run.output_reasons[i])
+            elif outputs_match(got, expected[i]):
+                outcomes[i] = (True, "passed")
+            else:
+                outcomes[i] = (False, f"wrong output: got {_short(got)}, expected {_short(expected[i])}")
+    elif kind == "call":
+        total = len(tests["inputs"])
+        calls = [{"i": i, "fn": tests["fn_name"], "args": args} for i, args in enumerate(tests["inputs"])]
+        run = run_checked(code, isolation=concrete, setup=setup, calls=calls, limits=limits)
+        for i, expected in enumerate(tests["outputs"]):
+            outcome = run.calls.get(i)
+            if outcome is None:
+                outcomes[i] = (False, "not run")
+            elif not outcome.ok:
+                outcomes[i] = (False, outcome.reason)
+            elif len(outcome.values) != 1:
+                outcomes[i] = (False, "malformed result")
+            elif call_output_matches(outcome.values[0], expected):
+                outcomes[i] = (True, "passed")
+            else:
+                got = _short(outcome.values[0])
+                outcomes[i] = (False, f"wrong result: {tests['fn_name']} returned {got}, expected {_short(expected)}")
+    else:
+        asserts = tests["asserts"]
+        total = len(asserts)
+        plans = [plan_assert(a, setup, code) for a in asserts]
+        calls = [{"i": i, "exprs": p.exprs} for i, p in enumerate(plans) if p is not None]
+        judged_index = [i for i, p in enumerate(plans) if p is None]
+        run = run_checked(
             code,
-            setup=tests.get("setup", "") or "",
-            stdin_inputs=inputs,
+            isolation=concrete,
+            setup=setup,
+            calls=calls or None,
+            judged=[asserts[i] for i in judged_index] or None,
             limits=limits,
             stop_on_failure=all_or_nothing,
-            isolation=isolation,
         )
-        outcomes = {}
+        for i, plan in enumerate(plans):
+            if plan is None:
+                continue
+            outcome = run.calls.get(i)
+            if outcome is None:
+                outcomes[i] = (False, "not run")
+            elif not outcome.ok:
+                outcomes[i] = (False, outcome.reason)
+            else:
+                outcomes[i] = _judge_assert(plan, outcome.values)
         for t in run.tests:
-            passed, reason = t.passed, t.reason
-            got = run.outputs[t.index] if t.index < len(run.outputs) else None
-            if passed and (got is None or not outputs_match(got, str(expected[t.index]))):
-                passed = False
-                reason = f"wrong output: got {(got or '')[:80]!r}, expected {str(expected[t.index])[:80]!r}"
-            outcomes[t.index] = (passed, reason)
+            if 0 <= t.index < len(judged_index):
+                outcomes[judged_index[t.index]] = (t.passed, t.reason)
+        for i in judged_index:
+            outcomes.setdefault(i, (False, "not run"))
 
     passed = sum(1 for ok, _ in outcomes.values() if ok)
     # A run that was cut off (time or output limit) earns nothing: its
@@ -117,7 +632,18 @@ def verify_code_detailed(
     return VerifyResult(score, passed, total, _reason(run, outcomes, total, passed), time.monotonic() - start)
 
 
-def _reason(run, outcomes: dict, total: int, passed: int) -> str:
+def _judge_assert(plan: _HostAssert, values: list) -> tuple[bool, str]:
+    try:
+        ok = bool(plan.check(values))
+    except Exception as exc:  # noqa: BLE001 - e.g. comparing a str with an int
+        return False, f"{type(exc).__name__} evaluating {_short(plan.source, 120)}: {str(exc)[:100]}"
+    if ok:
+        return True, "passed"
+    got = ", ".join(f"{expr} = {_short(v)}" for expr, v in zip(plan.exprs, values))
+    return False, f"AssertionError: {_short(plan.source, 120)} (got {got})"[:400]
+
+
+def _reason(run: SandboxRun, outcomes: dict, total: int, passed: int) -> str:
     if run.output_limit_exceeded:
         return "output limit exceeded"
     if run.timed_out:
@@ -138,14 +664,20 @@ def _reason(run, outcomes: dict, total: int, passed: int) -> str:
 
 def verify_code(
     response: str,
-    tests: Mapping[str, Any],
+    tests: Mapping[str, Any] | Sequence[str] | str,
     timeout_s: float = 10.0,
     all_or_nothing: bool = True,
+    *,
+    limits: SandboxLimits | None = None,
+    isolation: str | None = None,
 ) -> float:
     """Score a response's last ```python block against ``tests`` in the sandbox.
 
     Returns 1.0/0.0 (all tests pass or not) with ``all_or_nothing`` (PRIME's
     pass-all reward), else the fraction of tests passed. No code block, a
     syntax error, a crash, a timeout or exceeding a limit all score 0.
+    ``tests``: any shape :func:`parse_tests` accepts. Raises ``ValueError`` for
+    bad tests and :class:`~iprime.verifiers.sandbox.SandboxUnavailable` where
+    the code cannot be isolated (see :func:`verify_code_detailed`).
     """
-    return verify_code_detailed(response, tests, timeout_s, all_or_nothing).score
+    return verify_code_detailed(response, tests, timeout_s, all_or_nothing, limits=limits, isolation=isolation).score

@@ -105,12 +105,29 @@ class GymTask:
         return VerifyResult(score, int(score >= 1.0), 1, reason, time.monotonic() - start)
 
 
+# (name, config) -> the size-1 GymTask that scores that dataset, one per process: a verifier is
+# unpickled afresh for every sample a worker scores, and must not rebuild its dataset each time.
+_SCORING_TASKS: dict[tuple[str, str], GymTask] = {}
+
+
+def _scoring_task(name: str, config: Mapping[str, Any]) -> GymTask:
+    key = (name, repr(sorted(config.items())))
+    task = _SCORING_TASKS.get(key)
+    if task is None:
+        task = _SCORING_TASKS[key] = GymTask(name, size=1, seed=0, **config)
+    return task
+
+
 class GymVerifier:
     """Picklable ``(response, entry) -> float`` verifier for one dataset.
 
     Scoring only needs the dataset's ``score_answer``, which reads the entry
     it is given; the dataset object (size 1) is built lazily in whichever
-    process scores, so instances can be sent to worker processes.
+    process scores (once per process and dataset), so instances can be sent
+    to worker processes.
+
+    The reference is the reasoning-gym entry (``GymTask.row(i)["entry"]``):
+    at least ``answer``; some datasets' scorers also read ``metadata``.
     """
 
     def __init__(self, name: str, **config: Any) -> None:
@@ -120,7 +137,7 @@ class GymVerifier:
 
     def _get_task(self) -> GymTask:
         if self._task is None:
-            self._task = GymTask(self.name, size=1, seed=0, **self.config)
+            self._task = _scoring_task(self.name, self.config)
         return self._task
 
     def __getstate__(self) -> dict:

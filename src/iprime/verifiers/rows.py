@@ -5,8 +5,9 @@ row (a dict, as loaded from the benchmark's JSON/JSONL file) into what the
 verifiers take:
 
 * math: a list of accepted gold answer strings for :func:`verify_math`;
-* code: a tests dict for :func:`verify_code` (``{"asserts", "setup"}`` or
-  ``{"inputs", "outputs"}``).
+* code: a tests dict for :func:`verify_code` (``{"asserts", "setup"}``,
+  ``{"inputs", "outputs"}``, or call-based ``{"fn_name", "inputs", "outputs"}``;
+  :func:`iprime.verifiers.code.parse_tests` checks any of them).
 
 They never read files: loading the data is the caller's job.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "mbpp_tests",
     "leetcode_tests",
     "stdio_tests",
+    "apps_tests",
 ]
 
 
@@ -167,3 +169,22 @@ def stdio_tests(inputs: list[str], outputs: list[str]) -> dict:
     if len(inputs) != len(outputs):
         raise ValueError(f"{len(inputs)} inputs but {len(outputs)} outputs")
     return {"inputs": list(inputs), "outputs": list(outputs)}
+
+
+def apps_tests(row: Mapping[str, Any]) -> dict:
+    """APPS / TACO / Eurus-2 code rows: the ``input_output`` field (a JSON string or a dict).
+
+    stdin/stdout rows hold ``{"inputs", "outputs"}``; call-based rows add ``"fn_name"``
+    (LeetCode-style, called on ``Solution()`` when the code defines that class). Returns
+    the canonical tests of :func:`iprime.verifiers.code.parse_tests`; ``ValueError`` says
+    what is wrong with a malformed row.
+    """
+    from .code import parse_tests  # code imports this module
+
+    for key in ("input_output", "tests", "ground_truth"):
+        if row.get(key):
+            try:
+                return parse_tests(row[key])
+            except ValueError as err:
+                raise ValueError(f"APPS row {row.get('problem_id', row.get('id'))!r}: {err}") from None
+    raise KeyError(f"APPS row has no 'input_output' (keys: {sorted(row)})")

@@ -1,35 +1,30 @@
 """Run untrusted Python code and its tests in an isolated child process.
 
-Isolation ``"namespaces"`` (the default; needs root and util-linux's
-``unshare``, as on the project's machines):
+The host (this module) starts :mod:`iprime.verifiers._sandbox_runner` and reads what
+comes back on three kinds of channel: the runner's stdout/stderr (capped), the
+*report* pipe (events of the runner itself: started, verdicts of judged tests, done),
+and the *values* pipe (what the candidate's code computed: call results as plain data,
+program outputs). The host never opens a path the sandbox could have touched: the job
+goes in on an unnamed file, results come back on pipes, and in the namespace modes the
+sandbox writes only to a tmpfs that vanishes with its mount namespace. The caller
+(:mod:`iprime.verifiers.code`) compares the values with the expected ones, which never
+enter the sandbox. See ``docs/security.md`` for the threat model.
 
-* ``unshare --net --pid --mount --fork --kill-child --mount-proc``: no
-  network at all (a fresh network namespace has only a down loopback, so
-  even 127.0.0.1 is unreachable), its own PID space (it cannot see or signal
-  the trainer; when its init exits, the kernel kills everything it left
-  behind) and its own mount table;
-* /tmp, /var/tmp, /dev/shm and /run/lock are covered by small private tmpfs
-  mounts, so the only lasting place it can write to is its own working
-  directory (a fresh temp dir, deleted afterwards);
-* it then runs as a fresh unprivileged uid/gid picked at random from a
-  range no real user has, with no supplementary groups. Root ignores
-  RLIMIT_NPROC; a non-root uid does not, and a uid of its own means the
-  process cap counts only this sandbox's processes (a fork bomb in one
-  sample cannot starve another). Every file on the host not writable by
-  "others" is read-only to it;
-* rlimits: CPU seconds (RLIMIT_CPU), address space (RLIMIT_AS), file size
-  (RLIMIT_FSIZE), processes (RLIMIT_NPROC), open files, no core dumps;
-* the host side enforces a wall-clock limit, reads stdout/stderr with a cap
-  (more output kills the run), gives it a minimal environment (no inherited
-  secrets), puts it in its own session, and on timeout or at the end kills
-  its process group and then every process still owned by its uid.
+Isolation (``isolation=`` or the ``IPRIME_SANDBOX`` environment variable):
 
-Isolation ``"rlimits"`` (opt-in, for non-root development machines): the
-same rlimits, session, environment, working directory and output cap, but
-no namespaces and no uid change — so no network isolation, RLIMIT_NPROC is
-left unset (it would count all of the caller's processes), and the code can
-write wherever the caller can. Never use it for training on untrusted
-output.
+* ``"auto"`` (default): ``"namespaces"`` as root, ``"userns"`` otherwise.
+* ``"namespaces"`` (root): fresh network, PID, mount, IPC and UTS namespaces; a new root
+  file system with only the system directories and the Python installation, read-only;
+  a quota'd tmpfs as the only writable place; the candidate's code under a fresh random
+  uid (the tests' judge under another), with rlimits, no new privileges, a fresh session
+  keyring and a seccomp filter (no user namespaces, keyrings, ptrace...).
+* ``"userns"`` (non-root): the same inside an unprivileged user namespace, where the
+  sandbox processes run with no capabilities at all instead of under other uids. Needs a
+  kernel that lets unprivileged users create user namespaces; otherwise
+  :class:`SandboxUnavailable` says which setting forbids it.
+* ``"rlimits"`` (explicit opt-in, warns): resource limits, a private working directory,
+  a minimal environment, and the seccomp filter, nothing more: the code can read and
+  write what the caller can and reach the network. For development only.
 """
 
 from __future__ import annotations
@@ -38,7 +33,6 @@ import json
 import math
 import os
 import random
-import secrets
 import selectors
 import shutil
 import signal
@@ -46,22 +40,27 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from ._sandbox_runner import PlainDataError, encode_plain, loads_plain
 
 __all__ = [
     "SandboxLimits",
     "SandboxError",
     "SandboxUnavailable",
+    "InsecureSandboxWarning",
     "TestOutcome",
+    "CallOutcome",
     "SandboxRun",
     "run_tests",
     "check_isolation_available",
+    "resolve_isolation",
 ]
 
 _RUNNER = Path(__file__).with_name("_sandbox_runner.py")
-_PRIVATE_DIRS = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"]
 # Sandbox uids/gids are drawn from here: far above any real account, so the
 # sandbox owns nothing on the host and two concurrent sandboxes (almost
 # surely) get different ids. The kernel accepts any 32-bit id for setuid.
@@ -76,8 +75,10 @@ _MINIMAL_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
+ENV_VAR = "IPRIME_SANDBOX"
 
-Isolation = Literal["namespaces", "rlimits"]
+Isolation = Literal["auto", "namespaces", "userns", "rlimits"]
+_ISOLATIONS = ("auto", "namespaces", "userns", "rlimits")
 
 
 class SandboxError(RuntimeError):
@@ -85,7 +86,15 @@ class SandboxError(RuntimeError):
 
 
 class SandboxUnavailable(SandboxError):
-    """The requested isolation cannot be set up on this machine."""
+    """The requested isolation cannot be set up on this machine.
+
+    Raised before any sample is scored, by every entry point: a verifier that cannot
+    isolate must refuse, never score everything 0.
+    """
+
+
+class InsecureSandboxWarning(UserWarning):
+    """Code runs with ``isolation="rlimits"``: resource limits only, no isolation."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,11 @@ class SandboxLimits:
     """Resource limits for one sandboxed run (all tests of one sample).
 
     ``cpu_s`` defaults to the wall limit rounded up plus one second; it
-    applies per process, the wall limit to the whole run.
+    applies per process, the wall limit to the whole run. ``tmpfs_bytes`` and
+    ``max_files`` are the quota of the sandbox's only writable file system
+    (``/tmp``, also its working directory); ``file_size_bytes`` caps each file
+    (and each program's stdout), ``result_bytes`` everything the code's values
+    and outputs may send back.
     """
 
     wall_s: float = 10.0
@@ -103,7 +116,9 @@ class SandboxLimits:
     max_processes: int = 32
     max_open_files: int = 256
     output_bytes: int = 1 << 20
-    tmpfs_bytes: int = 16 << 20
+    tmpfs_bytes: int = 64 << 20
+    max_files: int = 4096
+    result_bytes: int = 64 << 20
 
     def effective_cpu_s(self) -> int:
         return int(self.cpu_s if self.cpu_s is not None else math.ceil(self.wall_s) + 1)
@@ -111,16 +126,31 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class TestOutcome:
+    """A judged test's verdict (from the judge process, relayed by the runner)."""
+
     index: int
     passed: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """What one call-test evaluation sent back: the values (decoded plain data) or why not."""
+
+    ok: bool
+    values: list[Any] = field(default_factory=list)
+    reason: str = ""
 
 
 @dataclass
 class SandboxRun:
     """Everything the host observed about one sandboxed run."""
 
-    tests: list[TestOutcome] = field(default_factory=list)
+    tests: list[TestOutcome] = field(default_factory=list)  # judged tests
+    calls: dict[int, CallOutcome] = field(default_factory=dict)  # call tests, by index
+    outputs: list[str | None] = field(default_factory=list)  # stdio mode: stdout per input (None: never ran)
+    output_ok: list[bool] = field(default_factory=list)  # stdio mode: the program ended normally
+    output_reasons: list[str] = field(default_factory=list)
     error: str = ""  # compile/setup/solution error that prevented all tests
     timed_out: bool = False
     output_limit_exceeded: bool = False
@@ -129,22 +159,122 @@ class SandboxRun:
     stderr: bytes = b""
     exit_code: int | None = None
     elapsed_s: float = 0.0
-    outputs: list[str | None] = field(default_factory=list)  # stdio mode: stdout per input
 
 
-def check_isolation_available(isolation: Isolation) -> None:
-    """Raise :class:`SandboxUnavailable` with the reason if ``isolation`` cannot work."""
-    if isolation == "rlimits":
-        return
-    if isolation != "namespaces":
-        raise ValueError(f"unknown isolation {isolation!r}; use 'namespaces' or 'rlimits'")
-    if os.geteuid() != 0:
+# ----------------------------------------------------------------------------- isolation
+
+
+def resolve_isolation(isolation: str | None = None) -> str:
+    """The concrete isolation for ``isolation`` (``None``: ``$IPRIME_SANDBOX``, else ``"auto"``)."""
+    if isolation is None:
+        isolation = os.environ.get(ENV_VAR, "").strip() or "auto"
+    if isolation not in _ISOLATIONS:
+        raise ValueError(f"unknown sandbox isolation {isolation!r} (from {ENV_VAR} or isolation=); use {_ISOLATIONS}")
+    if isolation == "auto":
+        return "namespaces" if os.geteuid() == 0 else "userns"
+    return isolation
+
+
+_PROBED: dict[tuple[str, int], str | None] = {}
+
+_USERNS_HELP = (
+    "Unprivileged user namespaces are off on this machine. They are restricted by "
+    "kernel.apparmor_restrict_unprivileged_userns=1 (Ubuntu 23.10 and later, AppArmor), "
+    "kernel.unprivileged_userns_clone=0 (Debian before 11, some hardened kernels), "
+    "user.max_user_namespaces=0 (RHEL/CentOS 7, hardened sysctl profiles), or a container's "
+    "seccomp profile (Docker's default refuses unshare). Ask an administrator to allow them "
+    "(or run as root, which uses isolation='namespaces'), or opt in to resource limits "
+    "without isolation with IPRIME_SANDBOX=rlimits / isolation='rlimits' (development only: "
+    "the code can then read your files and reach the network)"
+)
+
+
+def _userns_settings() -> str:
+    found = []
+    for path in (
+        "/proc/sys/kernel/unprivileged_userns_clone",
+        "/proc/sys/user/max_user_namespaces",
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+    ):
+        try:
+            with open(path) as fh:
+                found.append(f"{path[len('/proc/sys/') :].replace('/', '.')}={fh.read().strip()}")
+        except OSError:
+            continue
+    return ", ".join(found) or "no user-namespace sysctls found"
+
+
+def check_isolation_available(isolation: str | None = None) -> str:
+    """Raise :class:`SandboxUnavailable` with the reason if ``isolation`` cannot work here.
+
+    Returns the concrete isolation. The first check per process and isolation starts a
+    tiny sandbox and runs a call in it (a fraction of a second), so a machine where the
+    namespaces can be created but not used (a restricted user namespace, a masked
+    ``/proc``) is refused here rather than failing every sample.
+    """
+    concrete = resolve_isolation(isolation)
+    if concrete == "rlimits":
+        who = "your"
+        if os.geteuid() == 0:
+            who = "a uid of no account's" if _usable_by_others() else "ROOT's (this Python is not usable by others)"
+        warnings.warn(
+            f"code sandbox isolation='rlimits': resource limits only. The code runs with {who} "
+            "permissions and can read what they allow, write wherever they can and use the network; "
+            "never use it on untrusted output such as a policy's (see docs/security.md)",
+            InsecureSandboxWarning,
+            stacklevel=3,
+        )
+        return concrete
+    if concrete == "namespaces" and os.geteuid() != 0:
         raise SandboxUnavailable(
-            "isolation='namespaces' needs root (to create namespaces and switch to an unprivileged uid); "
-            "run as root, or pass isolation='rlimits' for a weaker, development-only sandbox"
+            "isolation='namespaces' needs root (to switch the code to unprivileged uids); as another "
+            "user use isolation='userns' (the default, 'auto', picks it)"
+        )
+    if concrete == "userns" and os.geteuid() == 0:
+        raise SandboxUnavailable(
+            "isolation='userns' is for non-root users: as root the code would own root's files; "
+            "use isolation='namespaces' (the default, 'auto', picks it)"
         )
     if shutil.which("unshare") is None:
-        raise SandboxUnavailable("isolation='namespaces' needs the 'unshare' command (util-linux)")
+        raise SandboxUnavailable(f"isolation={concrete!r} needs the 'unshare' command (util-linux)")
+    key = (concrete, os.geteuid())
+    if key not in _PROBED:
+        _PROBED[key] = _probe(concrete)
+    problem = _PROBED[key]
+    if problem is not None:
+        raise SandboxUnavailable(problem)
+    return concrete
+
+
+def _probe(isolation: str) -> str | None:
+    """Start a sandbox and evaluate ``1 + 1`` in it; the reason it failed, or None."""
+    try:
+        run = _run(
+            "",
+            "",
+            calls=[{"i": 0, "exprs": ["1 + 1"]}],
+            stdin_inputs=None,
+            judged=None,
+            limits=SandboxLimits(wall_s=20.0),
+            test_timeout_s=None,
+            stop_on_failure=True,
+            isolation=isolation,
+        )
+    except SandboxError as exc:
+        problem = str(exc)
+    except OSError as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    else:
+        outcome = run.calls.get(0)
+        if outcome is not None and outcome.ok and outcome.values == [2]:
+            return None
+        problem = f"a test sandbox did not compute 1 + 1 ({outcome or run.error or 'no result'})"
+    if isolation == "userns":
+        return f"isolation='userns' does not work here: {problem[:600]}. {_USERNS_HELP} ({_userns_settings()})"
+    return f"isolation={isolation!r} does not work here: {problem[:800]}"
+
+
+# ----------------------------------------------------------------------------- processes
 
 
 def _kill_uid(uid: int) -> int:
@@ -160,6 +290,8 @@ def _kill_uid(uid: int) -> int:
         try:
             with open(f"/proc/{entry}/status") as fh:
                 for line in fh:
+                    if line.startswith("State:") and line.split()[1] in ("Z", "X"):
+                        break  # already dead, waiting for its parent (or init) to reap it
                     if line.startswith("Uid:"):
                         if int(line.split()[1]) == uid:
                             found += 1
@@ -184,54 +316,145 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+def remove_tree(path: str) -> bool:
+    """Delete ``path`` whatever its depth, width, modes or special files; True if it is gone.
+
+    ``shutil.rmtree`` first; it recurses (RecursionError past ~1,000 levels) and stops at
+    directories without permissions, so GNU ``chmod -R``/``rm -rf`` (fts, descriptor
+    relative, no depth limit, never follow symlinks) finish the job. Never raises.
+    """
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return True
+    except (OSError, RecursionError, ValueError):
+        pass
+    if not os.path.lexists(path):
+        return True
+    for cmd in (["chmod", "-R", "u+rwx", "--", path], ["rm", "-rf", "--one-file-system", "--", path]):
+        try:
+            subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    gone = not os.path.lexists(path)
+    if not gone:
+        warnings.warn(f"could not delete the sandbox directory {path}", RuntimeWarning, stacklevel=2)
+    return gone
+
+
+# ----------------------------------------------------------------------------- running
+
+
 def run_tests(
     code: str,
     *,
     setup: str = "",
-    asserts: list[str] | None = None,
+    calls: list[dict] | None = None,
     stdin_inputs: list[str] | None = None,
+    judged: list[str] | None = None,
+    asserts: list[str] | None = None,
     limits: SandboxLimits = SandboxLimits(),
     test_timeout_s: float | None = None,
     stop_on_failure: bool = True,
-    isolation: Isolation = "namespaces",
+    isolation: str | None = None,
 ) -> SandboxRun:
-    """Run ``code`` against assert tests or stdin inputs inside the sandbox.
+    """Run ``code`` against tests inside the sandbox.
 
-    Exactly one of ``asserts`` or ``stdin_inputs`` must be given:
+    * ``calls``: host-judged tests, each ``{"i": index, "exprs": [src, ...]}`` (expressions
+      evaluated in the code's namespace, in order) or ``{"i": index, "fn": name, "args":
+      [...]}`` (``name``, or ``Solution().name``, called with ``args``). Each test runs in a
+      forked process; its values come back in ``SandboxRun.calls[index]`` as plain data.
+    * ``stdin_inputs``: the code runs as ``__main__`` once per input with that text on
+      stdin; its stdout comes back in ``SandboxRun.outputs[i]``.
+    * ``judged`` (``asserts`` is an older name): assert snippets run by a judge process
+      that holds the test and never the candidate's code; verdicts in ``SandboxRun.tests``.
 
-    * ``asserts``: Python snippets; ``setup`` then ``code`` run once, then
-      each snippet runs in its own forked process and passes if it finishes.
-    * ``stdin_inputs``: ``code`` runs as ``__main__`` once per input with that
-      text on stdin; its stdout comes back in ``SandboxRun.outputs[i]``
-      (``None`` if it never ran) for the caller to compare.
-
-    ``stop_on_failure`` skips the remaining tests after the first failure.
+    ``calls`` and ``stdin_inputs`` exclude each other; ``judged`` combines with ``calls``.
+    ``stop_on_failure`` skips the remaining judged tests after the first failure.
     ``test_timeout_s`` bounds each test (default: the whole wall limit).
-    Raises :class:`SandboxError` only when the sandbox itself cannot start;
-    anything the code does is reported in the returned :class:`SandboxRun`.
+    Raises :class:`SandboxUnavailable` when the isolation cannot work here and
+    :class:`SandboxError` when the sandbox fails to start; anything the code does is
+    reported in the returned :class:`SandboxRun`.
     """
-    if (asserts is None) == (stdin_inputs is None):
-        raise ValueError("give exactly one of asserts= or stdin_inputs=")
-    check_isolation_available(isolation)
-    return _run(code, setup, asserts, stdin_inputs, limits, test_timeout_s, stop_on_failure, isolation)
+    if asserts is not None:
+        if judged is not None:
+            raise ValueError("give judged= or its older name asserts=, not both")
+        judged = asserts
+    if calls is not None and stdin_inputs is not None:
+        raise ValueError("calls= and stdin_inputs= exclude each other")
+    if calls is None and stdin_inputs is None and judged is None:
+        raise ValueError("give calls=, stdin_inputs= or judged=")
+    concrete = check_isolation_available(isolation)
+    return _run(code, setup, calls, stdin_inputs, judged, limits, test_timeout_s, stop_on_failure, concrete)
 
 
-def _run(code, setup, asserts, stdin_inputs, limits, test_timeout_s, stop_on_failure, isolation) -> SandboxRun:
+def run_checked(code: str, *, isolation: str, **kwargs) -> SandboxRun:
+    """:func:`run_tests` for a caller that already ran :func:`check_isolation_available`."""
+    return _run(
+        code,
+        kwargs.get("setup", ""),
+        kwargs.get("calls"),
+        kwargs.get("stdin_inputs"),
+        kwargs.get("judged"),
+        kwargs.get("limits", SandboxLimits()),
+        kwargs.get("test_timeout_s"),
+        kwargs.get("stop_on_failure", True),
+        isolation,
+    )
+
+
+def _usable_by_others() -> bool:
+    """Whether a uid of no account can run this interpreter (``rlimits`` as root needs it to
+    drop to one; an installation under root's home, mode 0700, it cannot)."""
+    for prefix in {sys.base_prefix, sys.prefix}:
+        path = os.path.realpath(prefix)
+        while True:
+            try:
+                if not os.stat(path).st_mode & 0o001:
+                    return False
+            except OSError:
+                return False
+            if path == "/":
+                break
+            path = os.path.dirname(path)
+    return True
+
+
+# Python startup and the privileged boot happen inside the wall clock of the
+# child but are not the candidate's fault; allow for them on top of wall_s.
+_STARTUP_ALLOWANCE_S = 2.0
+
+
+def _temp_file(data: bytes) -> int:
+    """An unnamed file holding ``data``, positioned at its start (no path to race on)."""
+    fh = tempfile.TemporaryFile()
+    fh.write(data)
+    fh.flush()
+    fh.seek(0)
+    fd = os.dup(fh.fileno())
+    fh.close()
+    return fd
+
+
+def _run(code, setup, calls, stdin_inputs, judged, limits, test_timeout_s, stop_on_failure, isolation) -> SandboxRun:
     start = time.monotonic()
-    token = secrets.token_hex(16)
-    uid = random.SystemRandom().randint(*_UID_RANGE)
+    rng = random.SystemRandom()
+    uid_solution = rng.randint(*_UID_RANGE)
+    uid_judge = uid_solution + 1 if uid_solution < _UID_RANGE[1] else uid_solution - 1
+    switch_uid = os.geteuid() == 0 and (isolation == "namespaces" or isolation == "rlimits" and _usable_by_others())
+    mode = "calls" if calls is not None else "stdio" if stdin_inputs is not None else None
     workdir = tempfile.mkdtemp(prefix="iprime-sandbox-")
-    outputs: list[str | None] = []
-    result_r, result_w = os.pipe()
     try:
+        if isolation == "rlimits" and switch_uid:
+            os.chown(workdir, uid_solution, uid_solution)
         job = {
-            "result_fd": result_w,
-            "token": token,
-            "mode": "asserts" if asserts is not None else "stdio",
+            "fds": {},
+            "mode": mode,
             "setup": setup,
             "code": code,
-            "asserts": list(asserts or []),
-            "num_inputs": len(stdin_inputs or []),
+            "calls": [dict(c, args=encode_plain(c["args"])) if "fn" in c else c for c in calls or []],
+            "stdin_inputs": list(stdin_inputs or []),
+            "num_judged": len(judged or []),
             "deadline_s": limits.wall_s,
             "test_timeout_s": test_timeout_s if test_timeout_s is not None else limits.wall_s,
             "stop_on_failure": stop_on_failure,
@@ -240,89 +463,87 @@ def _run(code, setup, asserts, stdin_inputs, limits, test_timeout_s, stop_on_fai
                 "memory_bytes": limits.memory_bytes,
                 "file_size_bytes": limits.file_size_bytes,
                 "max_open_files": limits.max_open_files,
-                "max_processes": limits.max_processes if isolation == "namespaces" else None,
+                "max_processes": limits.max_processes,
             },
             "boot": {
                 "isolation": isolation,
-                "uid": uid,
-                "gid": uid,
-                "private_dirs": _PRIVATE_DIRS,
-                "tmpfs_bytes": limits.tmpfs_bytes,
+                "root": workdir,
+                "workdir": workdir,
+                "tmp_bytes": limits.tmpfs_bytes,
+                "max_files": limits.max_files,
+                "switch_uid": switch_uid,
+                "uid_solution": uid_solution,
+                "uid_judge": uid_judge,
             },
         }
-        job_path = os.path.join(workdir, "job.json")
-        # Root-only job file: the runner reads and deletes it before
-        # dropping privileges, so the code never sees the token.
-        fd = os.open(job_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(job, fh)
-        for index, text in enumerate(stdin_inputs or []):
-            with open(os.path.join(workdir, f"stdin_{index}.txt"), "w") as fh:
-                fh.write(text)
+        unshare = ["unshare", "--net", "--pid", "--mount", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc"]
         if isolation == "namespaces":
-            os.chown(workdir, uid, uid)
-            os.chmod(workdir, 0o700)
-            cmd = [
-                "unshare",
-                "--net",
-                "--pid",
-                "--mount",
-                "--fork",
-                "--kill-child",
-                "--mount-proc",
-                sys.executable,
-                "-I",
-                str(_RUNNER),
-            ]
+            cmd = [*unshare, sys.executable, "-I", str(_RUNNER)]
+        elif isolation == "userns":
+            cmd = [unshare[0], "--user", "--map-root-user", *unshare[1:], sys.executable, "-I", str(_RUNNER)]
         else:
             cmd = [sys.executable, "-I", str(_RUNNER)]
-        fds, result_r, result_w = (result_r, result_w), -1, -1  # _supervise owns them now
-        run = _supervise(cmd, workdir, token, limits, uid if isolation == "namespaces" else None, *fds)
-        for index in range(len(stdin_inputs or [])):
-            path = os.path.join(workdir, f"stdout_{index}.txt")
-            try:
-                with open(path, "rb") as fh:
-                    outputs.append(fh.read(limits.file_size_bytes + 1).decode(errors="replace"))
-            except FileNotFoundError:
-                outputs.append(None)
-        run.outputs = outputs
+        uids = (uid_solution, uid_judge) if switch_uid else ()
+        run, stdio = _supervise(cmd, job, judged, setup, limits, uids)
+        if stdin_inputs is not None:
+            run.outputs = [None] * len(stdin_inputs)
+            run.output_ok = [False] * len(stdin_inputs)
+            run.output_reasons = ["not run"] * len(stdin_inputs)
+            for message in stdio:
+                i = message["i"]
+                if 0 <= i < len(stdin_inputs) and run.outputs[i] is None:
+                    run.outputs[i] = message["stdout"]
+                    run.output_ok[i] = message["ok"]
+                    run.output_reasons[i] = message["reason"]
         run.elapsed_s = time.monotonic() - start
         return run
     finally:
-        for fd in (result_r, result_w):
-            if fd >= 0:
-                os.close(fd)
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_tree(workdir)
 
 
-def _supervise(
-    cmd: list[str], workdir: str, token: str, limits: SandboxLimits, uid: int | None, result_r: int, result_w: int
-) -> SandboxRun:
+def _supervise(cmd, job: dict, judged, setup, limits: SandboxLimits, uids) -> tuple[SandboxRun, list[dict]]:
     run = SandboxRun()
+    parent_fds: list[int] = []  # ours: closed at the end
+    child_fds: list[int] = []  # the sandbox's: closed as soon as it has them
     try:
+        report_r, report_w = os.pipe()
+        parent_fds.append(report_r)
+        child_fds.append(report_w)
+        values_r, values_w = os.pipe()
+        parent_fds.append(values_r)
+        child_fds.append(values_w)
+        job["fds"] = {"report": report_w, "values": values_w}
+        if judged:
+            judged_fd = _temp_file(json.dumps({"setup": setup, "tests": list(judged)}).encode())
+            child_fds.append(judged_fd)
+            job["fds"]["judged"] = judged_fd
+        job_fd = _temp_file(json.dumps(job).encode())
+        parent_fds.append(job_fd)
         proc = subprocess.Popen(
             cmd,
-            cwd=workdir,
             env=dict(_MINIMAL_ENV),  # nothing inherited: no tokens, keys or proxies
-            stdin=subprocess.DEVNULL,
+            cwd="/",
+            stdin=job_fd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=(result_w,),  # the report pipe; its number is in the job file
+            pass_fds=tuple(child_fds),
             start_new_session=True,  # own session and process group: killpg reaches it all
             close_fds=True,
         )
     except BaseException:
-        os.close(result_r)
+        for fd in parent_fds + child_fds:
+            os.close(fd)
         raise
-    finally:
-        os.close(result_w)  # only the child writes to it; EOF tells us it is gone
+    for fd in child_fds:
+        os.close(fd)  # only the sandbox writes to them; EOF tells us it is gone
     deadline = time.monotonic() + limits.wall_s + _STARTUP_ALLOWANCE_S
     sel = selectors.DefaultSelector()
-    buffers = {"stdout": bytearray(), "stderr": bytearray(), "result": bytearray()}
+    buffers = {"stdout": bytearray(), "stderr": bytearray(), "report": bytearray(), "values": bytearray()}
     assert proc.stdout is not None and proc.stderr is not None
     sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
     sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-    sel.register(result_r, selectors.EVENT_READ, "result")
+    sel.register(report_r, selectors.EVENT_READ, "report")
+    sel.register(values_r, selectors.EVENT_READ, "values")
     try:
         while sel.get_map():
             remaining = deadline - time.monotonic()
@@ -332,65 +553,104 @@ def _supervise(
             for key, _ in sel.select(timeout=remaining):
                 fileobj = key.fileobj
                 fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-                data = os.read(fd, 65536)
+                data = os.read(fd, 1 << 20)
                 if not data:
                     sel.unregister(fileobj)
                     continue
                 buffers[key.data] += data
             if (
                 len(buffers["stdout"]) + len(buffers["stderr"]) > limits.output_bytes
-                or len(buffers["result"]) > 4 << 20
+                or len(buffers["values"]) > limits.result_bytes
+                or len(buffers["report"]) > 4 << 20
             ):
                 run.output_limit_exceeded = True
                 break
     finally:
         sel.close()
         _kill_group(proc.pid)
-        if uid is not None:
+        for uid in uids:
             _kill_uid(uid)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL'd above
             proc.kill()
             proc.wait(timeout=10)
-        if uid is not None:
+        for uid in uids:
             _reap_uid(uid)  # anything forked while we were killing, until it is gone
-        os.close(result_r)
+        for fd in parent_fds:
+            os.close(fd)
         proc.stdout.close()
         proc.stderr.close()
     run.exit_code = proc.returncode
     run.stdout = bytes(buffers["stdout"][: limits.output_bytes])
     run.stderr = bytes(buffers["stderr"][: limits.output_bytes])
-    _parse_events(run, bytes(buffers["result"]), token)
-    return run
+    _parse_report(run, bytes(buffers["report"]))
+    return run, _parse_values(run, bytes(buffers["values"]))
 
 
-# Python startup and the privileged boot happen inside the wall clock of the
-# child but are not the candidate's fault; allow for them on top of wall_s.
-_STARTUP_ALLOWANCE_S = 2.0
-
-
-def _parse_events(run: SandboxRun, data: bytes, token: str) -> None:
+def _parse_report(run: SandboxRun, data: bytes) -> None:
+    """Events of the runner itself (no other process holds the report pipe)."""
     started = False
     for line in data.decode(errors="replace").splitlines():
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(event, dict) or event.get("token") != token:
-            continue  # forged or corrupted line
+        if not isinstance(event, dict):
+            continue
         kind = event.get("event")
         if kind == "started":
             started = True
         elif kind == "boot_error":
             raise SandboxError(f"sandbox failed to start: {event.get('reason')}")
-        elif kind == "test":
+        elif kind == "judged":
             run.tests.append(TestOutcome(int(event["index"]), bool(event["passed"]), str(event.get("reason", ""))))
-        elif kind in ("compile_error", "setup_error", "code_error", "internal_error"):
-            run.error = f"{kind.replace('_', ' ')}: {event.get('reason', '')}"
+        elif kind == "timed_out":
+            run.timed_out = True
         elif kind == "done":
             run.completed = True
     if not started and not run.timed_out and not run.output_limit_exceeded:
         raise SandboxError(
             f"sandbox did not start (exit code {run.exit_code}): {run.stderr.decode(errors='replace')[-2000:]}"
         )
+
+
+def _parse_values(run: SandboxRun, data: bytes) -> list[dict]:
+    """What the candidate's side sent. Untrusted: any line may be forged or garbage, so
+    only well-formed messages count, the first one per test, and values are decoded
+    into fresh builtin objects (they can only be wrong answers, never a verdict)."""
+    stdio: list[dict] = []
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        try:
+            message = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if type(message) is not dict:
+            continue
+        if type(message.get("load_error")) is str and not run.error:
+            run.error = message["load_error"][:1000]
+            continue
+        index = message.get("i")
+        if type(index) is not int:
+            continue
+        if "stdout" in message:
+            if type(message["stdout"]) is str and type(message.get("ok")) is bool:
+                reason = str(message.get("reason", ""))[:600]
+                stdio.append({"i": index, "stdout": message["stdout"], "ok": message["ok"], "reason": reason})
+            continue
+        if index in run.calls:
+            continue
+        if type(message.get("v")) is str:
+            try:
+                values = loads_plain(message["v"])
+                if type(values) is not list:
+                    raise PlainDataError("not a list of values")
+            except PlainDataError as exc:
+                run.calls[index] = CallOutcome(False, [], f"result is not plain data ({exc})")
+            else:
+                run.calls[index] = CallOutcome(True, values, "")
+        elif type(message.get("error")) is str:
+            run.calls[index] = CallOutcome(False, [], message["error"][:1000])
+    return stdio

@@ -1,0 +1,261 @@
+"""``iprime data check``: the typer sub-app (registered in :mod:`iprime.cli` as ``iprime data``).
+
+``iprime data check PATH`` reads training data the way a run does (:func:`read_records`,
+:func:`prepare_rows`'s checks, the verifiers' row check) and prints what it found: rows read,
+rows per verifier, per ability and per data source, prompt lengths, and every bad row with its
+location and problem. Exit code 0 when every row is usable, 2 when any row is bad or the data
+cannot be read.
+
+The verifiers' row check is ``iprime.verifiers.check_row(reference, row) -> list[str]``, looked
+up when the command runs (``getattr(import_module("iprime.verifiers"), "check_row", None)``) and
+given the command's keys through ``iprime.verifiers.RowScoring`` when that exists; each row's
+verifier name comes from ``iprime.verifiers.verifier_for_row`` likewise. Without them (an older
+``iprime.verifiers``) prompts and references are still checked, the command says that the
+verifier check was skipped, and a row's verifier is shown as its ability (``math`` when it has
+none). Heavy imports (the tokenizer, the verifiers) happen inside the command, so
+``iprime --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from importlib import import_module
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from iprime.data.sources import (
+    DEFAULT_MAX_ROW_BYTES,
+    DataError,
+    MissingField,
+    _count_tokens,
+    _examine,
+    get_field,
+    read_records,
+)
+
+data_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Training data: check a file, directory or dataset before a run.",
+)
+
+PERCENTILES = (50, 90, 99)
+
+
+@data_app.callback()
+def _data() -> None:
+    """Training data: check a file, directory or dataset before a run."""
+
+
+@dataclass
+class VerifierHooks:
+    """What ``iprime.verifiers`` offers the check: ``check_row(reference, row) -> list[str]`` and
+    ``name_of(row) -> str`` (the verifier that would score the row); ``None`` where missing."""
+
+    check_row: Callable[[Any, Mapping], list[str]] | None
+    name_of: Callable[[Mapping], str] | None
+
+
+def verifier_hooks(
+    *,
+    reference_key: str = "auto",
+    ability_key: str = "ability",
+    source_key: str = "data_source",
+    verifier: str = "auto",
+) -> VerifierHooks:
+    """The verifiers' row check and per-row verifier lookup, bound to these keys when
+    ``iprime.verifiers.RowScoring`` exists. With one ``verifier`` for every row there is no
+    per-row check (as in training)."""
+    try:
+        mod = import_module("iprime.verifiers")
+    except ImportError:
+        return VerifierHooks(None, None)
+    check, lookup, scoring_cls = (getattr(mod, n, None) for n in ("check_row", "verifier_for_row", "RowScoring"))
+    scoring = None
+    if scoring_cls is not None:
+        scoring = scoring_cls(
+            reference_key=reference_key, ability_key=ability_key, source_key=source_key, verifier=verifier
+        )
+    if check is not None and scoring is not None:
+        check = partial(check, scoring=scoring)
+    name_of = None
+    if lookup is not None:
+
+        def name_of(row: Mapping) -> str:
+            try:
+                return lookup(row, scoring)[0]
+            except ValueError:
+                return "(no verifier)"
+
+    return VerifierHooks(check if verifier == "auto" else None, name_of)
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values (``p`` in (0, 100])."""
+    if not sorted_values:
+        raise ValueError("no values")
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def _label(row: Mapping, key: str) -> str | None:
+    try:
+        value = get_field(row, key)
+    except MissingField:
+        return None
+    return None if value is None else str(value)
+
+
+def _chars(prompt: str | Sequence[Mapping]) -> int:
+    if isinstance(prompt, str):
+        return len(prompt)
+    return sum(len(m["content"]) for m in prompt)
+
+
+def _count_table(title: str, column: str, counts: Counter) -> Table:
+    table = Table(title=title)
+    table.add_column(column)
+    table.add_column("rows", justify="right")
+    for value, n in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))):
+        table.add_row(Text("(none)" if value is None else value), str(n))
+    return table
+
+
+@data_app.command("check")
+def check(
+    path: str = typer.Argument(
+        ..., help="a .jsonl(.gz) / .json / .parquet file, a directory of them, or hf:NAME[:SPLIT]"
+    ),
+    prompt_key: str = typer.Option("prompt", help="field holding the prompt (dotted keys reach nested fields)"),
+    reference_key: str = typer.Option(
+        "auto", help="field holding the reference; auto: 'answer', else 'reward_model.ground_truth'"
+    ),
+    ability_key: str = typer.Option("ability", help="field naming a row's kind (math, code, ...)"),
+    source_key: str = typer.Option("data_source", help="field naming a row's source dataset"),
+    verifier: str = typer.Option("auto", help="auto: each row's verifier by its source / ability; or one name"),
+    tokenizer: str = typer.Option(None, help="tokenizer / model directory: prompt lengths in tokens"),
+    max_prompt_tokens: int = typer.Option(None, help="longest rendered prompt in tokens (needs --tokenizer)"),
+    overlong: str = typer.Option("drop", help="rows over --max-prompt-tokens: drop (reported) | error (bad rows)"),
+    system_prompt: str = typer.Option(None, help="system message put before string prompts"),
+    max_row_bytes: int = typer.Option(DEFAULT_MAX_ROW_BYTES, help="largest jsonl line / row in bytes"),
+    limit: int = typer.Option(None, help="check the first N rows only"),
+    show: int = typer.Option(50, help="bad rows listed at most"),
+) -> None:
+    """Read training data as a run would and report rows, verifiers, prompt lengths and bad rows.
+
+    Exit code 0: every row is usable; 2: some row is bad, or the data cannot be read.
+    """
+    console = Console()
+
+    def fail(message: str) -> NoReturn:
+        console.print(Text.assemble(("error: ", "red"), message))
+        raise typer.Exit(2)
+
+    if overlong not in ("drop", "error"):
+        fail(f"--overlong must be drop or error, got {overlong!r}")
+    if max_prompt_tokens is not None and tokenizer is None:
+        fail("--max-prompt-tokens needs --tokenizer (prompt lengths are counted in its tokens)")
+    try:
+        records = read_records(path, max_row_bytes=max_row_bytes, limit=limit)
+        hooks = verifier_hooks(
+            reference_key=reference_key, ability_key=ability_key, source_key=source_key, verifier=verifier
+        )
+    except (DataError, FileNotFoundError, ImportError, ValueError, TypeError) as err:
+        fail(str(err))
+    rows = [r.row for r in records]
+    console.print(Text(f"read {len(records)} rows from {path}" + (f" (--limit {limit})" if limit else "")))
+
+    # rows alike in (source, ability) share a verifier: one lookup per pair
+    kinds = Counter((_label(r, source_key), _label(r, ability_key)) for r in rows)
+    first_of = {}
+    for r in rows:
+        first_of.setdefault((_label(r, source_key), _label(r, ability_key)), r)
+    verifiers: Counter = Counter()
+    for pair, n in kinds.items():
+        if hooks.name_of is not None:
+            verifiers[hooks.name_of(first_of[pair])] += n
+        else:
+            verifiers[verifier if verifier != "auto" else pair[1] or "math"] += n
+    console.print(_count_table("rows per verifier", "verifier", verifiers))
+    console.print(_count_table(f"rows per {ability_key}", ability_key, Counter(a for _, a in kinds.elements())))
+    console.print(_count_table(f"rows per {source_key}", source_key, Counter(s for s, _ in kinds.elements())))
+
+    counts = None
+    try:
+        found = _examine(
+            records,
+            prompt_key=prompt_key,
+            reference_key=reference_key,
+            system_prompt=system_prompt,
+            check_row=hooks.check_row,
+        )
+        where = [r.where for r in found.records]
+        if tokenizer is not None:
+            from iprime.models import load_tokenizer
+
+            counts, failed = _count_tokens(load_tokenizer(tokenizer), found.prompts, where, prompt_key)
+            found.problems += failed
+            found.bad |= {w for w, _, _ in failed}
+    except (DataError, FileNotFoundError, ValueError, OSError) as err:
+        fail(str(err))
+    console.print(Text(f"reference key: {found.reference_key}" + (" (auto)" if reference_key == "auto" else "")))
+    n_str = sum(isinstance(p, str) for p in found.prompts)
+    console.print(Text(f"prompts: {n_str} strings, {len(found.prompts) - n_str} message lists"))
+    if hooks.check_row is None:
+        why = (
+            f"--verifier {verifier} scores every row" if verifier != "auto" else "iprime.verifiers.check_row is missing"
+        )
+        console.print(Text(f"note: references not checked by a verifier ({why})"))
+
+    if counts is not None:
+        lengths, unit = sorted(c for c in counts if c is not None), "tokens"
+    else:
+        lengths, unit = sorted(_chars(p) for p in found.prompts), "characters"
+    if lengths:
+        table = Table(title="prompt length" + (" (chat template applied)" if counts is not None else ""))
+        for name in ["unit", "rows"] + [f"p{p}" for p in PERCENTILES] + ["max"]:
+            table.add_column(name, justify="left" if name == "unit" else "right")
+        table.add_row(
+            unit, str(len(lengths)), *[f"{percentile(lengths, p):g}" for p in PERCENTILES], f"{lengths[-1]:g}"
+        )
+        console.print(table)
+        if counts is None:
+            console.print(Text("(in characters of the message contents: give --tokenizer for tokens)"))
+
+    over: list[tuple[str, int]] = []
+    if counts is not None and max_prompt_tokens is not None:
+        over = [(w, n) for w, n in zip(where, counts) if n is not None and n > max_prompt_tokens]
+        if overlong == "error":
+            found.problems += [
+                (w, prompt_key, f"prompt is {n} tokens, over max_prompt_tokens={max_prompt_tokens}") for w, n in over
+            ]
+            found.bad |= {w for w, _ in over}
+            over = []
+        elif over:
+            console.print(
+                Text(
+                    f"{len(over)} rows over --max-prompt-tokens={max_prompt_tokens} would be dropped "
+                    f"(first: {', '.join(w for w, _ in over[:5])})"
+                )
+            )
+
+    if found.problems:
+        table = Table(title=f"bad rows: {len(found.bad)} of {len(records)}")
+        for col in ("where", "field", "problem"):
+            table.add_column(col, overflow="fold")
+        for w, f, p in found.problems[:show]:
+            table.add_row(Text(w), Text(f), Text(p))
+        console.print(table)
+        if len(found.problems) > show:
+            console.print(Text(f"... and {len(found.problems) - show} more problems (--show N lists more)"))
+        console.print(Text.assemble(("FAIL: ", "red"), f"{len(found.bad)} of {len(records)} rows are bad"))
+        raise typer.Exit(2)
+    console.print(Text.assemble(("OK: ", "green"), f"{len(records) - len(over)} of {len(records)} rows usable"))

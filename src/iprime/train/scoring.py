@@ -1,0 +1,85 @@
+"""Scoring a round's rollouts: outcome rewards from the verifiers, in worker processes.
+
+Each sample is scored with a hard deadline in the verifier pool (``verify.workers`` processes,
+started once per run), so a runaway verifier or program costs its own sample a 0, never the
+run. By default each row picks its verifier by its ability / data source
+(:func:`iprime.verifiers.score_row`); a ``verifier(response, reference)`` callable given to the
+trainer scores every row instead. ``verify.workers=0`` scores in the training process.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from iprime.config import PrimeConfig
+from iprime.verifiers import RowScoring, VerifierPool, VerifyResult, score_rows, verify_batch
+
+
+def row_scoring(cfg: PrimeConfig) -> RowScoring:
+    """The per-row dispatch settings of a run's config."""
+    d = cfg.data
+    return RowScoring(
+        reference_key=d.reference_key,
+        ability_key=d.ability_key,
+        source_key=d.source_key,
+        verifier=d.verifier,
+        reward_functions=tuple(d.reward_functions),
+        reward_weights=tuple(d.reward_weights),
+        timeout_s=cfg.verify.timeout_s,
+    )
+
+
+class RolloutScorer:
+    """``score(texts, rows, references) -> (scores, metrics)``; owns the verifier pool."""
+
+    def __init__(self, cfg: PrimeConfig, verifier: Callable[[str, Any], float] | None = None) -> None:
+        self.cfg, self.verifier = cfg, verifier
+        self.scoring = row_scoring(cfg)
+        self.pool: VerifierPool | None = None
+        if verifier is not None and cfg.verify.workers > 0:
+            try:
+                pickle.dumps(verifier)
+            except Exception as err:
+                raise ValueError(
+                    f"the verifier {verifier!r} cannot be sent to the verifier worker processes ({err}); define it "
+                    "at module level, or set verify.workers=0 to score in the training process"
+                ) from None
+
+    def _pool(self) -> VerifierPool | None:
+        v = self.cfg.verify
+        if v.workers and self.pool is None:
+            memory = v.memory_limit_mb << 20 if v.memory_limit_mb else None
+            self.pool = VerifierPool(v.workers, memory_limit_bytes=memory)
+        return self.pool
+
+    def score(
+        self, texts: Sequence[str], rows: Sequence[Mapping[str, Any]], references: Sequence[Any], row_ids: Sequence[int]
+    ) -> tuple[list[float], dict[str, float]]:
+        """Scores in [0, 1] for each sample and ``verify/timeouts``, ``verify/failed`` counts."""
+        pool, timeout = self._pool(), self.cfg.verify.timeout_s
+        if self.verifier is None:
+            results = score_rows(
+                texts, rows, self.scoring, pool=pool, workers=0, timeout_s=timeout, references=references
+            )
+        else:
+            results = verify_batch(self.verifier, texts, references, pool=pool, workers=0, timeout_s=timeout)
+        scores = [checked_score(r, row) for r, row in zip(results, row_ids)]
+        failed = [r.reason for r in results if r.reason.startswith("verifier failed") and not r.timed_out]
+        if failed and len(failed) == len(results):  # a broken verifier must stop the run, not train on zeros
+            raise RuntimeError(f"the verifier failed on every sample of this round; the first: {failed[0]}")
+        return scores, {"verify/timeouts": sum(r.timed_out for r in results), "verify/failed": len(failed)}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+def checked_score(result: VerifyResult, row: int) -> float:
+    score = float(result.score)
+    if not (0.0 <= score <= 1.0) or math.isnan(score):
+        raise ValueError(f"verifier returned {score} for row {row}; scores must lie in [0, 1]")
+    return score

@@ -1,0 +1,775 @@
+"""Per-row rewards: each training row picks its verifier by its ability / data source.
+
+One run can mix math, code and reasoning-gym rows (Eurus-2-RL-Data, verl-style rows)::
+
+    {"ability": "math", "data_source": "numina_olympiads", "reward_model": {"ground_truth": "42"}, ...}
+    {"ability": "code", "data_source": "apps",
+     "reward_model": {"ground_truth": '{"inputs": ["1 2\\n"], "outputs": ["3\\n"]}'}, ...}
+
+:func:`score_row` is exactly what the trainer applies to one sample, and
+:func:`score_rows` the same over a batch in the :class:`VerifierPool`'s worker
+processes, each sample with a hard deadline.
+
+**Which verifier.** With ``RowScoring.verifier="auto"`` a row's verifier comes
+from the rules of :func:`register_row_verifier`. The row's **data source is
+looked up first, then its ability**: a source names one dataset whose format is
+known exactly, while an ability is a broad kind, so registering ``"apps"`` makes
+APPS rows use your verifier even though they say ``ability: code``. Within each
+field an exact key wins over a prefix key, and a longer prefix over a shorter
+one. A key ending in ``/`` or ``:`` is a prefix (``"reasoning_gym/"``), and so
+is one ending in ``*``, without the ``*`` (``"numina_*"``). Built-in rules:
+
+============================== ==============================================
+key                            verifier
+============================== ==============================================
+``math``                       ``"math"`` (:func:`verify_math`)
+``code``                       ``"code"`` (:func:`verify_code`)
+``arithmetic``                 ``"arithmetic"`` (the built-in task)
+``gym:`` (prefix)              ``"gym:<rest>"``: ability or source ``gym:chain_sum``
+``reasoning_gym:`` (prefix)    ``"gym:<rest>"``
+``reasoning_gym/`` (prefix)    ``"gym:<rest>"``
+============================== ==============================================
+
+A verifier name ending in ``:`` (``"gym:"``) is a family: the part of the row's
+value after the matched prefix completes it. A row no rule matches is an error
+naming its ability / source and the registered keys. With ``verifier="NAME"``
+every row uses that one verifier (:func:`iprime.verifiers.available_verifiers`).
+
+**Which reference.** ``reference_key="auto"``: the row's top-level ``answer``
+if present (and not null), else ``reward_model.ground_truth``; dotted keys
+follow nested mappings (a literal top-level key with the dots wins). Per
+verifier: math takes a string/number or a list of them; code takes tests as a
+dict or a JSON string (APPS ``{"inputs", "outputs"}``, call-based with
+``"fn_name"``, or ``{"asserts", "setup"}``); a gym row takes its reasoning-gym
+entry (the row's ``entry`` field as :class:`~iprime.verifiers.GymTask` writes
+it, or a reference mapping with ``answer``, or a bare answer plus the row's
+``metadata``).
+
+**Refuse, never score a silent 0.** A bad reference (a math reference that is a
+dict because ``reference_key`` points at ``reward_model`` instead of
+``reward_model.ground_truth``, tests that do not parse, an unknown ability) is
+reported by :func:`check_row` before training and raises ``ValueError`` from
+:func:`score_row` / :func:`score_rows`; so does a reward function that returns
+anything but a finite number. Only the response decides a 0: no answer, a wrong
+answer, failing code, a timeout, or a verifier that crashes on this sample.
+
+**Reward functions** (like TRL's): import paths ``"pkg.module:function"``,
+each called as ``fn(response, row) -> float``. With any given, a sample scores::
+
+    score = clip(verifier_score + sum_i w_i * f_i(response, row), 0, 1)
+
+(``w_i`` from ``reward_weights``, 1.0 each by default). Each ``f_i`` must
+return a finite real number, of either sign (a penalty may be negative; the
+sum is clipped); anything else (``None``, NaN, a string, a tensor), or an
+exception, is a ``ValueError`` naming the function. ``passed``/``total`` and
+``timed_out`` stay the verifier's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import numbers
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .batch import (
+    _REGISTRY,
+    SandboxRefusal,
+    Verifier,
+    VerifierPool,
+    _hard_deadline,
+    _resolve,
+    _to_result,
+    _verify_one,
+    available_verifiers,
+)
+from .result import VerifyResult
+from .sandbox import SandboxUnavailable
+
+__all__ = [
+    "RowScoring",
+    "check_row",
+    "register_row_verifier",
+    "row_reference",
+    "row_verifier_keys",
+    "score_row",
+    "score_row_detailed",
+    "score_rows",
+    "verifier_for_row",
+]
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+@dataclass
+class RowScoring:
+    """How rows are scored; the trainer builds it from ``data.*`` and ``verify.timeout_s``.
+
+    Attributes:
+        reference_key: field holding the reference; dotted keys reach nested
+            fields. ``"auto"``: ``answer`` if the row has it at top level,
+            else ``reward_model.ground_truth``.
+        ability_key: field naming the row's kind (``"math"``, ``"code"``).
+        source_key: field naming the row's dataset (``"apps"``,
+            ``"reasoning_gym/chain_sum"``); looked up before the ability.
+        verifier: ``"auto"`` (by row, see the module docstring) or one name
+            of :func:`~iprime.verifiers.available_verifiers` for every row.
+        reward_functions: import paths ``"pkg.module:function"``, each called
+            as ``fn(response, row) -> float``.
+        reward_weights: one weight per reward function (default 1.0 each).
+        timeout_s: the verifiers' own per-sample timeout (math, code); the
+            pool kills a worker at ``timeout_s + max(3, timeout_s / 4)``.
+    """
+
+    reference_key: str = "auto"
+    ability_key: str = "ability"
+    source_key: str = "data_source"
+    verifier: str = "auto"
+    reward_functions: tuple[str, ...] = ()
+    reward_weights: tuple[float, ...] = ()
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("reference_key", "ability_key", "source_key", "verifier"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"RowScoring.{name} must be a non-empty string, got {value!r}")
+        if isinstance(self.reward_functions, str) or isinstance(self.reward_weights, (str, int, float)):
+            raise TypeError("RowScoring.reward_functions / reward_weights are sequences (one entry per function)")
+        self.reward_functions = tuple(self.reward_functions)
+        self.reward_weights = tuple(self.reward_weights)
+        for path in self.reward_functions:
+            if not isinstance(path, str) or not _IMPORT_PATH.match(path):
+                raise ValueError(f"reward function {path!r} is not an import path 'package.module:function'")
+        if self.reward_weights and len(self.reward_weights) != len(self.reward_functions):
+            raise ValueError(
+                f"{len(self.reward_weights)} reward_weights for {len(self.reward_functions)} reward_functions; "
+                "give one weight per function (or none: 1.0 each)"
+            )
+        for w in self.reward_weights:
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
+                raise ValueError(f"reward weight {w!r} is not a finite number")
+        self.reward_weights = tuple(float(w) for w in self.reward_weights)
+        if not (isinstance(self.timeout_s, numbers.Real) and self.timeout_s > 0):
+            raise ValueError(f"RowScoring.timeout_s must be > 0, got {self.timeout_s!r}")
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """The weight of each reward function (``reward_weights``, or 1.0 each)."""
+        return self.reward_weights or (1.0,) * len(self.reward_functions)
+
+    @classmethod
+    def from_config(cls, data: Any, verify: Any = None) -> RowScoring:
+        """From a ``DataConfig`` (and ``VerifyConfig`` for the timeout), or anything with those fields."""
+        kwargs: dict[str, Any] = {
+            "reference_key": data.reference_key,
+            "ability_key": data.ability_key,
+            "source_key": data.source_key,
+            "verifier": data.verifier,
+            "reward_functions": tuple(data.reward_functions),
+            "reward_weights": tuple(data.reward_weights),
+        }
+        if verify is not None:
+            kwargs["timeout_s"] = verify.timeout_s
+        return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+_MISSING = object()
+
+
+def _get_field(row: Any, key: str) -> Any:
+    """``row[key]``; else follow the dots (``"reward_model.ground_truth"``), a literal key with
+    dots winning at each level and a numeric part indexing a list; ``_MISSING`` when absent.
+
+    The same reading as ``iprime.data.sources.get_field`` (the loader's), kept local so that
+    dispatch does not change under a data-module edit.
+    """
+    if isinstance(row, Mapping) and key in row:
+        return row[key]
+    head, dot, rest = key.partition(".")
+    if isinstance(row, Mapping):
+        if dot and head in row:
+            return _get_field(row[head], rest)
+        return _MISSING
+    if isinstance(row, (list, tuple)) and head.isdigit() and int(head) < len(row):
+        return row[int(head)] if not dot else _get_field(row[int(head)], rest)
+    return _MISSING
+
+
+def _reference_key(row: Mapping[str, Any], scoring: RowScoring) -> str:
+    if scoring.reference_key != "auto":
+        return scoring.reference_key
+    if isinstance(row, Mapping) and row.get("answer") is not None:
+        return "answer"
+    return "reward_model.ground_truth"
+
+
+def row_reference(row: Mapping[str, Any], scoring: RowScoring | None = None) -> Any:
+    """The row's reference per ``scoring.reference_key`` (see :class:`RowScoring`).
+
+    Raises ``ValueError`` naming the key and the row's keys when it is missing or null.
+    """
+    scoring = scoring or RowScoring()
+    key = _reference_key(row, scoring)
+    value = _get_field(row, key)
+    if value is _MISSING or value is None:
+        what = "missing" if value is _MISSING else "null"
+        auto = (
+            " (reference_key=auto: 'answer', else 'reward_model.ground_truth')"
+            if scoring.reference_key == "auto"
+            else ""
+        )
+        keys = sorted(map(str, row)) if isinstance(row, Mapping) else type(row).__name__
+        raise ValueError(f"the reference field {key!r}{auto} is {what}; the row has {keys}: set data.reference_key")
+    return value
+
+
+# ----------------------------------------------------------------------------- dispatch registry
+
+
+# key (ability / data_source value, or a prefix) -> verifier name, or a picklable Verifier.
+_ROW_VERIFIERS: dict[str, str | Verifier] = {
+    "math": "math",
+    "code": "code",
+    "arithmetic": "arithmetic",
+    "gym:": "gym:",
+    "reasoning_gym:": "gym:",
+    "reasoning_gym/": "gym:",
+}
+
+
+def _prefix_of(key: str) -> str | None:
+    """The prefix a key matches, or ``None`` for an exact key."""
+    if key.endswith("*"):
+        return key[:-1]
+    if key.endswith(("/", ":")):
+        return key
+    return None
+
+
+def register_row_verifier(key: str, verifier: str | Verifier) -> None:
+    """Rows whose data source or ability is ``key`` use ``verifier``.
+
+    Args:
+        key: an ability value (``"math"``), a data-source value (``"apps"``),
+            or a prefix: a key ending in ``/`` or ``:`` (``"reasoning_gym/"``),
+            or in ``*`` (``"numina_*"`` matches ``numina_olympiads``).
+        verifier: a verifier name (:func:`~iprime.verifiers.available_verifiers`,
+            e.g. ``"math"``, ``"gym:chain_sum"``), a family name ending in
+            ``:`` (``"gym:"``, prefix keys only: the row's value after the
+            prefix completes it), or a ``(response, reference) -> float``
+            callable. To run in the worker pool a callable must be picklable
+            (a module-level function or an instance of a module-level class).
+
+    Re-registering a key replaces its rule; the data source is looked up
+    before the ability (see the module docstring).
+    """
+    if not isinstance(key, str) or not key or key == "*":
+        raise ValueError(f"row verifier key must be a non-empty string, got {key!r}")
+    if isinstance(verifier, str):
+        if verifier.endswith(":"):
+            if _prefix_of(key) is None:
+                raise ValueError(
+                    f"verifier family {verifier!r} needs a prefix key (ending in '/', ':' or '*'), got {key!r}"
+                )
+            if verifier != "gym:":
+                raise ValueError(f"unknown verifier family {verifier!r}; the only family is 'gym:'")
+        elif verifier not in _REGISTRY and not (verifier.startswith("gym:") and len(verifier) > 4):
+            raise ValueError(f"unknown verifier {verifier!r}; available: {available_verifiers()}")
+    elif not callable(verifier):
+        raise TypeError(f"expected a verifier name or a callable, got {type(verifier).__name__}")
+    _ROW_VERIFIERS[key] = verifier
+
+
+def row_verifier_keys() -> list[str]:
+    """The registered dispatch keys (exact keys and prefixes)."""
+    return sorted(_ROW_VERIFIERS)
+
+
+def _lookup(value: str) -> tuple[str | Verifier, str] | None:
+    """(rule target, verifier name or '') for one ability / source value, or ``None``."""
+    target = _ROW_VERIFIERS.get(value)
+    if target is not None and (_prefix_of(value) is None or not (isinstance(target, str) and target.endswith(":"))):
+        return target, target if isinstance(target, str) else ""
+    best: str | None = None
+    for key in _ROW_VERIFIERS:
+        prefix = _prefix_of(key)
+        if prefix and len(value) > len(prefix) and value.startswith(prefix):
+            if best is None or len(prefix) > len(_prefix_of(best) or ""):
+                best = key
+    if best is None:
+        return None
+    target = _ROW_VERIFIERS[best]
+    if isinstance(target, str) and target.endswith(":"):
+        return target, target + value[len(_prefix_of(best) or "") :]
+    return target, target if isinstance(target, str) else ""
+
+
+def _callable_name(fn: Any) -> str:
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}:{name}"
+
+
+_VERIFIERS: dict[tuple, Verifier] = {}
+
+
+def _verifier_by_name(name: str, timeout_s: float) -> Verifier:
+    key = (name, float(timeout_s), id(_REGISTRY.get(name)))
+    verifier = _VERIFIERS.get(key)
+    if verifier is None:
+        try:
+            verifier = _resolve(name, timeout_s)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        _VERIFIERS[key] = verifier
+    return verifier
+
+
+def _field(row: Mapping[str, Any], key: str) -> Any:
+    value = _get_field(row, key)
+    return None if value is _MISSING else value
+
+
+def verifier_for_row(row: Mapping[str, Any], scoring: RowScoring | None = None) -> tuple[str, Verifier]:
+    """``(name, verifier)`` that scores ``row``: by data source, then ability (module docstring).
+
+    ``name`` is the verifier's registry name (``"math"``, ``"gym:chain_sum"``)
+    or, for a registered callable, its ``module:qualname``. A row no rule
+    matches raises ``ValueError`` naming its ability / source values and the
+    registered keys.
+    """
+    scoring = scoring or RowScoring()
+    if not isinstance(row, Mapping):
+        raise ValueError(f"a row must be a mapping, got {type(row).__name__}")
+    if scoring.verifier != "auto":
+        return scoring.verifier, _verifier_by_name(scoring.verifier, scoring.timeout_s)
+    source = _field(row, scoring.source_key)
+    ability = _field(row, scoring.ability_key)
+    for value in (source, ability):
+        if isinstance(value, str) and value:
+            found = _lookup(value)
+            if found is not None:
+                target, name = found
+                if name:
+                    return name, _verifier_by_name(name, scoring.timeout_s)
+                return _callable_name(target), target  # type: ignore[return-value]
+
+    def shown(key: str, value: Any) -> str:
+        return f"{key}={value!r}" if value is not None else f"no {key!r} field"
+
+    raise ValueError(
+        f"no verifier for this row ({shown(scoring.ability_key, ability)}, {shown(scoring.source_key, source)}); "
+        f"registered abilities / sources: {row_verifier_keys()}. Register one with "
+        "iprime.verifiers.register_row_verifier(key, verifier), or score every row with one verifier "
+        f"(data.verifier=NAME, one of {available_verifiers()})"
+    )
+
+
+# ----------------------------------------------------------------------------- references, per verifier
+
+
+class _RowProblem(ValueError):
+    """A row or setting that cannot be scored: raised, never scored 0."""
+
+
+_MATH_TYPES = (str, int, float)
+
+
+def _math_reference(reference: Any, key: str) -> Any:
+    if isinstance(reference, Mapping):
+        keys = sorted(map(str, reference))
+        inner = [k for k in ("ground_truth", "answer", "solution", "target") if k in reference]
+        if inner:
+            hint = f": did you mean data.reference_key={key}.{inner[0]}?"
+        else:
+            hint = ": point data.reference_key at the gold answer (e.g. reward_model.ground_truth)"
+        raise _RowProblem(f"the reference is a dict with keys {keys}{hint}")
+    items = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+    if not items:
+        raise _RowProblem("the reference is an empty list: no gold answer to compare with")
+    for item in items:
+        where = "the reference" if len(items) == 1 and not isinstance(reference, (list, tuple)) else "a reference item"
+        if isinstance(item, bool) or not isinstance(item, _MATH_TYPES):
+            raise _RowProblem(
+                f"{where} is a {type(item).__name__} ({str(item)[:80]!r}); a math reference is a string or a "
+                "number, or a list of them"
+            )
+        if isinstance(item, float) and not math.isfinite(item):
+            raise _RowProblem(f"{where} is {item!r}")
+        if isinstance(item, str) and not item.strip():
+            raise _RowProblem(f"{where} is an empty string: every answer would score 0")
+    return reference
+
+
+def _fallback_parse_tests(tests: Mapping[str, Any] | str) -> dict:
+    """JSON string -> dict; dicts pass through (until ``iprime.verifiers.code.parse_tests`` exists)."""
+    if isinstance(tests, (str, bytes)):
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"code tests are not valid JSON: {err}") from None
+    if not isinstance(tests, Mapping):
+        raise ValueError(f"code tests must be a dict or a JSON object, got {type(tests).__name__}")
+    if "fn_name" in tests:
+        raise ValueError(
+            "call-based tests ('fn_name') need iprime.verifiers.code.parse_tests, which this install lacks"
+        )
+    return dict(tests)
+
+
+def _parse_tests(tests: Any) -> tuple[Any, bool]:
+    """(parsed tests, whether the code verifier's own parser did it)."""
+    try:
+        from .code import parse_tests
+    except ImportError:
+        return _fallback_parse_tests(tests), False
+    return parse_tests(tests), True
+
+
+def _code_reference(reference: Any) -> Any:
+    try:
+        tests, official = _parse_tests(reference)
+    except (ValueError, TypeError) as err:
+        raise _RowProblem(str(err)) from None
+    if not isinstance(tests, Mapping):
+        if official:
+            return tests  # the code verifier's own form; it knows how to read it
+        raise _RowProblem(f"code tests must be a dict, got {type(tests).__name__}")
+    if "asserts" in tests:
+        asserts = tests["asserts"]
+        if isinstance(asserts, str) or not isinstance(asserts, Sequence) or len(asserts) == 0:
+            raise _RowProblem("tests['asserts'] is empty: nothing would be verified")
+    elif "inputs" in tests or "outputs" in tests:
+        inputs, outputs = tests.get("inputs"), tests.get("outputs")
+        if not isinstance(inputs, Sequence) or not isinstance(outputs, Sequence) or isinstance(inputs, str):
+            raise _RowProblem("tests need both 'inputs' and 'outputs' lists")
+        if len(inputs) == 0:
+            raise _RowProblem("tests['inputs'] is empty: nothing would be verified")
+        if len(inputs) != len(outputs):
+            raise _RowProblem(f"tests have {len(inputs)} inputs but {len(outputs)} outputs")
+        if "fn_name" not in tests and not all(isinstance(x, str) for x in inputs):
+            raise _RowProblem(
+                "tests['inputs'] are not all text (stdin) and there is no 'fn_name': "
+                "call-based tests need the function's name in 'fn_name'"
+            )
+    elif not official:
+        raise _RowProblem(
+            f"code tests have keys {sorted(map(str, tests))}; expected 'inputs' and 'outputs' (optionally "
+            "'fn_name'), or 'asserts' (and 'setup')"
+        )
+    return tests
+
+
+def _gym_entry(reference: Any, row: Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(reference, Mapping):
+        entry = reference
+    elif isinstance(row.get("entry"), Mapping):
+        entry = row["entry"]  # what GymTask.row writes beside "answer"
+    elif isinstance(reference, (str, int, float)) and not isinstance(reference, bool):
+        metadata = row.get("metadata")
+        entry = {"answer": str(reference), "metadata": dict(metadata) if isinstance(metadata, Mapping) else {}}
+    else:
+        raise _RowProblem(
+            f"a reasoning-gym reference is its entry (a dict with 'answer') or an answer string, "
+            f"got {type(reference).__name__}"
+        )
+    if "answer" not in entry:
+        keys = sorted(map(str, entry))
+        hint = "" if "ground_truth" not in entry else " (it has 'ground_truth': set data.reference_key to the entry)"
+        raise _RowProblem(f"the reasoning-gym entry has no 'answer'; keys {keys}{hint}")
+    return entry
+
+
+def _arithmetic_reference(reference: Any) -> Any:
+    from iprime.data.boxed import parse_int_answer
+
+    if isinstance(reference, bool) or not (
+        isinstance(reference, int) or (isinstance(reference, str) and parse_int_answer(reference) is not None)
+    ):
+        raise _RowProblem(f"the arithmetic reference must be an integer, got {reference!r}")
+    return reference
+
+
+def _prepare_reference(name: str, reference: Any, row: Mapping[str, Any], key: str) -> Any:
+    """The reference as the verifier takes it; ``_RowProblem`` when the row cannot be scored."""
+    if reference is None:
+        raise _RowProblem(f"the reference ({key!r}) is missing or null")
+    if name == "math":
+        return _math_reference(reference, key)
+    if name == "code":
+        return _code_reference(reference)
+    if name.startswith("gym:"):
+        return _gym_entry(reference, row)
+    if name == "arithmetic":
+        return _arithmetic_reference(reference)
+    return reference
+
+
+@dataclass(frozen=True)
+class _Plan:
+    name: str
+    verifier: Verifier
+    reference: Any
+
+
+def _plan(row: Mapping[str, Any], scoring: RowScoring, reference: Any = _MISSING) -> _Plan:
+    """Verifier and prepared reference of one row; ``ValueError`` when it cannot be scored."""
+    name, verifier = verifier_for_row(row, scoring)
+    if reference is _MISSING:
+        reference = row_reference(row, scoring)
+    try:
+        prepared = _prepare_reference(name, reference, row, _reference_key(row, scoring))
+    except _RowProblem as err:
+        raise _RowProblem(f"{name} row: {err}") from None
+    return _Plan(name, verifier, prepared)
+
+
+def _gym_self_check(verifier: Verifier, entry: Mapping[str, Any]) -> list[str]:
+    """The entry's own answer must score 1 with its dataset's scorer (else every sample would fail)."""
+    try:
+        task = verifier._get_task()  # type: ignore[attr-defined]
+        score = float(task.dataset.score_answer(str(entry["answer"]), dict(entry)))
+    except ImportError as err:
+        return [str(err)]
+    except Exception as err:  # noqa: BLE001 - any failure means the row cannot be scored
+        return [f"reasoning-gym cannot score this entry: {type(err).__name__}: {err}"]
+    if score < 1.0:
+        return [f"the entry's own answer scores {score:g}, not 1, with its dataset's scorer (missing metadata?)"]
+    return []
+
+
+def check_row(reference: Any, row: Mapping[str, Any], scoring: RowScoring | None = None) -> list[str]:
+    """Problems that keep ``row`` from being scored, found before training (empty list: none).
+
+    ``reference`` is the row's reference as the loader read it (``scoring``'s
+    ``reference_key``). Checks: a verifier matches the row's ability / source;
+    math: the reference is a non-empty string / number, or a list of them (a
+    dict is refused with a hint at ``reward_model.ground_truth``); code: the
+    tests parse (``iprime.verifiers.code.parse_tests``) into a non-empty test
+    list, with ``fn_name`` for call-based tests; reasoning-gym: the dataset
+    exists and the entry's own answer scores 1; arithmetic: an integer.
+    :func:`score_row` raises ``ValueError`` on the same problems.
+    """
+    scoring = scoring or RowScoring()
+    try:
+        name, verifier = verifier_for_row(row, scoring)
+    except ValueError as err:
+        return [str(err)]
+    try:
+        prepared = _prepare_reference(name, reference, row, _reference_key(row, scoring))
+    except _RowProblem as err:
+        return [f"{name} row: {err}"]
+    if name.startswith("gym:") and hasattr(verifier, "_get_task"):
+        return [f"{name} row: {p}" for p in _gym_self_check(verifier, prepared)]
+    return []
+
+
+# ----------------------------------------------------------------------------- reward functions
+
+
+_REWARD_FUNCTIONS: dict[str, Callable[[str, Mapping[str, Any]], float]] = {}
+
+
+def _load_reward_function(path: str) -> Callable[[str, Mapping[str, Any]], float]:
+    fn = _REWARD_FUNCTIONS.get(path)
+    if fn is not None:
+        return fn
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise _RowProblem(f"reward function {path!r}: cannot import {module_name!r}: {err}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise _RowProblem(f"reward function {path!r}: {module_name!r} has no {attr!r}") from None
+    if not callable(obj):
+        raise _RowProblem(f"reward function {path!r} is a {type(obj).__name__}, not a function")
+    _REWARD_FUNCTIONS[path] = obj
+    return obj
+
+
+def _reward_functions(scoring: RowScoring) -> list[Callable[[str, Mapping[str, Any]], float]]:
+    return [_load_reward_function(p) for p in scoring.reward_functions]
+
+
+def _with_rewards(result: VerifyResult, response: str, row: Mapping[str, Any], scoring: RowScoring) -> VerifyResult:
+    """``clip(verifier score + sum_i w_i f_i(response, row), 0, 1)``; a bad return value raises."""
+    total = float(result.score)
+    parts = []
+    for path, fn, weight in zip(scoring.reward_functions, _reward_functions(scoring), scoring.weights):
+        try:
+            value = fn(response, row)
+        except Exception as err:
+            raise _RowProblem(f"reward function {path!r} raised {type(err).__name__}: {err}") from err
+        if not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+            raise _RowProblem(
+                f"reward function {path!r} returned {value!r} ({type(value).__name__}); it must return a finite float"
+            )
+        total += weight * float(value)
+        parts.append(f"{path}={float(value):g}x{weight:g}")
+    score = min(1.0, max(0.0, total))
+    reason = f"{result.reason}; verifier {result.score:g} + rewards {', '.join(parts)} -> {score:g}"
+    return dataclasses.replace(result, score=score, reason=reason)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _check_score(result: VerifyResult, name: str) -> VerifyResult:
+    score = result.score
+    if isinstance(score, bool) or not isinstance(score, numbers.Real) or not (0.0 <= float(score) <= 1.0):
+        raise _RowProblem(f"verifier {name!r} returned {score!r}; scores must be numbers in [0, 1]")
+    return result
+
+
+def _score_planned(
+    response: str, row: Mapping[str, Any] | None, scoring: RowScoring, name: str, verifier: Verifier, reference: Any
+) -> VerifyResult:
+    """Verifier + reward functions for one sample (in this process). Row problems raise ``_RowProblem``."""
+    result = _check_score(_verify_one(verifier, response, reference), name)
+    if scoring.reward_functions:
+        assert row is not None
+        result = _with_rewards(result, response, row, scoring)
+    return result
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A worker's report of a :class:`_RowProblem` (raised again in the parent)."""
+
+    message: str
+
+
+def _score_task(
+    response: str, row: Mapping[str, Any] | None, scoring: RowScoring, name: str, verifier: Verifier, reference: Any
+) -> VerifyResult | _Refused | SandboxRefusal:
+    """The pool's task (module-level, so picklable). A verifier's own exception fails only its sample."""
+    try:
+        return _score_planned(response, row, scoring, name, verifier, reference)
+    except _RowProblem as err:
+        return _Refused(str(err))
+    except SandboxUnavailable as err:  # raised in the parent by _to_result: never a silent 0
+        return SandboxRefusal(str(err))
+
+
+def score_row_detailed(response: str, row: Mapping[str, Any], scoring: RowScoring | None = None) -> VerifyResult:
+    """Score ``response`` for ``row`` in this process, exactly as the trainer does; see :func:`score_row`."""
+    scoring = scoring or RowScoring()
+    plan = _plan(row, scoring)
+    return _score_planned(response, row, scoring, plan.name, plan.verifier, plan.reference)
+
+
+def score_row(response: str, row: Mapping[str, Any], scoring: RowScoring | None = None) -> float:
+    """The reward in [0, 1] of ``response`` for ``row``: its verifier's score, plus weighted reward functions.
+
+    The verifier comes from the row's data source / ability
+    (:func:`verifier_for_row`), the reference from ``scoring.reference_key``.
+    A row that cannot be scored (no rule matches, a bad reference, a reward
+    function returning a non-finite value) raises ``ValueError``; a wrong,
+    missing or timed-out answer scores 0. An exception of the verifier itself
+    propagates here (:func:`score_rows` scores that sample 0 with the reason).
+    """
+    return score_row_detailed(response, row, scoring).score
+
+
+def score_rows(
+    responses: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    scoring: RowScoring | None = None,
+    *,
+    pool: VerifierPool | None = None,
+    workers: int = 2,
+    timeout_s: float | None = None,
+    references: Sequence[Any] | None = None,
+) -> list[VerifyResult]:
+    """:func:`score_row_detailed` for each ``(response, row)``, in worker processes; input order.
+
+    Args:
+        responses, rows: equally long; ``rows[i]`` is the row ``responses[i]``
+            answers (the same row object may repeat, K times per prompt).
+        scoring: dispatch settings (default :class:`RowScoring()`).
+        pool: a running :class:`VerifierPool` to reuse (a trainer keeps one
+            for the whole run); else ``workers`` processes are started for
+            this call, and ``workers=0`` scores inline in this process (no
+            hard deadline, no isolation from a crashing verifier).
+        timeout_s: per-sample limit, replacing ``scoring.timeout_s``: the
+            verifiers' own timeout; the worker is killed at
+            ``timeout_s + max(3, timeout_s / 4)``.
+        references: the rows' references if already read (the loader's
+            ``data.reference_key``); else read with ``scoring.reference_key``.
+
+    Every row is checked here, before any sample is sent: a row that cannot
+    be scored raises ``ValueError`` naming its index, and so does a reward
+    function's bad return value. A sample whose verifier raises, crashes its
+    worker or overruns scores 0 with the reason, ``timed_out`` set for
+    overruns; the other samples are unaffected.
+    """
+    if len(responses) != len(rows):
+        raise ValueError(f"{len(responses)} responses but {len(rows)} rows")
+    if references is not None and len(references) != len(rows):
+        raise ValueError(f"{len(references)} references but {len(rows)} rows")
+    scoring = scoring or RowScoring()
+    if timeout_s is not None and timeout_s != scoring.timeout_s:
+        scoring = dataclasses.replace(scoring, timeout_s=timeout_s)
+    if not responses:
+        return []
+    _reward_functions(scoring)  # import errors surface here, not in every worker
+    plans: dict[tuple[int, int], _Plan] = {}  # K samples of a row share one plan (code tests parse once)
+    tasks = []
+    for i, (response, row) in enumerate(zip(responses, rows)):
+        reference = _MISSING if references is None else references[i]
+        plan = plans.get((id(row), id(reference)))
+        if plan is None:
+            try:
+                plan = _plan(row, scoring, reference)
+            except ValueError as err:
+                raise ValueError(f"row {i}: {err}") from None
+            plans[(id(row), id(reference))] = plan
+        send_row = row if scoring.reward_functions else None  # big code rows travel only when needed
+        tasks.append((response, send_row, scoring, plan.name, plan.verifier, plan.reference))
+
+    if pool is None and workers == 0:
+        results = []
+        for i, task in enumerate(tasks):
+            start = time.monotonic()
+            try:
+                results.append(_score_planned(*task))
+            except _RowProblem as err:
+                raise ValueError(f"sample {i}: {err}") from err
+            except SandboxUnavailable:  # no sandbox here: one loud refusal, never a silent 0
+                raise
+            except Exception as err:  # a verifier's failure on one sample is that sample's 0
+                results.append(VerifyResult(0.0, 0, 0, f"verifier failed: {err!r}", time.monotonic() - start))
+        return results
+    if pool is None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        with VerifierPool(min(workers, len(tasks))) as own:
+            return _run_in_pool(own, tasks, scoring)
+    return _run_in_pool(pool, tasks, scoring)
+
+
+def _run_in_pool(pool: VerifierPool, tasks: list[tuple], scoring: RowScoring) -> list[VerifyResult]:
+    outcomes = pool._map(_score_task, tasks, _hard_deadline(None, scoring.timeout_s))
+    results = []
+    for i, outcome in enumerate(outcomes):
+        if outcome.ok and isinstance(outcome.value, _Refused):
+            raise ValueError(f"sample {i}: {outcome.value.message}")
+        results.append(_to_result(outcome))
+    return results

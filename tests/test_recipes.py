@@ -1,0 +1,227 @@
+"""Run configs: every recipe loads and carries the paper's values; ``iprime config show`` prints
+every key with its documentation; the quickstart's settings have one source; the GPU check
+refuses to run without CUDA; ``make setup-gpu`` installs vLLM before iprime."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from iprime.config import PrimeConfig, load_config
+from iprime.config_show import config_app, field_docs
+from iprime.quickstart import QuickstartConfig, packaged_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
+PACKAGED = sorted((ROOT / "src" / "iprime" / "configs").glob("*.yaml"))
+EURUS = ROOT / "configs" / "eurus2_7b_prime.yaml"
+SINGLE_GPU = ROOT / "configs" / "qwen2.5_1.5b_single_gpu.yaml"
+
+
+def leaf_keys(cls: type = PrimeConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the config tree, from the dataclasses themselves."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += leaf_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def flat_keys(data: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in data.items():
+        out += flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return out
+
+
+# ------------------------------------------------------------------------------------ recipes
+def test_the_recipes_are_there():
+    assert {p.name for p in RECIPES} >= {"eurus2_7b_prime.yaml", "qwen2.5_1.5b_single_gpu.yaml"}
+    assert [p.name for p in PACKAGED] == ["cpu_quickstart.yaml"]
+
+
+@pytest.mark.parametrize("path", RECIPES + PACKAGED, ids=lambda p: p.name)
+def test_every_config_loads_and_validates(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, PrimeConfig)
+    data = yaml.safe_load(path.read_text())
+    # every key the file sets is a config key and took the file's value
+    for key in flat_keys(data):
+        assert key in leaf_keys(), key
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        assert value == data[section][name], key
+
+
+def test_eurus_recipe_has_the_papers_values():
+    cfg = load_config(EURUS)
+    assert cfg.model.policy == "PRIME-RL/Eurus-2-7B-SFT"
+    assert cfg.model.prm is None and cfg.model.reference == "sft"  # PRM and reference start as the SFT model
+    assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.warmup_steps) == (5e-7, "constant", 0)
+    assert (cfg.prm.lr, cfg.prm.grad_clip, cfg.prm.beta) == (1e-6, 10.0, 0.05)
+    assert (cfg.rollout.n, cfg.rollout.prompts_per_step) == (4, 256)
+    # the fork's ppo_mini_batch_size=256 counts rows (responses): 1024 responses -> 4 updates per step
+    assert cfg.optim.mini_batch_size == 256
+    assert cfg.rollout.prompts_per_step * cfg.rollout.n // cfg.optim.mini_batch_size == 4
+    assert (cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens) == (1024, 3072)
+    assert cfg.rollout.vllm_max_model_len >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    assert (cfg.algo.estimator, cfg.algo.rm_coef, cfg.algo.outcome_coef) == ("prime", 5.0, 5.0)
+    assert (cfg.filter.enabled, cfg.filter.low, cfg.filter.high, cfg.filter.drop_truncated) == (True, 0.2, 0.8, True)
+    assert (cfg.algo.gamma, cfg.algo.outcome_gamma) == (1.0, 1.0)
+    assert (cfg.algo.kl_coef, cfg.algo.kl_mode, cfg.algo.entropy_coef) == (0.0, "none", 0.0)
+    assert (cfg.prm.granularity, cfg.prm.update, cfg.prm.loss, cfg.prm.lora) == ("token", "after", "ce", False)
+    assert (cfg.rollout.engine, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k) == ("vllm", 1.0, 1.0, 0)
+    assert (cfg.model.device, cfg.model.dtype, cfg.model.autocast) == ("cuda", "float32", "bf16")
+    assert (cfg.optim.clip_low, cfg.optim.clip_high, cfg.optim.grad_clip, cfg.optim.epochs) == (0.2, 0.2, 1.0, 1)
+    assert (cfg.data.train_path, cfg.data.reference_key, cfg.data.verifier) == ("data/train.parquet", "auto", "auto")
+    assert cfg.rollout.prompts_per_step % 8 == 0  # torchrun over 8 GPUs: equal shares of whole groups
+
+
+def test_single_gpu_recipe_keeps_to_its_assumptions():
+    cfg = load_config(SINGLE_GPU)
+    assert cfg.model.policy.startswith("Qwen/Qwen2.5-")
+    assert cfg.prm.lora or cfg.model.reference == "policy"  # one set of base weights fewer
+    assert cfg.model.gradient_checkpointing and cfg.model.autocast == "bf16"
+    assert cfg.rollout.engine == "vllm" and 0.0 < cfg.rollout.vllm_gpu_memory_utilization <= 0.5
+    assert cfg.rollout.prompts_per_step < 256 and cfg.rollout.n == 4 and cfg.prm.beta == 0.05
+    # Qwen2.5-Math-1.5B has a 4096-token window: prompt + response must fit the engine's length
+    assert cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens <= cfg.rollout.vllm_max_model_len <= 4096
+
+
+# --------------------------------------------------------------------- quickstart: one source
+def test_the_quickstart_settings_have_one_source():
+    assert not (ROOT / "configs" / "cpu_quickstart.yaml").exists()  # no copy beside the recipes
+    assert packaged_config().read_text() == (ROOT / "src/iprime/configs/cpu_quickstart.yaml").read_text()
+    qc = QuickstartConfig()
+    with qc.prime_config_path() as path:
+        cfg = load_config(path, ["train.steps=7"])
+    assert (cfg.train.steps, cfg.optim.lr, cfg.prm.lr, cfg.rollout.prompts_per_step) == (7, 3e-5, 3e-4, 16)
+    # the override form that older callers compose gives the same config
+    assert load_config(None, [*qc.prime_overrides, "train.steps=7"]) == cfg
+
+
+def test_a_quickstart_settings_file_can_be_swapped(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("optim:\n  lr: 1.0e-4\n")
+    qc = QuickstartConfig(prime_config=str(mine))
+    with qc.prime_config_path() as path:
+        assert load_config(path).optim.lr == 1e-4
+    assert qc.prime_overrides == ("optim.lr=0.0001",)
+
+
+# --------------------------------------------------------------------------------- config show
+def show(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(config_app, ["show", *args])
+    return result.exit_code, result.output
+
+
+def entries(output: str) -> dict[str, tuple[str, str]]:
+    """``{key: (value, documentation)}`` from ``config show`` output."""
+    out: dict[str, list] = {}
+    key = None
+    for line in output.splitlines():
+        if line.startswith("    ") and key is not None:
+            out[key][1].append(line.strip())
+        elif " = " in line and not line.startswith(("#", "[")):
+            key, value = line.split(" = ", 1)
+            out[key] = [value.split("    (default: ")[0], []]
+        else:
+            key = None
+    return {k: (v, " ".join(doc)) for k, (v, doc) in out.items()}
+
+
+def test_config_show_prints_every_key_with_its_value_and_doc():
+    code, output = show("--config", str(EURUS))
+    assert code == 0, output
+    shown = entries(output)
+    assert sorted(shown) == sorted(leaf_keys())
+    assert shown["model.policy"][0] == "PRIME-RL/Eurus-2-7B-SFT"
+    assert shown["optim.lr"][0] == "5e-07" and shown["rollout.max_new_tokens"][0] == "3072"
+    assert shown["model.prm"][0] == "null" and shown["filter.enabled"][0] == "true"
+    # documented keys show their docstring, whole; the others their type
+    assert shown["rollout.n"][1] == "K, responses per prompt (the paper uses 4)."
+    assert shown["prm.beta"][1] == "Scale of the implicit reward ``beta * log(pi_phi / pi_ref)``."
+    assert shown["filter.low"][1] == "type: float"
+    assert shown["model.dtype"][1] == "type: one of: float32, bfloat16, float16"
+    assert shown["rollout.vllm_max_model_len"][1] == "type: int or null"
+    assert all(doc for _, doc in shown.values())
+    documented = 0
+    hints = typing.get_type_hints(PrimeConfig)
+    for section in dataclasses.fields(PrimeConfig):
+        for name, doc in field_docs(hints[section.name]).items():
+            assert shown[f"{section.name}.{name}"][1] == doc
+            documented += 1
+    assert documented == sum(not doc.startswith("type: ") for _, doc in shown.values()) >= 40
+
+
+def test_config_show_applies_overrides_and_marks_what_differs_from_the_default():
+    code, output = show("--config", str(EURUS), "rollout.n=8", "algo.rm_coef=2")
+    assert code == 0, output
+    shown = entries(output)
+    assert shown["rollout.n"][0] == "8" and shown["algo.rm_coef"][0] == "2.0"
+    assert "rollout.n = 8    (default: 4)" in output.splitlines()
+    code, output = show("--changed", "--no-docs", "rollout.n=8", "model.policy=a/b")
+    assert code == 0
+    assert output.splitlines()[1:] == [
+        "[model] Which models play the three roles.",
+        'model.policy = a/b    (default: "")',
+        "",
+        "[rollout] Sampling of K responses per prompt.",
+        "rollout.n = 8    (default: 4)",
+    ]
+
+
+def test_config_show_does_not_cut_long_docs():
+    code, output = show("--width", "40")
+    assert code == 0
+    doc = entries(output)["data.train_path"][1]
+    assert doc.endswith("``None`` when rows are passed in Python.") and len(doc) > 200
+    code, output = show("--width", "0")
+    lines = output.splitlines()
+    i = lines.index("data.train_path = null")
+    assert lines[i + 1].strip() == doc  # one line, unwrapped
+
+
+def test_config_show_refuses_an_unknown_key_like_train_does():
+    code, output = show("rollout.nn=8")
+    assert code == 2
+    assert "config error" in output and "rollout.nn" in output
+
+
+# ---------------------------------------------------------------------------------- GPU path
+def test_gpu_check_without_cuda_exits_2_with_its_message(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, on any machine
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "gc")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "no CUDA device" in proc.stderr and "make setup-gpu" in proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "gc").exists()
+
+
+def test_setup_gpu_installs_vllm_first_and_pins_its_torch():
+    proc = subprocess.run(["make", "-n", "setup-gpu"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    vllm = next(i for i, line in enumerate(lines) if 'install -q "vllm' in line)
+    freeze = next(i for i, line in enumerate(lines) if "freeze" in line and "constraints-gpu.txt" in line)
+    iprime = next(i for i, line in enumerate(lines) if "-c constraints-gpu.txt -e" in line)
+    assert vllm < freeze < iprime
+    assert ".venv-gpu" in lines[iprime] and "-c constraints.txt" not in proc.stdout  # not the CPU pin
+    pins = [x for x in (ROOT / "constraints-gpu.txt").read_text().splitlines() if x and not x.startswith("#")]
+    assert any(p.startswith("torch==") for p in pins) and any(p.startswith("vllm==") for p in pins)
