@@ -17,7 +17,6 @@ checkpoints written and resumed by ``train/checkpoint.py``.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +46,7 @@ from iprime.train.logging import MetricsLogger
 from iprime.train.passes import ForwardPasses
 from iprime.train.ppo_update import PolicyUpdate, update_value, value_estimates
 from iprime.train.prm_update import prm_metrics, process_rewards, step_delimiter_ids, update_prm
+from iprime.train.progress import batch_metrics, progress_bar
 from iprime.train.scoring import RolloutScorer
 
 
@@ -448,40 +448,3 @@ class PrimeTrainer:
         if ref == "policy":
             return str((directory / "policy").resolve())
         return ref
-
-
-def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
-    """Size, accuracy and mean response length of the step's global batch."""
-    return {
-        "batch/size": len(batch),
-        "batch/acc": float(batch.tensors["outcome"].mean()),
-        "batch/response_length": float(batch.response_mask.bool().sum(-1).float().mean()),
-    }
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool, total: int, completed: int):
-    """Yields ``advance(step, metrics)``, which moves a rich progress bar (drawn when ``enabled``)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = [
-        TextColumn("PRIME"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-    ]
-    with Progress(*columns, disable=not enabled, transient=False) as bar:
-        task = bar.add_task("train", total=total, completed=completed, info="")
-
-        def advance(step: int, m: dict[str, Any]) -> None:
-            info = (
-                f"acc {m.get('rollout/acc_before_filter', 0):.2f} kept {m.get('rollout/kept_group_frac', 0):.2f} "
-                f"prm_acc {m.get('prm/pairwise_acc', float('nan')):.2f} "
-                f"len {m.get('rollout/response_length', 0):.0f}"
-            )
-            if "empty" in m:  # shown, not hidden in the metrics file
-                info += f" [EMPTY STEP: {m['empty']}]"
-            bar.update(task, completed=step, info=info)
-
-        yield advance
