@@ -109,11 +109,8 @@ def _batch_loss(
     return prm_dpo_loss(prm_logp, ref_logp, mask, labels, config.beta, group_size=2)
 
 
-@torch.no_grad()
-def evaluate_prm_loss(prm, ref, tokenizer, rows: Sequence[Mapping], config: OfflinePRMConfig | None = None) -> float:
-    """The training objective of ``config.loss`` over all ``rows`` (CE: mean over rows; DPO:
-    mean over every pair, no subsampling), without updating anything: a validation loss."""
-    config = config or OfflinePRMConfig()
+def _encode_labelled(tokenizer, rows: Sequence[Mapping], config: OfflinePRMConfig):
+    """The rows' responses encoded after their prompts, and their 0/1 labels."""
     encoded = [
         encode_response(
             tokenizer,
@@ -124,7 +121,15 @@ def evaluate_prm_loss(prm, ref, tokenizer, rows: Sequence[Mapping], config: Offl
         )
         for r in rows
     ]
-    labels = [float(r["label"]) for r in rows]
+    return encoded, [float(r["label"]) for r in rows]
+
+
+@torch.no_grad()
+def evaluate_prm_loss(prm, ref, tokenizer, rows: Sequence[Mapping], config: OfflinePRMConfig | None = None) -> float:
+    """The training objective of ``config.loss`` over all ``rows`` (CE: mean over rows; DPO:
+    mean over every pair, no subsampling), without updating anything: a validation loss."""
+    config = config or OfflinePRMConfig()
+    encoded, labels = _encode_labelled(tokenizer, rows, config)
     if config.loss == "ce":
         units = [[i] for i in range(len(rows))]
     else:
@@ -165,17 +170,7 @@ def train_prm_offline(
         raise ValueError("no labelled rows")
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
-    encoded = [
-        encode_response(
-            tokenizer,
-            r["prompt"],
-            r["response"],
-            ended=bool(r.get("ended", True)),
-            max_response_tokens=config.max_response_tokens,
-        )
-        for r in rows
-    ]
-    labels = [float(r["label"]) for r in rows]
+    encoded, labels = _encode_labelled(tokenizer, rows, config)
     if config.loss == "ce":
         units: list = list(range(len(rows)))
     else:
