@@ -54,6 +54,8 @@ def make_iprime_trainer(model_dir: str, steps: int, variant: str, out: str):
         "train.save_every=0",
         "train.tensorboard=false",
         "train.log_samples_every=0",
+        # the reward is scored in-process, as TRL's reward functions are: like for like, no worker pool
+        "verify.workers=0",
         f"rollout.n={SAMPLES}",
         f"rollout.prompts_per_step={PROMPTS}",
         "rollout.oversample=1.0",
@@ -197,6 +199,29 @@ VARIANTS = [
 ]
 
 
+def run_child(
+    variant: str, model_dir: str, steps: int, threads: int, env: dict | None = None, label: str | None = None
+) -> dict:
+    """One variant in a fresh subprocess of this script; its ``RESULT`` record (times, peak RSS)."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--variant",
+        variant,
+        "--model-dir",
+        model_dir,
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{label or variant} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT ") :])
+
+
 def compare_trees(baseline_src: str, steps: int, threads: int, rounds: int) -> None:
     """iprime PRIME and RLOO steps of this tree against another checkout's ``src`` (say, the commit
     before a refactor), each variant in its own subprocess, interleaved round by round."""
@@ -213,23 +238,8 @@ def compare_trees(baseline_src: str, steps: int, threads: int, rounds: int) -> N
                 if src is not None:  # ahead of the installed (editable) package
                     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
                 for variant in ("prime", "rloo"):
-                    cmd = [
-                        sys.executable,
-                        __file__,
-                        "--variant",
-                        variant,
-                        "--model-dir",
-                        model_dir,
-                        "--steps",
-                        str(steps),
-                        "--threads",
-                        str(threads),
-                    ]
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                    if line is None:
-                        sys.exit(f"{tree} {variant} failed:\n{proc.stderr[-3000:]}")
-                    times[(tree, variant)] += json.loads(line[len("RESULT ") :])["times"]
+                    got = run_child(variant, model_dir, steps, threads, env, label=f"{tree} {variant}")
+                    times[(tree, variant)] += got["times"]
     print(f"seconds per step, median of {rounds} x {steps} steps, {threads} threads (baseline: {baseline_src})")
     print(f"{'tree':12s} {'PRIME':>8s} {'RLOO':>8s}")
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -265,23 +275,7 @@ def main() -> None:
         model_dir = str(build_model(Path(tmp) / "tiny"))
         for _ in range(args.rounds):  # interleaved, so a burst of load hits every variant alike
             for key, _ in VARIANTS:
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--variant",
-                    key,
-                    "--model-dir",
-                    model_dir,
-                    "--steps",
-                    str(args.steps),
-                    "--threads",
-                    str(args.threads),
-                ]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
-                    sys.exit(f"{key} failed:\n{proc.stderr[-3000:]}")
-                got = json.loads(line[len("RESULT ") :])
+                got = run_child(key, model_dir, args.steps, args.threads)
                 results[key]["times"] += got["times"]
                 results[key]["peak_rss_mb"] = max(results[key]["peak_rss_mb"], got["peak_rss_mb"])
     tokens = PROMPTS * SAMPLES * NEW_TOKENS
