@@ -54,6 +54,8 @@ class DataConfig:
     (``hf:NAME`` or ``hf:NAME:SPLIT``; a hub id needs the network, a local dataset directory does
     not). ``None`` when rows are passed in Python."""
     eval_path: str | None = None
+    """Held-out rows (same formats and keys as ``train_path``) evaluated every ``train.eval_every``
+    steps: greedy accuracy logged as ``eval/<file stem>/acc`` (``iprime.train.evaluate``)."""
     prompt_key: str = "prompt"
     """Field holding the prompt: a string, or a list of ``{"role", "content"}`` chat messages
     (rendered with the tokenizer's chat template). Dotted keys reach nested fields."""
@@ -247,7 +249,34 @@ class TrainConfig:
     out_dir: str = "runs/prime"
     save_every: int = 10
     eval_every: int = 0
+    """Evaluate every this many steps (and after the last) on ``data.eval_path`` and
+    ``eval_benchmarks``; 0: never. Results go to metrics.jsonl, TensorBoard and wandb as
+    ``eval/<name>/acc``."""
+    eval_benchmarks: list[str] = field(default_factory=list)
+    """Shipped benchmarks to evaluate during training, by name (``math500``, ``aime``, ``amc``,
+    ``humaneval``, ``arithmetic``, ...; ``iprime eval --help`` lists them), or ``.jsonl`` paths."""
+    eval_limit: int | None = None
+    """Rows per eval set (the first ``eval_limit``, in file order); ``None``: all of them."""
+    eval_n: int = 1
+    """Samples per eval row: 1 is greedy accuracy; more are sampled at ``eval_temperature`` and
+    also give ``pass@n``."""
+    eval_temperature: float = 0.0
+    """Sampling temperature of the eval (0: greedy; with ``eval_n > 1`` set it above 0)."""
+    eval_max_new_tokens: int | None = None
+    """Response cap during eval; ``None``: ``rollout.max_new_tokens``."""
     log_samples_every: int = 10
+    """Write sampled groups to ``samples.jsonl`` every this many steps; 0: never."""
+    log_sample_groups: int = 2
+    """Prompt groups (all ``rollout.n`` responses of a prompt) written each time."""
+    log_sample_tokens: int = 0
+    """Per-token PRM rewards in each sample row: 0 writes every token's reward; k > 0 writes only
+    the k most negative tokens (where the PRM thinks the response went wrong)."""
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    """``auto``: a progress bar on a terminal, plain log lines otherwise (a file, a scheduler's
+    log); ``bar``; ``lines``; ``none``."""
+    log_every_s: float = 0.0
+    """In ``lines`` mode, at most one line per this many seconds (0: one line per step); the last
+    step is always printed."""
     max_bad_steps: int = 3
     """Consecutive steps with a non-finite loss or gradient before the run stops."""
     max_empty_steps: int = 5
@@ -256,6 +285,18 @@ class TrainConfig:
     num_threads: int | None = None
     tensorboard: bool = True
     wandb: bool = False
+    wandb_project: str = "iprime"
+    wandb_entity: str | None = None
+    wandb_run_name: str | None = None
+    """wandb's run name; ``None``: the last part of ``out_dir``."""
+    wandb_tags: list[str] = field(default_factory=list)
+    save_hf: bool = True
+    """Also write the policy and the PRM (with ``iprime_prm.json``) in Hugging Face format in each
+    checkpoint directory (``checkpoints/step_N/hf/{policy,prm}``), loadable by any HF tool."""
+    push_to_hub: str | None = None
+    """A hub repo id (``user/name``): the final policy is pushed there at the end of ``iprime
+    train`` (the PRM to ``<id>-prm``); needs the network and a token (``huggingface-cli login``)."""
+    hub_private: bool = True
     checkpoint_format: Literal["auto", "torch", "dcp"] = "auto"
     """``torch``: one ``state.pt``; ``dcp``: ``torch.distributed.checkpoint`` shards (loadable at
     any world size); ``auto``: ``dcp`` under torchrun (world size > 1), else ``torch``."""
@@ -388,6 +429,27 @@ def validate(cfg: PrimeConfig) -> None:
         "must be >= 1 (or null)",
     )
     need(cfg.data.max_row_bytes >= 1024, "data.max_row_bytes", "must be >= 1024")
+    t = cfg.train
+    need(t.eval_every >= 0, "train.eval_every", "must be >= 0")
+    need(t.eval_limit is None or t.eval_limit >= 1, "train.eval_limit", "must be >= 1 (or null)")
+    need(t.eval_n >= 1, "train.eval_n", "must be >= 1")
+    need(t.eval_temperature >= 0, "train.eval_temperature", "must be >= 0")
+    need(
+        t.eval_n == 1 or t.eval_temperature > 0,
+        "train.eval_n",
+        "more than one sample per row needs train.eval_temperature > 0 (greedy samples are all the same)",
+    )
+    need(
+        t.eval_max_new_tokens is None or t.eval_max_new_tokens >= 1, "train.eval_max_new_tokens", "must be >= 1"
+    )
+    need(t.log_sample_groups >= 0, "train.log_sample_groups", "must be >= 0")
+    need(t.log_sample_tokens >= 0, "train.log_sample_tokens", "must be >= 0")
+    need(t.log_every_s >= 0, "train.log_every_s", "must be >= 0")
+    need(
+        t.push_to_hub is None or t.push_to_hub.count("/") == 1,
+        "train.push_to_hub",
+        f"a hub repo id user/name, got {t.push_to_hub!r}",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
