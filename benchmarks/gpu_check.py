@@ -27,11 +27,12 @@ others, and every check starts with an empty GPU):
 Prints a JSON report (per check: status ok / failed / skipped, seconds, key numbers, tokens/s)
 and writes it to ``OUT/gpu_check.json``; each check's log is ``OUT/<check>.log``. Exit code 0 when
 every check passed, 1 when one failed or was skipped, 2 without CUDA. The run stops starting
-checks after ``--budget-s`` seconds (default 480); 4-6 minutes on one H100 is an estimate (not yet run on a GPU).
+checks after ``--budget-s`` seconds (default 480). The first GPU run (one H200: ``model``,
+``hf_bf16`` and ``torchrun`` passed; that machine had no vLLM) is in docs/scaling.md.
 
 Without a GPU, ``--device cpu --only model,hf_bf16,torchrun --hidden-size 64 --layers 2 --sft-steps 5
 --timeout-scale 8`` runs the same plumbing on the CPU (float32, torchrun over 2 gloo ranks, no vLLM):
-that is how this script was developed and all that has been run of it.
+that is how this script was developed.
 """
 
 from __future__ import annotations
