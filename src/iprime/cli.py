@@ -1,25 +1,100 @@
-"""The ``iprime`` command line."""
+"""The ``iprime`` command line.
+
+Every command's ``--help`` ends with examples, and every command runs with the progress bars of
+transformers / huggingface_hub silenced (:func:`iprime.quiet.silence_third_party_progress`), so
+a job's log file holds iprime's own lines only. Help text is rich markup: a literal ``[`` that
+starts a word (``[dotted.key=value ...]``) is written ``\\[`` so that rich does not take it for a
+style tag.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from iprime import __version__
+from iprime.quiet import silence_third_party_progress
+from iprime.tables import metrics_table
+
+
+def _flags_show_no_type() -> None:
+    """Show boolean flags (``--resume``, ``--help``) without a type in ``--help``.
+
+    typer 0.2x labels every option with its Python type, flags included (``--resume <bool>``),
+    which reads as if the flag took a value. Older typer shows no type for flags; there this
+    does nothing."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_iprime_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_bool_flag", False):
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._iprime_flags = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
+ROOT_EXAMPLES = """Examples:
+iprime quickstart                                          (tiny model on the CPU: SFT, eval, PRIME, eval)
+iprime train --config configs/eurus2_7b_prime.yaml train.steps=200
+iprime config show --config run.yaml --changed
+iprime eval --model runs/prime/final/policy --benchmarks math500 --out runs/eval
+iprime COMMAND --help                                      (every command's options and examples)"""
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="PRIME: process reinforcement through implicit rewards."
+    add_completion=False,
+    no_args_is_help=True,
+    help="PRIME: process reinforcement through implicit rewards.",
+    epilog=ROOT_EXAMPLES,
 )
 console = Console()
 
 
+def version_text() -> str:
+    """``iprime 0.1.0 (torch 2.6.0, transformers 4.51.3, python 3.11.9)``: read from the installed
+    packages' metadata, so nothing heavy is imported."""
+    parts = []
+    for name in ("torch", "transformers"):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name} not installed")
+    parts.append(f"python {sys.version.split()[0]}")
+    return f"iprime {__version__} ({', '.join(parts)})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="print iprime's version (and torch's) and exit"
+    ),
+) -> None:
     """iprime: train LLM reasoning with implicit process rewards, and serve the implicit PRM."""
+    silence_third_party_progress()
 
 
-@app.command("algo-demo")
+@app.command("algo-demo", epilog="Examples:\niprime algo-demo\niprime algo-demo --beta 0.05 --rm-coef 5")
 def algo_demo(beta: float = 0.5, rm_coef: float = 1.0, gamma: float = 1.0) -> None:
     """Walk one hand-made group of K=3 responses through PRIME's reward and advantage math."""
     import torch
@@ -42,10 +117,14 @@ def algo_demo(beta: float = 0.5, rm_coef: float = 1.0, gamma: float = 1.0) -> No
         fmt = lambda x: " ".join(f"{v:+.3f}" for v in x[i][mask[i]].tolist())  # noqa: E731
         table.add_row(str(i), f"{outcome[i]:.0f}", fmt(rewards), fmt(adv))
     console.print(table)
-    console.print(f"group kept by the [0.2, 0.8] accuracy filter: {bool(keep.all())}; PRM CE loss: {loss.item():.4f}")
+    console.print(
+        Text(f"group kept by the [0.2, 0.8] accuracy filter: {bool(keep.all())}; PRM CE loss: {loss.item():.4f}")
+    )
 
 
-@app.command()
+@app.command(
+    epilog="Examples:\niprime quickstart\niprime quickstart --out runs/qs --set train.steps=10 --set rollout.n=8"
+)
 def quickstart(
     out: str = typer.Option("runs/quickstart", help="output directory (replaced)"),
     override: list[str] = typer.Option([], "--set", help="PRIME config override, e.g. train.steps=10"),
@@ -56,26 +135,169 @@ def quickstart(
     run_quickstart(out, extra_overrides=tuple(override), log=console.print)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# ------------------------------------------------------------------------------------- iprime train
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
+"""What a folder written by ``iprime train`` holds (``config.yaml`` is written first)."""
+
+
+class OutDirError(ValueError):
+    """``train.out_dir`` cannot be used as asked (a previous run is there, or nothing to resume)."""
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a ``torchrun`` launch (read from ``RANK``, as the
+    process group does not exist yet when the command starts)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def is_iprime_run(path: Path) -> bool:
+    """Whether ``path`` holds an ``iprime train`` run: a ``config.yaml`` whose top-level keys
+    are all sections of :class:`~iprime.config.PrimeConfig` (every run writes it first), beside
+    ``metrics.jsonl`` or ``checkpoints/`` or nothing else. A folder with only a ``checkpoints/``
+    (many tools make one) is not enough."""
+    import dataclasses
+
+    import yaml
+
+    from iprime.config import PrimeConfig
+
+    config = path / "config.yaml"
+    if not config.is_file():
+        return False
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    sections = {f.name for f in dataclasses.fields(PrimeConfig)}
+    return isinstance(data, dict) and bool(data) and set(data) <= sections
+
+
+def _check_deletable(path: Path, config_file: str | None) -> None:
+    """Raise :class:`OutDirError` unless ``--overwrite`` may delete ``path``: an iprime run
+    folder, not the working directory or one of its parents, not the home folder, and not
+    holding the ``--config`` file this command reads (other than the run's own config.yaml)."""
+    resolved = path.resolve()
+    if resolved == Path.home().resolve() or Path.cwd().resolve().is_relative_to(resolved):
+        raise OutDirError(f"--overwrite will not delete {path}: it is the home folder, or holds the working directory")
+    if not is_iprime_run(path):
+        raise OutDirError(
+            f"--overwrite will not delete {path}: it does not look like an iprime run (no config.yaml with iprime's "
+            "sections). Choose another train.out_dir, or empty the folder yourself."
+        )
+    if config_file is not None:
+        given = Path(config_file).resolve()
+        if given.is_relative_to(resolved) and given != resolved / "config.yaml":
+            raise OutDirError(f"--overwrite would delete {config_file}, the config this command reads; move it first")
+
+
+def prepare_out_dir(path: str | Path, *, resume: bool, overwrite: bool, config_file: str | None = None) -> str | None:
+    """Make ``train.out_dir`` ready for a run; returns a note to print, or ``None``.
+
+    A missing or empty folder is used as it is. A folder holding anything is refused unless
+    ``resume`` (continue it: it must hold a checkpoint) or ``overwrite`` (delete it first; only a
+    folder that :func:`is_iprime_run`). Raises :class:`OutDirError` with what to do instead."""
+    from iprime.train.checkpoint import resume_candidates
+
+    path = Path(path)
+    if resume and overwrite:
+        raise OutDirError("--resume continues the run in train.out_dir and --overwrite deletes it: give one of them")
+    if path.exists() and not path.is_dir():
+        raise OutDirError(f"train.out_dir {path} is a file, not a folder")
+    if resume:
+        if not resume_candidates(path):
+            raise OutDirError(
+                f"--resume: no checkpoint in {path / 'checkpoints'} to continue from"
+                + ("" if path.exists() else f" ({path} does not exist)")
+                + "; start the run without --resume"
+            )
+        return None
+    if not path.exists() or not any(path.iterdir()):
+        return None
+    if not overwrite:
+        raise OutDirError(
+            f"train.out_dir {path} is not empty (a previous run's files are there). Continue that run with --resume, "
+            "replace it with --overwrite, or set another train.out_dir=..."
+        )
+    _check_deletable(path, config_file)
+    shutil.rmtree(path)
+    return f"--overwrite: deleted the previous run in {path}"
+
+
+def say(*parts: str | tuple[str, str]) -> None:
+    """Print one message as it is: never parsed as rich markup, and not wrapped at 80 columns
+    when the output is a file (a log keeps each message, and each path, on one line)."""
+    console.print(Text.assemble(*parts), soft_wrap=True)
+
+
+def _fail(kind: str, err: object) -> NoReturn:
+    """Print ``<kind>: <err>`` and exit with status 2."""
+    say((f"{kind}: ", "red"), str(err))
+    raise typer.Exit(2)
+
+
+def final_model_lines(final_dir: Path, has_prm: bool) -> list[str]:
+    """Where the run's final models are, and how to load them: the run's last words."""
+    lines = [f"final policy: {final_dir / 'policy'}  (transformers.AutoModelForCausalLM.from_pretrained)"]
+    if has_prm:
+        lines.append(f"final PRM:    {final_dir / 'prm'}  (with iprime_prm.json; iprime prm score --prm ...)")
+    return lines
+
+
+def push_final(final_dir: Path, repo_id: str, private: bool) -> list[str]:
+    """Push the final models to the hub (:func:`iprime.train.export.push_to_hub`); their URLs."""
+    from iprime.train.export import push_to_hub
+
+    return list(push_to_hub(final_dir, repo_id, private=private))
+
+
+TRAIN_EXAMPLES = """Examples:
+iprime train --config configs/eurus2_7b_prime.yaml
+iprime train --config run.yaml train.steps=200 rollout.n=8 train.out_dir=runs/n8
+iprime train --config run.yaml --resume                 (continue from the newest checkpoint in train.out_dir)
+iprime train --config run.yaml --overwrite              (delete the run in train.out_dir and start again)
+nohup iprime train --config run.yaml > train.log 2>&1 &     (no terminal: one plain line per step)
+torchrun --nproc_per_node=8 -m iprime train --config run.yaml
+iprime config show --config run.yaml                    (every key, its value and its documentation)"""
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[OPTIONS] [KEY=VALUE]...",
+    epilog=TRAIN_EXAMPLES,
+)
 def train(
     ctx: typer.Context,
     config: str = typer.Option(None, "--config", help="YAML config file"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in train.out_dir"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="delete the previous run in train.out_dir first (an iprime run folder only)"
+    ),
 ) -> None:
-    """Run PRIME (or a baseline): iprime train --config FILE.yaml [dotted.key=value ...]."""
+    """Run PRIME (or a baseline): iprime train --config FILE.yaml \\[dotted.key=value ...]
+
+    Overrides follow the options as dotted.key=value words (rollout.n=8 train.steps=200); an
+    unknown key is an error. A non-empty train.out_dir is refused unless --resume or --overwrite
+    is given. On a terminal progress is a bar; in a log file one line per step (train.progress).
+    The final models go to train.out_dir/final (policy/, prm/).
+    """
     from iprime.config import ConfigError, load_config
 
     try:
         cfg = load_config(config, list(ctx.args))
     except ConfigError as err:
-        console.print(f"[red]config error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _fail("config error", err)
     if not cfg.model.policy:
-        console.print("[red]config error:[/red] model.policy: set the path (or hub id) of the SFT model")
-        raise typer.Exit(2)
+        _fail("config error", "model.policy: set the path (or hub id) of the SFT model")
     if not cfg.data.train_path:
-        console.print("[red]config error:[/red] data.train_path: set the training data (file, directory or hf:NAME)")
-        raise typer.Exit(2)
+        _fail("config error", "data.train_path: set the training data (file, directory or hf:NAME)")
+    out_dir = Path(cfg.train.out_dir)
+    if is_main_process():  # rank 0 alone looks at (and may delete) the folder the run writes
+        try:
+            note = prepare_out_dir(out_dir, resume=resume, overwrite=overwrite, config_file=config)
+        except OutDirError as err:
+            _fail("error", err)
+        if note:
+            say(note)
     from iprime.data.sources import DataError, read_records
     from iprime.train.prime import PrimeTrainer
 
@@ -83,45 +305,88 @@ def train(
         records = read_records(cfg.data.train_path, max_row_bytes=cfg.data.max_row_bytes)
         trainer = PrimeTrainer(cfg.model.policy, cfg, records)
     except (DataError, FileNotFoundError) as err:
-        console.print(f"[red]data error:[/red] {err}")
-        raise typer.Exit(2) from None
-    trainer.train(resume=resume)
-    trainer.save_pretrained(Path(cfg.train.out_dir) / "final")
+        _fail("data error", err)
+    except ValueError as err:  # e.g. train.eval_every with nothing to evaluate
+        _fail("error", err)
+    trainer.train(resume=resume, progress=cfg.train.progress)
+    final = trainer.save_pretrained(out_dir / "final")
+    if not trainer.dist.is_main:
+        return
+    for line in final_model_lines(final, trainer.prm is not None):
+        say(line)
+    if cfg.train.push_to_hub:
+        try:
+            urls = push_final(final, cfg.train.push_to_hub, cfg.train.hub_private)
+        except Exception as err:  # the network, a token, the hub: the run itself is saved
+            say(("push to the hub failed: ", "red"), f"{err}; the models are in {final}")
+            raise typer.Exit(1) from None
+        for url in urls:
+            say(f"pushed: {url}")
 
 
-@app.command()
+# -------------------------------------------------------------------------------------- iprime sft
+SFT_EXAMPLES = """Examples:
+iprime sft --model Qwen/Qwen2.5-Math-7B --data sft.jsonl --out runs/sft
+iprime sft --model DIR --data sft.jsonl --out runs/sft --lr 2e-5 --epochs 3 --max-length 2048 --batch-size 16"""
+
+SFT_SUMMARY_KEYS = (
+    "steps",
+    "epochs",
+    "examples",
+    "response_tokens",
+    "truncated",
+    "first_loss",
+    "final_loss",
+    "train_time_s",
+)
+"""The numbers ``iprime sft`` prints at the end."""
+
+
+@app.command(epilog=SFT_EXAMPLES)
 def sft(
     model: str = typer.Option(..., help="path of the model to fine-tune"),
     data: str = typer.Option(..., help="jsonl with prompt/response (or messages) rows"),
     out: str = typer.Option(..., help="where to save the fine-tuned model"),
-    lr: float = 1e-3,
-    epochs: float = 1.0,
-    batch_size: int = 32,
-    seed: int = 0,
+    lr: float = typer.Option(
+        1e-5, help="peak learning rate, right for fine-tuning a pretrained LLM (the quickstart's tiny model uses 3e-3)"
+    ),
+    epochs: float = typer.Option(1.0, help="passes over the data"),
+    batch_size: int = typer.Option(32, help="examples per optimizer step"),
+    max_length: int = typer.Option(
+        256, help="prompt + response tokens per example; a longer response loses its tail (counted as truncated)"
+    ),
+    seed: int = typer.Option(0),
 ) -> None:
     """Supervised fine-tuning, loss on response tokens only."""
     from iprime.models import load_model, load_tokenizer
     from iprime.train.sft import SFTConfig, load_sft_rows, run_sft
 
-    rows = load_sft_rows(data)
-    m, tok = load_model(model), load_tokenizer(model)
-    result = run_sft(
-        m, tok, rows, SFTConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed), log=lambda r: console.print(r)
-    )
+    try:
+        config = SFTConfig(lr=lr, epochs=epochs, batch_size=batch_size, max_length=max_length, seed=seed)
+        rows = load_sft_rows(data)
+        m, tok = load_model(model), load_tokenizer(model)
+        result = run_sft(m, tok, rows, config, progress="auto")
+    except (ValueError, FileNotFoundError) as err:
+        _fail("error", err)
     m.save_pretrained(out)
     tok.save_pretrained(out)
-    console.print(f"final loss {result['final_loss']:.4f}; saved to {out}")
+    console.print(metrics_table(result, "SFT", keys=SFT_SUMMARY_KEYS))
+    say(f"saved the fine-tuned model to {out}")
 
 
 # Evaluation and the implicit PRM as a tool (their options live beside their code). Re-ranking
 # samples with a PRM is evaluation: its command lives in iprime.eval and joins the prm group here.
 from iprime.config_show import config_app  # noqa: E402
 from iprime.data.commands import data_app  # noqa: E402
-from iprime.eval.commands import eval_command, rerank_command  # noqa: E402
+from iprime.eval.commands import EVAL_EXAMPLES, RERANK_EXAMPLES, eval_command, rerank_command  # noqa: E402
+from iprime.plots import plot_command  # noqa: E402
 from iprime.prm.commands import prm_app  # noqa: E402
+from iprime.train.export import export_command  # noqa: E402
 
-app.command("eval")(eval_command)
-prm_app.command("rerank")(rerank_command)
+app.command("eval", epilog=EVAL_EXAMPLES)(eval_command)
+prm_app.command("rerank", epilog=RERANK_EXAMPLES)(rerank_command)
+app.command("export")(export_command)
+app.command("plot")(plot_command)
 app.add_typer(prm_app, name="prm")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")

@@ -55,7 +55,8 @@ class DataConfig:
     not). ``None`` when rows are passed in Python."""
     eval_path: str | None = None
     """Held-out rows (same formats and keys as ``train_path``) evaluated every ``train.eval_every``
-    steps: greedy accuracy logged as ``eval/<file stem>/acc`` (``iprime.train.evaluate``)."""
+    steps: the mean score over ``train.eval_n`` samples per row (greedy by default), logged as
+    ``eval/<file stem>/acc`` (``iprime.train.evaluate``)."""
     prompt_key: str = "prompt"
     """Field holding the prompt: a string, or a list of ``{"role", "content"}`` chat messages
     (rendered with the tokenizer's chat template). Dotted keys reach nested fields."""
@@ -292,7 +293,8 @@ class TrainConfig:
     wandb_tags: list[str] = field(default_factory=list)
     save_hf: bool = True
     """Also write the policy and the PRM (with ``iprime_prm.json``) in Hugging Face format in each
-    checkpoint directory (``checkpoints/step_N/hf/{policy,prm}``), loadable by any HF tool."""
+    checkpoint directory (``checkpoints/step-000020/hf/{policy,prm}``), loadable by any HF tool;
+    ``iprime export`` writes the same from any checkpoint."""
     push_to_hub: str | None = None
     """A hub repo id (``user/name``): the final policy is pushed there at the end of ``iprime
     train`` (the PRM to ``<id>-prm``); needs the network and a token (``huggingface-cli login``)."""
@@ -439,9 +441,7 @@ def validate(cfg: PrimeConfig) -> None:
         "train.eval_n",
         "more than one sample per row needs train.eval_temperature > 0 (greedy samples are all the same)",
     )
-    need(
-        t.eval_max_new_tokens is None or t.eval_max_new_tokens >= 1, "train.eval_max_new_tokens", "must be >= 1"
-    )
+    need(t.eval_max_new_tokens is None or t.eval_max_new_tokens >= 1, "train.eval_max_new_tokens", "must be >= 1")
     need(t.log_sample_groups >= 0, "train.log_sample_groups", "must be >= 0")
     need(t.log_sample_tokens >= 0, "train.log_sample_tokens", "must be >= 0")
     need(t.log_every_s >= 0, "train.log_every_s", "must be >= 0")

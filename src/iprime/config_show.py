@@ -29,7 +29,14 @@ from typing import Any, Literal, Union, get_args, get_origin
 import typer
 import yaml
 
-config_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect PRIME run configs.")
+SHOW_EXAMPLES = """Examples:
+iprime config show                                              (every key and its default)
+iprime config show --config configs/eurus2_7b_prime.yaml --changed
+iprime config show --config run.yaml rollout.n=8 train.steps=200 --no-docs"""
+
+config_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Inspect PRIME run configs.", epilog=SHOW_EXAMPLES
+)
 
 
 @config_app.callback()
@@ -83,7 +90,10 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def type_name(annotation: Any) -> str:
-    """A readable name of a field's type: ``int``, ``float or null``, ``one of: hf, vllm``."""
+    """A readable name of a field's type as it is written in YAML or an override: ``int``,
+    ``float or null``, ``one of: hf, vllm``, ``true or false``."""
+    if annotation is bool:
+        return "true or false"
     origin = get_origin(annotation)
     if origin is Literal:
         return "one of: " + ", ".join(str(a) for a in get_args(annotation))
@@ -172,7 +182,12 @@ def render(cfg: Any, *, width: int = 100, changed_only: bool = False, docs: bool
     return "\n".join(lines) + "\n"
 
 
-@config_app.command("show", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@config_app.command(
+    "show",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[OPTIONS] [KEY=VALUE]...",
+    epilog=SHOW_EXAMPLES,
+)
 def show(
     ctx: typer.Context,
     config: str = typer.Option(None, "--config", help="YAML config file (as for iprime train)"),
@@ -180,7 +195,7 @@ def show(
     no_docs: bool = typer.Option(False, "--no-docs", help="values only, one line per key"),
     width: int = typer.Option(100, "--width", help="wrap documentation at this many columns; 0: no wrapping"),
 ) -> None:
-    """Every config key with its value and documentation: iprime config show [--config FILE] KEY=VALUE ..."""
+    """Every config key with its value and documentation: iprime config show [--config FILE] [KEY=VALUE ...]"""
     from iprime.config import ConfigError, load_config
 
     try:

@@ -23,7 +23,9 @@ import torch
 import yaml
 
 from iprime.config import load_config
+from iprime.plots import QUICKSTART_PANELS, save_panels
 from iprime.presets import QuickstartPreset, run_preset_sft
+from iprime.train.progress import format_metrics
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -85,38 +87,6 @@ def _flatten(data: dict, prefix: str = "") -> Iterator[str]:
             yield f"{prefix}{key}={json.dumps(value)}"  # JSON scalars and lists are valid YAML
 
 
-def _plot(metrics: list[dict], out: Path, baseline: dict | None = None) -> list[Path]:
-    """One PNG per key metric against the PRIME step; ``baseline`` adds step-0 values."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [
-        ("eval/accuracy", "held-out accuracy (greedy)"),
-        ("rollout/acc_before_filter", "train accuracy (sampled, before filter)"),
-        ("prm/pairwise_acc", "PRM pairwise accuracy"),
-        ("batch/response_length", "response length (tokens)"),
-    ]
-    paths = []
-    for key, title in panels:
-        rows = ([{"step": 0, **baseline}] if baseline else []) + metrics
-        points = [(m["step"], m[key]) for m in rows if isinstance(m.get(key), (int, float))]
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", markersize=3)
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out / f"{key.replace('/', '_')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
 def run_quickstart(
     out: str | Path, qc: QuickstartConfig | None = None, extra_overrides: tuple[str, ...] = (), log=print
 ) -> dict:
@@ -137,7 +107,7 @@ def run_quickstart(
     log(
         f"1-3/5 tiny model, SFT on {preset.sft_examples} solutions (carry slips at rate {preset.slip_rate}), evaluation"
     )
-    sft = run_preset_sft(out, preset, log=lambda m: log(f"    sft {m}"))
+    sft = run_preset_sft(out, preset, log=lambda m: log(f"    sft step {m['step']}  {format_metrics(m)}"))
     shutil.rmtree(out / "init", ignore_errors=True)
     accuracy_before = sft["accuracy"]
     log(f"    held-out accuracy of the SFT model (greedy, {sft['eval_prompts']} problems): {accuracy_before:.3f}")
@@ -175,7 +145,7 @@ def run_quickstart(
     log("5/5 evaluating the PRIME policy")
     accuracy_after = evaluate(trainer.policy, test_rows)
     trainer.save_pretrained(out / "final")
-    plots = _plot(history, out, baseline={"eval/accuracy": curve_before})
+    plots = save_panels([{"step": 0, "eval/accuracy": curve_before}, *history], out, QUICKSTART_PANELS)
     summary = {
         "accuracy_before": accuracy_before,
         "accuracy_after": accuracy_after,

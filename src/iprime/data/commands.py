@@ -41,10 +41,16 @@ from iprime.data.sources import (
     read_records,
 )
 
+CHECK_EXAMPLES = """Examples:
+iprime data check data/train.parquet
+iprime data check data/ --tokenizer runs/sft --max-prompt-tokens 1024
+iprime data check hf:PRIME-RL/Eurus-2-RL-Data:train --limit 1000 --show 20"""
+
 data_app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Training data: check a file, directory or dataset before a run.",
+    epilog=CHECK_EXAMPLES,
 )
 
 PERCENTILES = (50, 90, 99)
@@ -129,7 +135,7 @@ def _count_table(title: str, column: str, counts: Counter) -> Table:
     return table
 
 
-@data_app.command("check")
+@data_app.command("check", epilog=CHECK_EXAMPLES)
 def check(
     path: str = typer.Argument(
         ..., help="a .jsonl(.gz) / .json / .parquet file, a directory of them, or hf:NAME[:SPLIT]"

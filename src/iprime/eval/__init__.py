@@ -1,32 +1,40 @@
 """Evaluation: shipped benchmarks, metrics (pass@k, maj@k, best-of-N, PRM-weighted voting), the
-resumable ``iprime eval`` runner, and re-ranking sampled responses with an implicit PRM."""
+resumable ``iprime eval`` runner, and re-ranking sampled responses with an implicit PRM.
 
-from .answers import extract_answer, group_answers, math_equal, normalize_answer
-from .benchmarks import CODE_SUFFIX, MATH_SUFFIX, benchmark_names, load_benchmark, load_jsonl_benchmark
-from .metrics import avg_at_k, best_of_n, pass_at_k, summarize_rows, vote, vote_weights
-from .rerank import group_rows, rerank_groups
-from .runner import EvalConfig, read_generations, run_eval, summary_markdown
+Attributes are imported on first use (PEP 562), so the command line (``iprime --help``) does not
+load torch and transformers through this package.
+"""
 
-__all__ = [
-    "CODE_SUFFIX",
-    "MATH_SUFFIX",
-    "EvalConfig",
-    "avg_at_k",
-    "benchmark_names",
-    "best_of_n",
-    "extract_answer",
-    "group_answers",
-    "group_rows",
-    "load_benchmark",
-    "load_jsonl_benchmark",
-    "math_equal",
-    "normalize_answer",
-    "pass_at_k",
-    "read_generations",
-    "rerank_groups",
-    "run_eval",
-    "summarize_rows",
-    "summary_markdown",
-    "vote",
-    "vote_weights",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "extract_answer": "answers",
+    "group_answers": "answers",
+    "math_equal": "answers",
+    "normalize_answer": "answers",
+    "CODE_SUFFIX": "benchmarks",
+    "MATH_SUFFIX": "benchmarks",
+    "benchmark_names": "benchmarks",
+    "load_benchmark": "benchmarks",
+    "load_jsonl_benchmark": "benchmarks",
+    "avg_at_k": "metrics",
+    "best_of_n": "metrics",
+    "pass_at_k": "metrics",
+    "summarize_rows": "metrics",
+    "vote": "metrics",
+    "vote_weights": "metrics",
+    "group_rows": "rerank",
+    "rerank_groups": "rerank",
+    "EvalConfig": "runner",
+    "read_generations": "runner",
+    "run_eval": "runner",
+    "summary_markdown": "runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

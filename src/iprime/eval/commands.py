@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
 from iprime.prm.metadata import DEFAULT_BETA
+
+EVAL_EXAMPLES = """Examples:
+iprime eval --model runs/x/final/policy --benchmarks math500,aime2024,amc --out runs/eval      (greedy pass@1)
+iprime eval --model DIR --benchmarks math500 --n 8 --temperature 0.7 --k 1,4,8 --out runs/eval-k8
+iprime eval --model DIR --benchmarks math500 --n 8 --temperature 0.7 --prm runs/x/final/prm --out runs/eval-prm
+iprime eval --model DIR --benchmarks mine.jsonl --prompt-key question --answer-key answer --out runs/mine
+iprime eval --model DIR --benchmarks arithmetic --limit 50 --out runs/eval --resume                (after a kill)"""
+
+RERANK_EXAMPLES = """Examples:
+iprime prm rerank --prm runs/x/final/prm --data samples.jsonl --out runs/rerank
+iprime prm rerank --prm PRM_DIR --data samples.jsonl --out runs/rerank --vote-weight exp --equivalence exact"""
+
+
+def _error(console, err: Exception) -> NoReturn:
+    """Print ``error: <err>`` (never parsed as rich markup) and exit with status 2."""
+    from rich.text import Text
+
+    console.print(Text.assemble(("error: ", "red"), str(err)), soft_wrap=True)
+    raise typer.Exit(2) from None
 
 
 def _ints(text: str) -> list[int]:
@@ -90,8 +111,7 @@ def eval_command(
         )
         run_eval(config, console=console)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _error(console, err)
 
 
 def rerank_command(
@@ -107,18 +127,16 @@ def rerank_command(
 ) -> None:
     """Best-of-N and PRM-weighted voting over groups of sampled responses."""
     from rich.console import Console
+    from rich.text import Text
 
     from iprime.data.jsonl import read_jsonl
     from iprime.eval.rerank import rerank_groups
     from iprime.prm.scoring import ImplicitPRM
+    from iprime.tables import metrics_table
     from iprime.verifiers import verify_batch
 
     console = Console(stderr=True)
-
-    def fail(err: Exception) -> None:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
-
+    fail = partial(_error, console)
     try:
         rows = read_jsonl(data, required=("prompt", "response"))
         scorer = ImplicitPRM.from_pretrained(prm, ref, beta, batch_size=batch_size)
@@ -150,5 +168,5 @@ def rerank_command(
         for p in picks:
             f.write(json.dumps(p, ensure_ascii=False) + "\n")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    console.print(summary)
-    console.print(f"wrote {out_dir / 'picks.jsonl'} and {out_dir / 'summary.json'}")
+    console.print(metrics_table(summary, "PRM reranking"))
+    console.print(Text(f"wrote {out_dir / 'picks.jsonl'} and {out_dir / 'summary.json'}"), soft_wrap=True)

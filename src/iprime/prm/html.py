@@ -6,6 +6,11 @@ white at 0, blue for positive, with opacity ``min(1, |r| / scale)``; ``scale`` i
 ``|r|`` on the page unless given. Hovering a token shows its reward, log-probs and step
 (native ``title`` tooltip). After each step's last token a badge gives the step's total; the
 lowest step of every response is outlined. No JavaScript, no external CSS or fonts.
+
+:func:`render_html` draws scores computed by :class:`~iprime.prm.scoring.ImplicitPRM`;
+:func:`render_samples_html` draws the rewards a training run recorded in ``samples.jsonl``
+(no model needed), where a row may hold every token's reward (a full heat map) or only the
+``k`` most negative tokens (a table of them).
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from .scoring import ResponseScore
 
-__all__ = ["render_html", "reward_colour"]
+__all__ = ["SampleView", "render_html", "render_samples_html", "reward_colour"]
 
 _NEG = (215, 48, 39)  # red
 _POS = (33, 102, 172)  # blue
@@ -43,6 +49,8 @@ details pre { white-space: pre-wrap; background: #f4f4f4; padding: 8px; }
 .step { font-family: system-ui, sans-serif; font-size: 11px; font-weight: 600; border-radius: 8px; padding: 1px 6px;
   margin: 0 4px; white-space: nowrap; border: 1px solid #bbb; }
 .step.worst { outline: 2px solid rgb(215,48,39); outline-offset: 1px; }
+.plain { font-family: ui-monospace, 'SFMono-Regular', Menlo, Consolas, monospace; font-size: 14px;
+  white-space: pre-wrap; word-break: break-word; }
 table.steps { border-collapse: collapse; font-size: 12px; margin-top: 10px; }
 table.steps td, table.steps th { border: 1px solid #e2e2e2; padding: 2px 8px; text-align: right; }
 table.steps td.txt { text-align: left; font-family: ui-monospace, monospace; max-width: 640px; overflow: hidden;
@@ -76,16 +84,27 @@ def _token_html(tok: str, is_eos: bool) -> tuple[str, str]:
     return inner, "\n" * trailing
 
 
-def _response_html(i: int, s: ResponseScore, scale: float, label: object | None) -> str:
+def _token_tip(t: int, tok: str, r: float, s: ResponseScore, step_no: int) -> str:
+    """The hover text of token ``t``: its reward, its two log-probs when they are known (rewards
+    read back from a run's ``samples.jsonl`` have none) and its step."""
+    parts = [f"token {t}: {tok!r}", f"r = {r:+.4f}"]
+    prm_lp = s.prm_logp[t] if t < len(s.prm_logp) else math.nan
+    ref_lp = s.ref_logp[t] if t < len(s.ref_logp) else math.nan
+    if math.isfinite(prm_lp) and math.isfinite(ref_lp):
+        parts.append(f"log pi_phi = {prm_lp:.3f}, log pi_ref = {ref_lp:.3f}")
+    parts.append(f"step {step_no + 1}")
+    return " | ".join(parts)
+
+
+def _response_html(
+    i: int, s: ResponseScore, scale: float, label: object | None, caption: str = "", reference: str | None = None
+) -> str:
     ends = set(s.step_ends)
     worst = min(range(len(s.step_rewards)), key=lambda j: s.step_rewards[j]) if len(s.step_rewards) > 1 else None
     parts, step_no, step_start, rows = [], 0, 0, []
     for t, (tok, r) in enumerate(zip(s.tokens, s.rewards)):
         is_eos = s.ended and t == len(s.tokens) - 1
-        tip = (
-            f"token {t}: {tok!r} | r = {r:+.4f} | log pi_phi = {s.prm_logp[t]:.3f}, "
-            f"log pi_ref = {s.ref_logp[t]:.3f} | step {step_no + 1}"
-        )
+        tip = _token_tip(t, tok, r, s, step_no)
         style = f"background:{reward_colour(r, scale)};color:{_text_colour(r, scale)}"
         inner, after = _token_html(tok, is_eos)
         parts.append(f'<span class="tok" style="{style}" title="{html.escape(tip)}" data-r="{r:.6g}">{inner}</span>')
@@ -107,15 +126,44 @@ def _response_html(i: int, s: ResponseScore, scale: float, label: object | None)
     sign = "neg" if s.seq_reward < 0 else "pos"
     prob = 1.0 / (1.0 + math.exp(-s.seq_reward)) if s.seq_reward > -700 else 0.0
     label_html = "" if label is None else f" &middot; label: <b>{html.escape(str(label))}</b>"
+    beta_html = f" &middot; beta = {s.beta:g}" if math.isfinite(s.beta) else ""
     return (
-        f'<div class="card"><h2>Response {i}</h2>'
+        f'<div class="card"><h2>{_heading(i, caption)}</h2>'
         f'<div class="stats">sequence reward R = <b class="{sign}">{s.seq_reward:+.4f}</b> '
-        f"&middot; sigmoid(R) = {prob:.3f} &middot; {len(s.tokens)} tokens &middot; {len(s.step_ends)} steps "
-        f"&middot; beta = {s.beta:g}{label_html}</div>"
-        f"<details><summary>prompt</summary><pre>{html.escape(s.prompt)}</pre></details>"
+        f"&middot; sigmoid(R) = {prob:.3f} &middot; {len(s.tokens)} tokens &middot; {len(s.step_ends)} steps"
+        f"{beta_html}{label_html}</div>"
+        f"{_details(s.prompt, reference)}"
         f'<div class="resp">{"".join(parts)}</div>'
         f'<table class="steps"><tr><th>step</th><th>tokens</th><th>reward</th><th>text</th></tr>{"".join(rows)}</table>'
         "</div>"
+    )
+
+
+def _details(prompt: str, reference: str | None = None) -> str:
+    """A card's collapsed prompt, and its reference answer when there is one."""
+    out = f"<details><summary>prompt</summary><pre>{html.escape(prompt)}</pre></details>"
+    if reference is not None:
+        out += f"<details><summary>reference</summary><pre>{html.escape(reference)}</pre></details>"
+    return out
+
+
+def _heading(i: int, caption: str) -> str:
+    """A card's heading: ``Response i``, then the caption (escaped) when there is one."""
+    return f"Response {i}" + (f" &middot; {html.escape(caption)}" if caption else "")
+
+
+def _page(title: str, subtitle: str, scale: float, cards: str) -> str:
+    """The whole document around ``cards``: title, the reward formula, the colour legend."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f'<div class="meta">r<sub>t</sub> = &beta; (log &pi;<sub>&phi;</sub>(y<sub>t</sub>|y<sub>&lt;t</sub>) &minus; '
+        "log &pi;<sub>ref</sub>(y<sub>t</sub>|y<sub>&lt;t</sub>)). Hover a token for its value. "
+        f"{html.escape(subtitle)}</div>"
+        f'<div class="legend"><span>{-scale:+.3f}</span><div class="scale"></div><span>{scale:+.3f}</span>'
+        "<span>(red: PRM likes the token less than the reference &middot; blue: more)</span></div>"
+        f"{cards}</body></html>\n"
     )
 
 
@@ -133,17 +181,60 @@ def render_html(
         raise ValueError(f"{len(labels)} labels for {len(scores)} responses")
     if scale is None:
         scale = max((abs(r) for s in scores for r in s.rewards if math.isfinite(r)), default=0.0)
-    if scale is not None and scale < 0:
+    if scale < 0:
         raise ValueError(f"scale must be >= 0, got {scale}")
     cards = "".join(_response_html(i, s, scale, None if labels is None else labels[i]) for i, s in enumerate(scores))
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>"
-        f'<div class="meta">r<sub>t</sub> = &beta; (log &pi;<sub>&phi;</sub>(y<sub>t</sub>|y<sub>&lt;t</sub>) &minus; '
-        "log &pi;<sub>ref</sub>(y<sub>t</sub>|y<sub>&lt;t</sub>)). Hover a token for its value. "
-        f"{html.escape(subtitle)}</div>"
-        f'<div class="legend"><span>{-scale:+.3f}</span><div class="scale"></div><span>{scale:+.3f}</span>'
-        "<span>(red: PRM likes the token less than the reference &middot; blue: more)</span></div>"
-        f"{cards}</body></html>\n"
+    return _page(title, subtitle, scale, cards)
+
+
+@dataclass
+class SampleView:
+    """One recorded sample (a row of a run's ``samples.jsonl``) as :func:`render_samples_html`
+    draws it: ``score`` holds every token's reward (a heat map), or, when the run recorded only
+    the ``k`` most negative tokens, ``score`` is ``None`` and ``lowest`` lists them as
+    ``(position, token text, reward)``."""
+
+    caption: str
+    """Shown in the card's heading: step, group, verifier score and reason."""
+    prompt: str
+    response: str
+    score: ResponseScore | None = None
+    lowest: list[tuple[int, str, float]] = field(default_factory=list)
+    reference: str | None = None
+
+
+def _lowest_html(i: int, v: SampleView, scale: float) -> str:
+    """A card for a sample with only its most negative tokens: the response as plain text and a
+    table of those tokens, coloured like the heat map."""
+    rows = "".join(
+        f'<tr><td>{p}</td><td class="txt"><span class="tok" style="background:{reward_colour(r, scale)};'
+        f'color:{_text_colour(r, scale)}">{html.escape(repr(t))}</span></td><td>{r:+.4f}</td></tr>'
+        for p, t, r in v.lowest
     )
+    return (
+        f'<div class="card"><h2>{_heading(i, v.caption)}</h2>'
+        f'<div class="stats">only the {len(v.lowest)} most negative token rewards were recorded '
+        "(train.log_sample_tokens &gt; 0)</div>"
+        f"{_details(v.prompt, v.reference)}"
+        f'<div class="plain">{html.escape(v.response)}</div>'
+        f'<table class="steps"><tr><th>position</th><th>token</th><th>reward</th></tr>{rows}</table>'
+        "</div>"
+    )
+
+
+def render_samples_html(views: Sequence[SampleView], *, title: str, subtitle: str = "") -> str:
+    """The page for samples recorded during training: a heat-map card for each view with a
+    :class:`ResponseScore`, a most-negative-tokens card for the others. The colour scale is the
+    largest ``|r|`` on the page. Raises ``ValueError`` for a view with neither (nothing to draw)."""
+    for i, v in enumerate(views):
+        if v.score is None and not v.lowest:
+            raise ValueError(f"sample {i} ({v.caption}) has no token rewards to draw")
+    rewards = [r for v in views for r in (v.score.rewards if v.score else [r for _, _, r in v.lowest])]
+    scale = max((abs(r) for r in rewards if math.isfinite(r)), default=0.0)
+    cards = []
+    for i, v in enumerate(views):
+        if v.score is None:
+            cards.append(_lowest_html(i, v, scale))
+            continue
+        cards.append(_response_html(i, v.score, scale, None, v.caption, v.reference))
+    return _page(title, subtitle, scale, "".join(cards))

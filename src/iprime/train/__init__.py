@@ -1,25 +1,28 @@
-"""Training loops: supervised fine-tuning and accuracy evaluation."""
+"""Training loops: supervised fine-tuning and accuracy evaluation (the PRIME trainer is
+:mod:`iprime.train.prime`).
 
-from .evaluate import evaluate_accuracy
-from .sft import (
-    IGNORE_INDEX,
-    SFTConfig,
-    collate,
-    encode_sft_example,
-    load_sft_rows,
-    run_sft,
-    sft_loss,
-    split_row,
-)
+Attributes are imported on first use (PEP 562), so importing a light submodule (the command
+line's ``iprime.train.export``) does not load the trainer's whole stack.
+"""
 
-__all__ = [
-    "IGNORE_INDEX",
-    "SFTConfig",
-    "collate",
-    "encode_sft_example",
-    "evaluate_accuracy",
-    "load_sft_rows",
-    "run_sft",
-    "sft_loss",
-    "split_row",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "evaluate_accuracy": "evaluate",
+    "IGNORE_INDEX": "sft",
+    "SFTConfig": "sft",
+    "collate": "sft",
+    "encode_sft_example": "sft",
+    "load_sft_rows": "sft",
+    "run_sft": "sft",
+    "sft_loss": "sft",
+    "split_row": "sft",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

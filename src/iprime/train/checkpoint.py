@@ -25,6 +25,12 @@ empty, truncated or changed files are reported by name). :func:`load_run_checkpo
 :class:`CheckpointWarning` naming the file and what is wrong, and the previous good one is
 loaded. When none is usable it raises :class:`CheckpointError` listing each.
 
+**Read outside a run.** :func:`find_checkpoint` resolves a run directory, a ``step-*``
+directory or a ``state.pt`` to a verified checkpoint without changing anything on disk;
+:func:`read_checkpoint` gives its plain data (the run's config under ``"config"``) and
+:func:`load_model_weights` its model weights alone, from either format, in one process
+(``iprime export``, :mod:`iprime.train.export`).
+
 **A full disk** is reported as ``OSError(ENOSPC, "No space left on device: ...")`` naming the
 file, not as torch's ``basic_ios::clear: iostream error``; the partial directory is removed and
 the previous checkpoint stays as it was.
@@ -356,12 +362,24 @@ def verify_files(directory: str | Path, files: dict[str, dict[str, Any]]) -> lis
     return problems
 
 
+_CHECKPOINT_FILES = ("state.pt", ".metadata", "meta.pt")
+
+
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """Whether ``path`` is one checkpoint directory: it holds ``state.pt``, or DCP's files."""
+    d = Path(path)
+    return d.is_dir() and any((d / name).exists() for name in _CHECKPOINT_FILES)
+
+
+def checkpoint_kind(directory: str | Path) -> str:
+    """``"dcp"`` (``torch.distributed.checkpoint`` shards + ``meta.pt``) or ``"torch"`` (``state.pt``)."""
+    d = Path(directory)
+    return "dcp" if (d / ".metadata").exists() or (d / "meta.pt").exists() else "torch"
+
+
 def required_files(directory: str | Path) -> list[str]:
     """The files a loadable checkpoint must have: ``state.pt``, or DCP's ``.metadata`` + ``meta.pt``."""
-    d = Path(directory)
-    if (d / ".metadata").exists() or (d / "meta.pt").exists():
-        return [".metadata", "meta.pt"]
-    return ["state.pt"]
+    return [".metadata", "meta.pt"] if checkpoint_kind(directory) == "dcp" else ["state.pt"]
 
 
 def verify_checkpoint(directory: str | Path, dist=None) -> None:
@@ -636,7 +654,7 @@ def _load_candidate(path: Path, models, optimizers, dist) -> dict[str, Any]:
     """Load one checkpoint directory; a bad file raises :class:`CheckpointError`."""
     from iprime.train import distributed as D
 
-    if (path / ".metadata").exists() or (path / "meta.pt").exists():
+    if checkpoint_kind(path) == "dcp":
         return D.load_dcp_checkpoint(path, models, optimizers, dist=dist)
     if not (path / "state.pt").exists():
         raise CheckpointError(f"{path}: holds neither state.pt nor DCP files (.metadata, meta.pt)")
@@ -651,3 +669,106 @@ def _load_candidate(path: Path, models, optimizers, dist) -> dict[str, Any]:
         # "optimizer": the policy's optimizer in checkpoints written before the roles were uniform
         optimizers[role].load_state_dict(state.get(f"{role}_optimizer", state.get("optimizer")))
     return state
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a checkpoint outside a run (``iprime export``): nothing on disk is changed
+def find_checkpoint(path: str | Path) -> Path:
+    """The verified checkpoint directory ``path`` names, read-only (nothing is cleaned or rewritten).
+
+    ``path`` is a run directory (its newest good checkpoint, in the order a resume tries them:
+    ``LATEST``, then newest first; a bad one is skipped with a :class:`CheckpointWarning`), its
+    ``checkpoints/`` directory, one ``checkpoints/step-*`` directory, or a ``state.pt`` file.
+    Raises ``FileNotFoundError`` when nothing there is a checkpoint, :class:`CheckpointError`
+    when the checkpoint named is incomplete or corrupt (or every one of a run is)."""
+    p = Path(path)
+    if p.is_file():
+        if p.name != "state.pt":
+            raise CheckpointError(f"{p}: not a checkpoint (expected state.pt, a checkpoint or a run directory)")
+        p = p.parent
+    if not p.exists():
+        raise FileNotFoundError(f"no checkpoint at {p}: the path does not exist")
+    if is_checkpoint_dir(p):
+        verify_checkpoint(p)
+        return p
+    if step_of(p) is not None:
+        raise CheckpointError(
+            f"{p}: an incomplete checkpoint (it holds neither state.pt nor DCP's .metadata and meta.pt)"
+        )
+    return _newest_good(p.parent if list_checkpoints(p) else p)
+
+
+def _newest_good(out_dir: Path) -> Path:
+    """The first checkpoint of :func:`resume_candidates` that passes :func:`verify_checkpoint`."""
+    candidates = resume_candidates(out_dir)
+    if not candidates:
+        raise FileNotFoundError(
+            f"no checkpoint in {out_dir}: expected a run directory with checkpoints/step-*, "
+            "a checkpoints/step-* directory or a state.pt file"
+        )
+    problems: list[str] = []
+    for path in candidates:
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            problems.append(str(err))
+            warnings.warn(f"skipping bad checkpoint {path.name}: {err}", CheckpointWarning, stacklevel=3)
+            continue
+        return path
+    raise CheckpointError(f"no usable checkpoint in {out_dir / 'checkpoints'}: " + " | ".join(problems))
+
+
+def read_checkpoint(directory: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """The plain data of one checkpoint directory, checked against its manifest (``verify``).
+
+    ``state.pt``: the whole state (the run's ``meta`` keys, each role's model state dict under
+    its role and its optimizer's under ``<role>_optimizer``). DCP: ``meta.pt`` only; the weights
+    stay in the shards until :func:`load_model_weights`. Either way ``["config"]`` is the run's
+    config as plain data and ``["step"]`` its step."""
+    d = Path(directory)
+    if checkpoint_kind(d) == "torch":
+        return load_checkpoint(d, verify=verify)
+    if verify:
+        verify_checkpoint(d)
+    return load_torch_file(d / "meta.pt")
+
+
+def load_model_weights(
+    directory: str | Path, models: dict[str, torch.nn.Module], state: dict[str, Any] | None = None
+) -> None:
+    """Load each role's saved weights into ``models`` (``{"policy": module, ...}``), no optimizer
+    state, in one process. ``state``: what :func:`read_checkpoint` returned for a ``state.pt``
+    checkpoint (saves reading it twice). A role the checkpoint lacks is a :class:`CheckpointError`;
+    weights that do not fit the module are ``load_state_dict``'s ``RuntimeError``."""
+    d = Path(directory)
+    if checkpoint_kind(d) == "dcp":
+        _load_dcp_weights(d, models)
+        return
+    state = read_checkpoint(d) if state is None else state
+    for role, model in models.items():
+        if not isinstance(state.get(role), dict):
+            raise CheckpointError(f"{d / 'state.pt'}: holds no {role!r} model (saved roles: {_saved_roles(state)})")
+        model.load_state_dict(state[role])
+
+
+def _saved_roles(state: dict[str, Any]) -> str:
+    return ", ".join(sorted(k for k in state if f"{k}_optimizer" in state)) or "none"
+
+
+def _load_dcp_weights(directory: Path, models: dict[str, torch.nn.Module]) -> None:
+    """Model state dicts from DCP shards, read in this process without a process group (DCP
+    reshards to whatever asks: here one process holding full tensors)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    saved = {key.split(".", 1)[0] for key in dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata}
+    for role in models:
+        if role not in saved:
+            roles = ", ".join(sorted(r for r in saved if not r.endswith("_optimizer"))) or "none"
+            raise CheckpointError(f"{directory}: holds no {role!r} model (saved roles: {roles})")
+    state = {role: get_model_state_dict(model) for role, model in models.items()}
+    with warnings.catch_warnings():  # "torch.distributed is disabled ... assuming ... a single process": it is
+        warnings.filterwarnings("ignore", message=".*torch.distributed.*single process", category=UserWarning)
+        dcp.load(state, checkpoint_id=str(directory))
+    for role, model in models.items():
+        set_model_state_dict(model, state[role])

@@ -12,6 +12,7 @@ and the rollouts are all-gathered in rank order, so every rank filters the same 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from iprime.train import distributed as D
 from iprime.train.scoring import RolloutScorer
 
 VERIFY_COUNTS = ("verify/timeouts", "verify/failed")
+MAX_REASON_CHARS = 500  # a verifier's reason kept with each sample (buffer, checkpoints, samples.jsonl)
 
 
 def rollout_stats(generated: list[RolloutBatch], groups_seen: int, groups_kept: int) -> dict[str, float]:
@@ -40,6 +42,69 @@ def rollout_stats(generated: list[RolloutBatch], groups_seen: int, groups_kept: 
         "rollout/response_length": float(every.response_mask.sum(-1).float().mean()),
         "rollout/truncated_frac": float(every.truncated.float().mean()),
     }
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` if JSON can write it (rows read from JSON can), else its ``str``."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return value
+
+
+def token_reward_fields(tokens: Sequence[str], rewards: Sequence[float], lowest: int = 0) -> dict[str, list]:
+    """A sample's per-token PRM rewards for ``samples.jsonl``, rounded to 4 decimals:
+    ``{"token_rewards": [[token_text, reward], ...]}`` for every token (``lowest == 0``), else
+    ``{"lowest_tokens": [[position, token_text, reward], ...]}`` for the ``lowest`` most negative
+    ones, most negative first (where the PRM thinks the response went wrong)."""
+    if len(tokens) != len(rewards):
+        raise ValueError(f"{len(tokens)} tokens but {len(rewards)} rewards")
+    rounded = [round(float(r), 4) + 0.0 for r in rewards]  # + 0.0: -0.0 reads as 0.0
+    if lowest == 0:
+        return {"token_rewards": [[t, r] for t, r in zip(tokens, rounded)]}
+    order = sorted(range(len(rounded)), key=lambda i: (rounded[i], i))[:lowest]
+    return {"lowest_tokens": [[i, tokens[i], rounded[i]] for i in order]}
+
+
+def sample_records(
+    batch: RolloutBatch,
+    references: Sequence[Any],
+    tokenizer,
+    *,
+    groups: int,
+    group_size: int,
+    token_rewards: torch.Tensor | None = None,
+    lowest_tokens: int = 0,
+) -> list[dict[str, Any]]:
+    """The first ``groups`` prompt groups of ``batch`` (all ``group_size`` responses of each) as
+    ``samples.jsonl`` rows: ``group`` (its index in ``batch``), ``row`` (the dataset index),
+    ``prompt`` (the rendered prompt text the policy saw), ``reference``, ``response``, ``score``,
+    ``reason`` (the verifier's explanation), ``ended`` (stopped at EOS, not cut at the length cap)
+    and, given the PRM's ``token_rewards`` ``[B, T]``, the per-token rewards
+    (:func:`token_reward_fields`). ``references[i]`` is dataset row ``i``'s reference."""
+    n = min(len(batch), groups * group_size)
+    rows_of, reasons = batch.meta.get("row"), batch.meta.get("reason")
+    mask = batch.response_mask.bool()
+    out = []
+    for i in range(n):
+        row = int(rows_of[i]) if rows_of is not None else None
+        record: dict[str, Any] = {
+            "group": i // group_size,
+            "row": row,
+            "prompt": batch.prompt_texts[i],
+            "reference": _json_safe(references[row]) if row is not None else None,
+            "response": batch.texts[i],
+            "score": round(float(batch.tensors["outcome"][i]), 4),
+            "reason": reasons[i] if reasons is not None else None,
+            "ended": not bool(batch.truncated[i]),
+        }
+        if token_rewards is not None:
+            ids = batch.response_ids[i][mask[i]].tolist()
+            tokens = tokenizer.batch_decode([[t] for t in ids], skip_special_tokens=False)
+            record.update(token_reward_fields(tokens, token_rewards[i][mask[i]].tolist(), lowest_tokens))
+        out.append(record)
+    return out
 
 
 class RolloutCollector:
@@ -96,8 +161,10 @@ class RolloutCollector:
             batch.meta["row"] = row_ids
             t0 = time.perf_counter()
             rows, references = [self.rows[r] for r in row_ids], [self.references[r] for r in row_ids]
-            scores, verify_stats = self.scorer.score(batch.texts, rows, references, row_ids)
+            results, verify_stats = self.scorer.verify(batch.texts, rows, references, row_ids)
+            scores = [float(r.score) for r in results]
             batch.tensors["outcome"] = torch.tensor(scores, dtype=torch.float32, device=batch.response_ids.device)
+            batch.meta["reason"] = [r.reason[:MAX_REASON_CHARS] for r in results]
             t_ver = time.perf_counter() - t0
         batch = D.all_gather_rollouts(batch, [s for s, _ in shares], self.dist, self.device)
         counts = D.all_reduce(torch.tensor([verify_stats[k] for k in VERIFY_COUNTS], device=self.device))
@@ -161,3 +228,5 @@ class RolloutCollector:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.stream.load_state_dict(state["stream"])
         self.buffer = state["buffer"].to(self.device) if state["buffer"] is not None else None
+        if self.buffer is not None and "reason" not in self.buffer.meta:  # written before reasons were kept
+            self.buffer.meta["reason"] = [""] * len(self.buffer)

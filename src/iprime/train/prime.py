@@ -17,6 +17,7 @@ checkpoints written and resumed by ``train/checkpoint.py``.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +41,9 @@ from iprime.train.build import (
     reuses_sampling_logprobs,
 )
 from iprime.train.checkpoint import load_run_checkpoint, rng_state, save_run_checkpoint, set_rng_state
-from iprime.train.collect import RolloutCollector
+from iprime.train.collect import RolloutCollector, sample_records
+from iprime.train.evaluate import build_eval_sets, eval_due, preserved_training_state, run_evals
+from iprime.train.export import prm_reference
 from iprime.train.guards import UpdateGuard
 from iprime.train.logging import MetricsLogger
 from iprime.train.passes import ForwardPasses
@@ -68,8 +71,12 @@ class PrimeTrainer:
     rows (mappings, or :class:`iprime.data.sources.Record`) with ``config.data.prompt_key`` and the
     reference (``config.data.reference_key``; dotted keys reach nested fields). Each row is scored
     by its own verifier (``iprime.verifiers.score_row``: by ability / data source), or, given
-    ``verifier(response_text, reference) -> float`` in [0, 1], by that one. ``eval_fn(trainer)``
-    returns metrics logged as ``eval/<name>`` every ``train.eval_every`` steps.
+    ``verifier(response_text, reference) -> float`` in [0, 1], by that one.
+
+    Every ``train.eval_every`` steps and after the last (:mod:`iprime.train.evaluate`) the policy
+    is evaluated on ``eval_dataset`` (rows like the training rows), ``data.eval_path`` and
+    ``train.eval_benchmarks``, logged as ``eval/<name>/acc`` (a fresh run also logs the starting
+    policy as step 0), and ``eval_fn(trainer)`` returns metrics logged as ``eval/<key>``.
     """
 
     def __init__(
@@ -96,6 +103,9 @@ class PrimeTrainer:
         tokenizer = tokenizer or (load_tokenizer(model) if isinstance(model, (str, Path)) else None)
         self.scorer = RolloutScorer(cfg, verifier)
         self.data = prepare_training_data(cfg, train_dataset, tokenizer, model, self.scorer)
+        self.eval_sets = build_eval_sets(
+            cfg, eval_dataset, tokenizer, self.scorer, model=model, has_eval_fn=eval_fn is not None
+        )
         self.models = build_models(
             cfg, model, self.device, tokenizer=tokenizer, prm_model=prm_model, ref_model=ref_model
         )
@@ -256,7 +266,7 @@ class PrimeTrainer:
             t0 = time.perf_counter()
             self.generator.sync_weights(D.full_state_dict(self.policy))
             metrics["time/sync_weights"] = time.perf_counter() - t0
-        self._keep_samples(batch, outcome)
+        self._keep_samples(batch, token_rewards)
         return metrics
 
     def _old_logprobs(self, batch: RolloutBatch, mask: torch.Tensor) -> torch.Tensor:
@@ -304,11 +314,19 @@ class PrimeTrainer:
         )
         return algo.apply_is_weights(advantages, weights)
 
-    def _keep_samples(self, batch: RolloutBatch, outcome: torch.Tensor) -> None:
-        every = self.cfg.train.log_samples_every
-        if every and (self.step + 1) % every == 0:
-            K = self.cfg.rollout.n
-            self._samples = [{"response": t, "score": float(s)} for t, s in zip(batch.texts[:K], outcome[:K])]
+    def _keep_samples(self, batch: RolloutBatch, token_rewards: torch.Tensor | None) -> None:
+        """Every ``train.log_samples_every`` steps, ``train.log_sample_groups`` groups of this rank's share."""
+        t = self.cfg.train
+        if t.log_samples_every and t.log_sample_groups and (self.step + 1) % t.log_samples_every == 0:
+            self._samples = sample_records(
+                batch,
+                self.collector.references,
+                self.tokenizer,
+                groups=t.log_sample_groups,
+                group_size=self.cfg.rollout.n,
+                token_rewards=token_rewards,
+                lowest_tokens=t.log_sample_tokens,
+            )
 
     # ------------------------------------------------------------------ checkpoints
     def _parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
@@ -330,8 +348,22 @@ class PrimeTrainer:
             **self.collector.state_dict(),
             "rng": rng_state(),
             "world_size": self.dist.world_size,
+            "model_source": self.model_source,  # lets `iprime export` find the architecture
         }
-        return save_run_checkpoint(self.out_dir, self.step, self.checkpoint_format, *self._parts(), meta, self.dist)
+        path = save_run_checkpoint(self.out_dir, self.step, self.checkpoint_format, *self._parts(), meta, self.dist)
+        if self.cfg.train.save_hf:
+            self._save_hf(path)
+        return path
+
+    def _save_hf(self, checkpoint: Path) -> Path:
+        """The checkpoint's models in HF format too (``hf/{policy,prm}``, renamed into place: complete or
+        absent; not in the manifest, resuming never reads them). Collective under torchrun."""
+        final, tmp = checkpoint / "hf", checkpoint / ".hf-partial"
+        self._write_pretrained(tmp, final)
+        if self.dist.is_main:
+            os.replace(tmp, final)
+        D.barrier(self.dist)
+        return final
 
     def resume(self) -> bool:
         """Load the newest complete checkpoint in ``train.out_dir``; False when there is none."""
@@ -358,14 +390,14 @@ class PrimeTrainer:
         if resume and not self.resume():
             raise FileNotFoundError(f"--resume: no checkpoint in {self.out_dir / 'checkpoints'}")
         if main:
-            self.logger = MetricsLogger(
-                self.out_dir, tensorboard=cfg.train.tensorboard, wandb=cfg.train.wandb, config=cfg.to_dict()
-            )
-            self.logger.truncate_after(self.step)
+            self.logger = MetricsLogger.from_config(self.out_dir, cfg.train, cfg.to_dict(), start_step=self.step)
         history: list[dict[str, Any]] = []
         self.guard.begin(self._parts()[0])
         try:
-            with progress_bar(progress and main, cfg.train.steps, self.step) as advance:
+            if self.step == 0 and self.eval_sets:  # where the curves start: the policy before training
+                self._log({"step": 0, **self.evaluate(eval_fn=False)})
+            mode = cfg.train.progress if (progress and main) else "none"
+            with progress_bar(mode, cfg.train.steps, self.step, every_s=cfg.train.log_every_s) as advance:
                 while self.step < cfg.train.steps:
                     metrics = self._run_step()
                     history.append(metrics)
@@ -391,16 +423,34 @@ class PrimeTrainer:
                 f"{self.guard.rejected_in_a_row} updates in a row were far outside the run's history ({reason}); "
                 f"the last good checkpoint is in {self.out_dir / 'checkpoints'}"
             )
-        if self.eval_fn is not None and cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
-            metrics.update({f"eval/{k}": v for k, v in self.eval_fn(self).items()})
-        if self.logger is not None:
-            self.logger.log(metrics)
-            if self._samples:
-                self.logger.log_samples(self.step, self._samples)
+        if eval_due(self.step, cfg.train.steps, cfg.train.eval_every):
+            metrics.update(self.evaluate())
+        self._log(metrics, self._samples)
         self._raise_halt()  # logged first: the step that stops the run is in metrics.jsonl
         if cfg.train.save_every and self.step % cfg.train.save_every == 0:
             self._save_unless_rejected()
         return metrics
+
+    def evaluate(self, *, eval_fn: bool = True) -> dict[str, float]:
+        """The policy's metrics on the eval sets (``eval/<name>/...``) and ``eval_fn``'s (``eval/<key>``).
+        Training is left exactly as it was (RNG states, train/eval modes). Collective under torchrun."""
+        metrics: dict[str, float] = {}
+        with preserved_training_state(*self._parts()[0].values()):
+            if self.eval_sets:
+                where = {"dist": self.dist, "device": self.device, "policy_root": self.collector.policy_root}
+                metrics.update(
+                    run_evals(self.generator, self.tokenizer, self.eval_sets, self.scorer, self.cfg, **where)
+                )
+            if eval_fn and self.eval_fn is not None:
+                metrics.update({f"eval/{k}": v for k, v in self.eval_fn(self).items()})
+        return metrics
+
+    def _log(self, metrics: dict[str, Any], samples: list[dict] | None = None) -> None:
+        """Metrics (and sample rows) to the sinks; rank 0 only (the others have no logger)."""
+        if self.logger is not None:
+            self.logger.log(metrics)
+            if samples:
+                self.logger.log_samples(int(metrics["step"]), samples)
 
     def _save_unless_rejected(self) -> None:
         """Checkpoint, unless the last update was rejected by the guard (a spike is never the newest state)."""
@@ -413,7 +463,11 @@ class PrimeTrainer:
         """Write the policy (and the PRM, if any) as ordinary Hugging Face model directories; the
         PRM's beta, reference and step delimiter go beside it (``iprime_prm.json``), where every
         command that loads a PRM reads them. Collective under torchrun: rank 0 writes."""
-        d = Path(directory)
+        return self._write_pretrained(Path(directory), Path(directory))
+
+    def _write_pretrained(self, d: Path, final: Path) -> Path:
+        """:meth:`save_pretrained` into ``d``; ``final``: where it will be read from (a
+        ``model.reference=policy`` PRM names ``final/policy`` as its reference)."""
         for name, model in (("policy", self.policy), ("prm", self.prm)):
             if model is None:
                 continue
@@ -427,7 +481,7 @@ class PrimeTrainer:
                 d / "prm",
                 PRMMetadata(
                     beta=p.beta,
-                    reference=self._prm_reference(d),
+                    reference=prm_reference(self.cfg, self.model_source, final),
                     step_delimiter=p.step_delimiter,
                     granularity=p.granularity,
                     loss=p.loss,
@@ -435,16 +489,3 @@ class PrimeTrainer:
             )
         D.barrier(self.dist)
         return d
-
-    def _prm_reference(self, directory: Path) -> str | None:
-        """The model the saved PRM's rewards are read against: the starting checkpoint
-        (``model.reference=sft``), the saved final policy (``policy``), or the given path."""
-        ref = self.cfg.model.reference
-        if ref == "sft":
-            if not self.model_source:
-                return None
-            source = Path(self.model_source)  # a local directory, or a hub id kept as given
-            return str(source.resolve()) if source.exists() else self.model_source
-        if ref == "policy":
-            return str((directory / "policy").resolve())
-        return ref

@@ -55,10 +55,12 @@ class RolloutScorer:
             self.pool = VerifierPool(v.workers, memory_limit_bytes=memory)
         return self.pool
 
-    def score(
+    def verify(
         self, texts: Sequence[str], rows: Sequence[Mapping[str, Any]], references: Sequence[Any], row_ids: Sequence[int]
-    ) -> tuple[list[float], dict[str, float]]:
-        """Scores in [0, 1] for each sample and ``verify/timeouts``, ``verify/failed`` counts."""
+    ) -> tuple[list[VerifyResult], dict[str, float]]:
+        """One :class:`VerifyResult` per sample (its score checked to lie in [0, 1], its ``reason``
+        the verifier's explanation) and the ``verify/timeouts``, ``verify/failed`` counts.
+        ``row_ids[i]``: the dataset index of ``rows[i]``, named in errors."""
         pool, timeout = self._pool(), self.cfg.verify.timeout_s
         if self.verifier is None:
             results = score_rows(
@@ -66,11 +68,30 @@ class RolloutScorer:
             )
         else:
             results = verify_batch(self.verifier, texts, references, pool=pool, workers=0, timeout_s=timeout)
-        scores = [checked_score(r, row) for r, row in zip(results, row_ids)]
+        for result, row in zip(results, row_ids):
+            checked_score(result, row)
         failed = [r.reason for r in results if r.reason.startswith("verifier failed") and not r.timed_out]
         if failed and len(failed) == len(results):  # a broken verifier must stop the run, not train on zeros
             raise RuntimeError(f"the verifier failed on every sample of this round; the first: {failed[0]}")
-        return scores, {"verify/timeouts": sum(r.timed_out for r in results), "verify/failed": len(failed)}
+        return results, {"verify/timeouts": sum(r.timed_out for r in results), "verify/failed": len(failed)}
+
+    def score(
+        self, texts: Sequence[str], rows: Sequence[Mapping[str, Any]], references: Sequence[Any], row_ids: Sequence[int]
+    ) -> tuple[list[float], dict[str, float]]:
+        """Scores in [0, 1] for each sample and ``verify/timeouts``, ``verify/failed`` counts."""
+        results, stats = self.verify(texts, rows, references, row_ids)
+        return [float(r.score) for r in results], stats
+
+    def verify_named(self, name: str, texts: Sequence[str], references: Sequence[Any]) -> list[VerifyResult]:
+        """Results of the registered verifier ``name`` (``math``, ``code``, ``arithmetic``, ...) on
+        each ``(text, reference)``, in the run's verifier pool: how benchmark rows, which name
+        their own verifier, are scored. Scores are checked to lie in [0, 1]."""
+        results = verify_batch(
+            name, texts, references, pool=self._pool(), workers=0, timeout_s=self.cfg.verify.timeout_s
+        )
+        for i, result in enumerate(results):
+            checked_score(result, i)
+        return results
 
     def close(self) -> None:
         if self.pool is not None:

@@ -24,6 +24,7 @@ import torch
 from ..data.chat import render_prompt
 from ..data.jsonl import JsonlError, read_jsonl
 from ..optim import fit, lr_factor
+from .progress import ProgressMode, progress_bar
 
 IGNORE_INDEX = -100
 
@@ -35,10 +36,17 @@ class SFTConfig:
     Training length is ``max_steps`` if set, else ``ceil(epochs * len(rows) / batch_size)``.
     The learning rate warms up linearly for ``warmup_steps`` then follows ``schedule``
     (``"cosine"`` to ``min_lr_ratio * lr``, ``"linear"`` to ``min_lr_ratio * lr``, or
-    ``"constant"``): :func:`iprime.optim.lr_factor`.
+    ``"constant"``): :func:`iprime.optim.lr_factor`. The default ``lr`` (1e-5) is the usual one
+    for fine-tuning a pretrained LLM; a tiny model trained from scratch wants ~3e-3 (the
+    quickstart preset's).
+
+    ``max_length`` caps prompt + response + eos in tokens: a longer example keeps its first
+    ``max_length`` tokens (the response loses its tail, and the eos with it) and is counted in
+    :func:`run_sft`'s ``truncated``; an example whose prompt alone needs ``max_length`` tokens or
+    more is refused with a ``ValueError`` naming its row, since it has nothing left to learn from.
     """
 
-    lr: float = 1e-3
+    lr: float = 1e-5
     epochs: float = 1.0
     max_steps: int | None = None
     batch_size: int = 32
@@ -163,11 +171,16 @@ def run_sft(
     config: SFTConfig | None = None,
     *,
     log: Callable[[dict], None] | None = None,
+    progress: ProgressMode = "none",
 ) -> dict:
     """Fine-tune ``model`` in place on ``rows``; returns summary metrics.
 
     ``log`` (if given) receives ``{"step", "loss", "lr", "tokens_per_s", "elapsed_s"}`` every
     ``config.log_every`` steps and at the last step; ``loss`` is the mean over that window.
+    ``progress`` shows the same records (:func:`iprime.train.progress.progress_bar`, label
+    ``SFT``): ``"lines"`` prints ``SFT step 20/100  loss 1.2345  lr 1.0e-05  812 tok/s  elapsed
+    0:00:06`` to stdout, ``"bar"`` a rich bar, ``"auto"`` the bar on a terminal and lines
+    elsewhere, ``"none"`` (the default) nothing.
     Returned: ``steps``, ``epochs``, ``first_loss``, ``final_loss`` (last window),
     ``train_time_s``, ``examples``, ``response_tokens``, ``truncated`` and the config.
     The model is left in eval mode.
@@ -214,19 +227,26 @@ def run_sft(
             yield batch
 
     model.train()
-    fitted = fit(
-        list(model.parameters()),
-        opt,
-        batches(),
-        lambda batch: sft_loss(model, batch),
-        total,
-        scheduler=sched,
-        grad_clip=config.grad_clip,
-        log_every=config.log_every,
-        log=log,
-        count_tokens=lambda batch: int(batch["attention_mask"].sum()),
-        name="SFT loss",
-    )
+    with progress_bar(progress, total, 0, label="SFT") as advance:
+
+        def record(metrics: dict) -> None:
+            if log is not None:
+                log(metrics)
+            advance(metrics["step"], metrics)
+
+        fitted = fit(
+            list(model.parameters()),
+            opt,
+            batches(),
+            lambda batch: sft_loss(model, batch),
+            total,
+            scheduler=sched,
+            grad_clip=config.grad_clip,
+            log_every=config.log_every,
+            log=record,
+            count_tokens=lambda batch: int(batch["attention_mask"].sum()),
+            name="SFT loss",
+        )
     model.eval()
     return {
         "steps": total,
