@@ -386,7 +386,11 @@ from iprime.train.export import export_command  # noqa: E402
 app.command("eval", epilog=EVAL_EXAMPLES)(eval_command)
 prm_app.command("rerank", epilog=RERANK_EXAMPLES)(rerank_command)
 app.command("export")(export_command)
-app.command("plot")(plot_command)
+app.command(
+    "plot",
+    epilog="Examples:\niprime plot runs/prime                      (writes runs/prime/plots.png)\n"
+    "iprime plot runs/prime -k prm/pairwise_acc -k rollout/acc_before_filter -o acc.png",
+)(plot_command)
 app.add_typer(prm_app, name="prm")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")

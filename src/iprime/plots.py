@@ -559,8 +559,6 @@ def plot_command(
 
     Faint dots are each step's value, lines an EMA over them; a step without a value breaks the
     line.
-
-    Example: iprime plot runs/prime   (writes runs/prime/plots.png)
     """
     from rich.console import Console
 
