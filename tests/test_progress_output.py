@@ -113,8 +113,11 @@ def test_eval_results_and_non_finite_values():
     m = {**GENERATED_STEP, "prm/pairwise_acc": float("nan"), "eval/math500/acc": 0.31234, "eval/aime/pass@4": 0.1}
     m["eval/accuracy"] = 0.5  # what PrimeTrainer(eval_fn=...) returning {"accuracy": 0.5} logs
     m["eval/math500/time_s"] = 12.345678  # not a headline number
+    m["prm/loss"] = float("inf")
     text = format_metrics(m)
-    assert "prm_acc nan" in text and "math500/acc 0.312" in text and "aime/pass@4 0.100" in text
+    # no (correct, wrong) pair: no pairwise accuracy to show; a non-finite loss is shown
+    assert "prm_acc" not in text and "prm_loss inf" in text
+    assert "math500/acc 0.312" in text and "aime/pass@4 0.100" in text
     assert "  accuracy 0.500" in text
     assert "time_s" not in text
 
