@@ -17,6 +17,18 @@ Why these numbers (measured, see ``python -m iprime.presets``):
   (random slips, or a rate below 0.5, are averaged away by greedy decoding). At 0.6 the
   learned preference was too close to a coin flip: after 1,000 steps greedy accuracy was 64%,
   above the band. RL has to shift a 70/30 preference on carry steps.
+
+The quickstart's problems hold only ~0.7 carry steps on average, so there is little credit
+to assign: one outcome per response already lands on its one uncertain decision.
+:data:`BENCHMARK_PRESETS` adds tasks where credit assignment matters more, for
+``benchmarks/sample_efficiency.py --preset NAME``:
+
+- ``decisiveD`` (:func:`decisive_preset`): every step after the first carries or borrows, so
+  a response holds exactly ``D`` decisive decisions, each slipped at the rate that keeps the
+  SFT data's share of correct solutions at 0.35 whatever ``D``. More decisions at the same
+  accuracy: a wrong response holds more *right* decisions that outcome-only RL blames with it.
+- ``filler``: the quickstart task with three free words opening every step line
+  (``ArithmeticConfig.filler_words``): many uncertain tokens that never change correctness.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -69,6 +81,57 @@ class QuickstartPreset:
 
 
 QUICKSTART = QuickstartPreset()
+
+
+def decisive_preset(decisions: int, correct_share: float = 0.35) -> QuickstartPreset:
+    """The quickstart's model and SFT on ``decisions + 1`` one-digit ``+``/``-`` operations that
+    all carry or borrow (``carry_every_step``; the first only lifts the one-digit first operand
+    above 10, where a carry column exists), so a solution holds exactly ``decisions`` decisive
+    steps. Each slips with rate ``s = 1 - correct_share ** (1 / decisions)``, which keeps the share
+    of correct SFT solutions at ``correct_share``: ``decisions`` changes how many decisions share
+    one outcome, not how often the outcome is right. ``s < 0.5``, so greedy decoding mostly gets
+    them right: the paper's metric here is the *sampled* training reward."""
+    if decisions < 1:
+        raise ValueError(f"decisions must be >= 1, got {decisions}")
+    if not (0.0 < correct_share < 1.0):
+        raise ValueError(f"correct_share must be in (0, 1), got {correct_share}")
+    ops = decisions + 1
+    task = replace(QUICKSTART_TASK, min_ops=ops, max_ops=ops, carry_every_step=True)
+    slip = 1.0 - correct_share ** (1.0 / decisions)
+    return replace(QUICKSTART, task=task, slip_rate=round(slip, 4), max_new_tokens=12 * ops + 32)
+
+
+def filler_preset(words: int = 3) -> QuickstartPreset:
+    """The quickstart with ``words`` free words opening every step line (``filler_words``)."""
+    task = replace(QUICKSTART_TASK, filler_words=words)
+    return replace(QUICKSTART, task=task, max_new_tokens=QUICKSTART.max_new_tokens + 8 * words)
+
+
+BENCHMARK_PRESETS: dict[str, QuickstartPreset] = {
+    "quickstart": QUICKSTART,
+    "decisive3": decisive_preset(3),
+    "decisive5": decisive_preset(5),
+    "decisive7": decisive_preset(7),
+    "filler": filler_preset(3),
+}
+"""Tasks for ``benchmarks/sample_efficiency.py --preset``, ordered by how much credit
+assignment matters (see the module docstring); the same tiny model and SFT recipe each."""
+
+
+def preset_with_ops(preset: QuickstartPreset, ops: int | None) -> QuickstartPreset:
+    """``preset`` with ``ops`` operations per problem (``max_new_tokens = 12 * ops + 32``, room
+    for ~10 tokens per line); ``preset`` itself when ``ops`` is None or already its count."""
+    if ops is None or preset.task.min_ops == preset.task.max_ops == ops:
+        return preset
+    return replace(preset, task=replace(preset.task, min_ops=ops, max_ops=ops), max_new_tokens=12 * ops + 32)
+
+
+def benchmark_preset(name: str) -> QuickstartPreset:
+    """:data:`BENCHMARK_PRESETS` ``[name]``, with the known names in the error."""
+    try:
+        return BENCHMARK_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(BENCHMARK_PRESETS)}") from None
 
 
 def run_preset_sft(out: str | Path, preset: QuickstartPreset | None = None, *, log=print) -> dict:

@@ -330,6 +330,51 @@ def process_rloo_rewards(process_rewards: Tensor, mask: Tensor, group_size: int,
     return zero_outside(centred, mask)
 
 
+def prime_advantage_parts(
+    outcome: Tensor,
+    process_rewards: Tensor,
+    mask: Tensor,
+    group_size: int,
+    rm_coef: float = 1.0,
+    gamma: float = 1.0,
+    normalize: str | None = None,
+    process_baseline: str = "paper",
+    outcome_coef: float = 1.0,
+    outcome_gamma: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The two terms of PRIME's advantage before whitening, ``(process, outcome)``, each ``[B, T]``.
+
+    ``process = rm_coef * discounted return of the leave-one-out centred (optionally
+    ``batch_norm``-scaled) process rewards`` and ``outcome = outcome_coef * RLOO outcome
+    advantage``; :func:`prime_rloo_advantages` is their sum (then whitened if asked), so the
+    parts say how much of the advantage the implicit PRM contributes. Zero outside ``mask``.
+    """
+    check_same_shape(process_rewards=process_rewards, mask=mask)
+    _check_outcome_inputs(outcome, mask)
+    check_finite("process_rewards", process_rewards, mask)
+    check_loo_groups(outcome.shape[0], group_size)
+    check_gamma("gamma", gamma)
+    check_choice("normalize", normalize, NORMALIZATIONS)
+    outcome_gamma = gamma if outcome_gamma is None else outcome_gamma
+    check_gamma("outcome_gamma", outcome_gamma)
+
+    r = zero_outside(process_rewards.to(torch.float32), mask)
+    if normalize == "batch_norm":
+        r = batch_norm_process_rewards(r, mask)
+    process = discounted_returns(process_rloo_rewards(r, mask, group_size, process_baseline), mask, gamma)
+    outcome_part = rloo_advantages(outcome, mask, group_size, outcome_gamma)
+    return rm_coef * process, outcome_coef * outcome_part
+
+
+def within_response_deviation(advantages: Tensor, mask: Tensor) -> Tensor:
+    """``[B, T]``: each valid token's advantage minus the mean advantage of its response, 0
+    elsewhere: the part of an advantage that differs between tokens of one response, which an
+    outcome-only estimator (``gamma = 1``) never has. An empty response contributes zeros."""
+    check_same_shape(advantages=advantages, mask=mask)
+    a = zero_outside(advantages.to(torch.float32), mask)
+    return zero_outside(a - masked_mean(a, mask, dim=1).unsqueeze(1), mask)
+
+
 def prime_rloo_advantages(
     outcome: Tensor,
     process_rewards: Tensor,
@@ -357,21 +402,19 @@ def prime_rloo_advantages(
 
     Shapes: ``outcome`` ``[B]``; ``process_rewards`` and ``mask`` ``[B, T]`` -> ``[B, T]``.
     """
-    check_same_shape(process_rewards=process_rewards, mask=mask)
-    _check_outcome_inputs(outcome, mask)
-    check_finite("process_rewards", process_rewards, mask)
-    check_loo_groups(outcome.shape[0], group_size)
-    check_gamma("gamma", gamma)
-    check_choice("normalize", normalize, NORMALIZATIONS)
-    outcome_gamma = gamma if outcome_gamma is None else outcome_gamma
-    check_gamma("outcome_gamma", outcome_gamma)
-
-    r = zero_outside(process_rewards.to(torch.float32), mask)
-    if normalize == "batch_norm":
-        r = batch_norm_process_rewards(r, mask)
-    process = discounted_returns(process_rloo_rewards(r, mask, group_size, process_baseline), mask, gamma)
-    outcome_part = rloo_advantages(outcome, mask, group_size, outcome_gamma)
-    advantages = rm_coef * process + outcome_coef * outcome_part
+    process, outcome_part = prime_advantage_parts(
+        outcome,
+        process_rewards,
+        mask,
+        group_size,
+        rm_coef,
+        gamma,
+        normalize,
+        process_baseline,
+        outcome_coef,
+        outcome_gamma,
+    )
+    advantages = process + outcome_part
     if whiten:
         advantages = distributed_masked_whiten(advantages, mask)
     return zero_outside(advantages, mask)

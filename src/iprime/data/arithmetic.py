@@ -23,6 +23,17 @@ student's arithmetic mistake. Two kinds:
   the imperfect-but-fixable starting point RL needs.
 - ``"random"``: the result is off by a small random amount (+-1, 2 or 10). Every step is
   eligible. Because the wrong values are spread out, greedy decoding mostly averages them away.
+
+Two knobs set how much *credit assignment* matters (both off by default, which leaves the task,
+its random draws and every number measured on it unchanged):
+
+- ``carry_every_step``: every operation carries or borrows, so a response holds exactly one
+  *decisive* decision per operation (the carry digit a slip drops), and ``min_ops``/``max_ops``
+  set how many. Outcome-only RL blames every decision of a wrong response for the one that
+  slipped; a dense reward can tell them apart.
+- ``filler_words``: each step line starts with that many *free words* drawn uniformly from
+  :data:`FILLER_WORDS` (``so then 37 + 48 = 85``): uncertain tokens that never change
+  correctness, beside the few decisive ones.
 """
 
 from __future__ import annotations
@@ -35,6 +46,8 @@ from dataclasses import dataclass, field
 from .boxed import boxed_int_score
 
 OPERATORS = ("+", "-", "*")
+FILLER_WORDS = ("so", "then", "now", "next", "thus", "hence", "and", "here")
+"""The free words of ``ArithmeticConfig.filler_words``: harmless wording, one choice of eight."""
 SLIP_KINDS = ("carry", "random")
 SPLITS = ("train", "test")
 _RANDOM_SLIP_DELTAS = (-10, -2, -1, 1, 2, 10)
@@ -53,6 +66,14 @@ class ArithmeticConfig:
     allow_negative: if False, a ``-`` whose right operand would exceed the running value is
         turned into ``+``, so every correct intermediate value is >= 0.
     test_fraction: share of the problem space (by hash) that belongs to the test split.
+    carry_every_step: draw every operation so that it carries or borrows (:func:`can_slip`
+        with ``"carry"``) and leaves a running value above 10, from which the next one can.
+        A one-digit running value cannot carry into a column it lacks (``6 + 4 = 10`` has
+        no slip), so a one-digit first operand's operation only lifts it above 10: a problem
+        has ``n_ops`` decisive steps, one fewer with a one-digit first operand. Needs
+        ``allow_negative=False`` (a carry slip is defined on values >= 0).
+    filler_words: free words (from :data:`FILLER_WORDS`) that SFT solutions write at the start
+        of every step line; they never change correctness. 0: none (the default format).
     """
 
     min_ops: int = 2
@@ -63,6 +84,8 @@ class ArithmeticConfig:
     mul_max: int = 9
     allow_negative: bool = False
     test_fraction: float = 0.2
+    carry_every_step: bool = False
+    filler_words: int = 0
 
     def __post_init__(self) -> None:
         if not (1 <= self.min_ops <= self.max_ops):
@@ -81,6 +104,10 @@ class ArithmeticConfig:
             raise ValueError(f"mul_max must be in [2, 9], got {self.mul_max}")
         if not (0.0 < self.test_fraction < 1.0):
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.carry_every_step and self.allow_negative:
+            raise ValueError("carry_every_step needs allow_negative=False (carries are defined on values >= 0)")
+        if not (0 <= self.filler_words <= 16):
+            raise ValueError(f"filler_words must be in [0, 16], got {self.filler_words}")
 
 
 @dataclass(frozen=True)
@@ -215,17 +242,59 @@ def _digit_range(digits: int) -> tuple[int, int]:
     return (10 ** (digits - 1) if digits > 1 else 1), 10**digits - 1
 
 
+_CARRY_TRIES = 200
+
+
+def _draw_operation(config: ArithmeticConfig, acc: int, rng: random.Random) -> tuple[str, int]:
+    """One ``(op, right operand)`` after the running value ``acc``."""
+    lo, hi = _digit_range(config.digits)
+    op = rng.choice(config.operators)
+    b = rng.randint(2, config.mul_max) if op == "*" else rng.randint(lo, hi)
+    if op == "-" and not config.allow_negative and b > acc:
+        op = "+"
+    return op, b
+
+
+def _draw_carrying_operation(config: ArithmeticConfig, acc: int, rng: random.Random) -> tuple[str, int] | None:
+    """An operation after ``acc`` that carries or borrows (when ``acc >= 10``; below, none can)
+    and leaves a value above 10, by rejection (``carry_every_step``); None if none was found."""
+    for _ in range(_CARRY_TRIES):
+        op, b = _draw_operation(config, acc, rng)
+        if apply_op(acc, op, b) > 10 and (acc < 10 or can_slip(acc, op, b, "carry")):
+            return op, b
+    return None
+
+
+def _sample_carrying_problem(config: ArithmeticConfig, rng: random.Random, n_ops: int) -> Problem:
+    """A problem whose every operation carries (see ``carry_every_step``); a chain that reaches a
+    value no operation can carry from (e.g. ``1``, or ``20`` with only ``+``) is drawn again."""
+    for _ in range(_CARRY_TRIES):
+        acc = rng.randint(*_digit_range(config.first_digits or config.digits))
+        operands, ops = [acc], []
+        for _ in range(n_ops):
+            drawn = _draw_carrying_operation(config, acc, rng)
+            if drawn is None:
+                break
+            operands.append(drawn[1])
+            ops.append(drawn[0])
+            acc = apply_op(acc, *drawn)
+        else:
+            return Problem(tuple(operands), tuple(ops))
+    raise ValueError(
+        f"could not draw a problem whose every step carries for {config}; carry_every_step needs operators "
+        "that can always carry or borrow, e.g. ('+', '-') with one-digit operands"
+    )
+
+
 def sample_problem(config: ArithmeticConfig, rng: random.Random) -> Problem:
     """One problem drawn from ``config`` (any split)."""
-    lo, hi = _digit_range(config.digits)
     n_ops = rng.randint(config.min_ops, config.max_ops)
+    if config.carry_every_step:
+        return _sample_carrying_problem(config, rng, n_ops)
     acc = rng.randint(*_digit_range(config.first_digits or config.digits))
     operands, ops = [acc], []
     for _ in range(n_ops):
-        op = rng.choice(config.operators)
-        b = rng.randint(2, config.mul_max) if op == "*" else rng.randint(lo, hi)
-        if op == "-" and not config.allow_negative and b > acc:
-            op = "+"
+        op, b = _draw_operation(config, acc, rng)
         operands.append(b)
         ops.append(op)
         acc = apply_op(acc, op, b)
@@ -288,10 +357,16 @@ class Solution:
         return self.n_slips == 0
 
 
-def format_solution(steps: list[Step] | tuple[Step, ...]) -> str:
-    lines = [s.text for s in steps]
+def format_solution(steps: list[Step] | tuple[Step, ...], fillers: list[str] | None = None) -> str:
+    """One line per step, then the boxed answer; ``fillers[i]`` (free words) opens step line ``i``."""
+    lines = [s.text if not fillers or not fillers[i] else f"{fillers[i]} {s.text}" for i, s in enumerate(steps)]
     lines.append(f"The answer is \\boxed{{{steps[-1].result}}}")
     return "\n".join(lines)
+
+
+def draw_fillers(n_lines: int, words_per_line: int, rng: random.Random) -> list[str]:
+    """``n_lines`` strings of ``words_per_line`` words drawn uniformly from :data:`FILLER_WORDS`."""
+    return [" ".join(rng.choice(FILLER_WORDS) for _ in range(words_per_line)) for _ in range(n_lines)]
 
 
 def write_solution(
@@ -300,6 +375,7 @@ def write_solution(
     slip_rate: float = 0.0,
     slip_kind: str = "carry",
     rng: random.Random | None = None,
+    filler_words: int = 0,
 ) -> Solution:
     """Step-by-step solution where each *eligible* step slips with probability ``slip_rate``.
 
@@ -307,7 +383,13 @@ def write_solution(
     start from that wrong value, so the slip propagates to the boxed answer: the running
     value stays off the correct one (``+``/``-`` keep the error, ``*`` by >= 2 scales it), so
     ``final != problem.answer`` iff ``n_slips > 0``.
+
+    ``filler_words > 0`` opens every step line with that many free words
+    (:func:`draw_fillers`, drawn from ``rng`` after the slips); 0 draws nothing, so the default
+    format consumes the same random numbers as before the option existed.
     """
+    if filler_words > 0 and rng is None:
+        raise ValueError("an rng is required when filler_words > 0")
     if not (0.0 <= slip_rate <= 1.0):
         raise ValueError(f"slip_rate must be in [0, 1], got {slip_rate}")
     if slip_kind not in SLIP_KINDS:
@@ -328,10 +410,13 @@ def write_solution(
                     result, n_slips = wrong, n_slips + 1
         steps.append(Step(acc, op, b, result))
         acc = result
-    return Solution(format_solution(steps), acc, tuple(steps), n_slips, n_eligible)
+    fillers = draw_fillers(len(steps), filler_words, rng) if filler_words > 0 else None
+    return Solution(format_solution(steps, fillers), acc, tuple(steps), n_slips, n_eligible)
 
 
 _STEP_LINE = re.compile(r"^\s*(-?\d+) ([+\-*]) (\d+) = (-?\d+)\s*$")
+_STEP_LINE_WITH_FILLER = re.compile(r"^\s*(?:[a-z]+ )*(-?\d+) ([+\-*]) (\d+) = (-?\d+)\s*$")
+_PROMPT_IN_TEXT = re.compile(r"Compute ([0-9()+\-* ]+)\.")
 
 
 def problem_from_prompt(prompt: str) -> Problem:
@@ -349,18 +434,27 @@ def problem_from_prompt(prompt: str) -> Problem:
         raise ValueError(f"cannot parse the expression of {prompt!r}: {e}") from None
 
 
-def first_wrong_step(problem: Problem, response: str) -> int | None:
+def problem_in_text(text: str) -> Problem | None:
+    """The :class:`Problem` of the first ``Compute <expression>.`` in ``text`` (e.g. a prompt
+    rendered with a chat template), or None when ``text`` holds no arithmetic task prompt."""
+    m = _PROMPT_IN_TEXT.search(text)
+    return problem_from_prompt(f"Compute {m[1]}.") if m else None
+
+
+def first_wrong_step(problem: Problem, response: str, *, filler: bool = False) -> int | None:
     """Index of the first line of ``response`` that is not the next correct step, or None.
 
     Line ``i`` must read exactly ``left op right = result`` of the problem's ``i``-th correct
     step (so a slip is caught on its own line, and a wrong left operand, a skipped step or
-    a missing line count as wrong too). This is the ground-truth *process* label a PRM's
-    step rewards can be checked against; lines after the steps (the boxed answer) are not
-    looked at.
+    a missing line count as wrong too). With ``filler`` the line may start with free
+    lowercase words (``ArithmeticConfig.filler_words``), which never make it wrong. This is
+    the ground-truth *process* label a PRM's step rewards can be checked against; lines
+    after the steps (the boxed answer) are not looked at.
     """
+    pattern = _STEP_LINE_WITH_FILLER if filler else _STEP_LINE
     lines = response.split("\n")
     for i, step in enumerate(problem.steps()):
-        m = _STEP_LINE.match(lines[i]) if i < len(lines) else None
+        m = pattern.match(lines[i]) if i < len(lines) else None
         if m is None or (int(m[1]), m[2], int(m[3]), int(m[4])) != (step.left, step.op, step.right, step.result):
             return i
     return None
@@ -403,7 +497,9 @@ class ArithmeticTask:
         rng = random.Random(f"{seed}:solutions")
         out = []
         for p in self.problems(split, n, seed=seed, unique=False):
-            sol = write_solution(p, slip_rate=self.slip_rate, slip_kind=self.slip_kind, rng=rng)
+            sol = write_solution(
+                p, slip_rate=self.slip_rate, slip_kind=self.slip_kind, rng=rng, filler_words=self.config.filler_words
+            )
             out.append({**problem_row(p, split), "response": sol.text, "correct": sol.correct})
         return out
 

@@ -45,3 +45,64 @@ def compute_advantages(
         process_baseline=a.process_baseline,
     )
     return algo.get_advantage_estimator(a.estimator)(inputs)
+
+
+def _local_stats(values: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """``{"std"}`` (Bessel) of ``values[mask]`` in this process (the shape of ``ForwardPasses.global_stats``)."""
+    v = values[mask.bool()].double()
+    return {"std": float(v.std()) if v.numel() > 1 else 0.0}
+
+
+def process_share_metrics(
+    cfg: PrimeConfig,
+    outcome: torch.Tensor,
+    mask: torch.Tensor,
+    token_rewards: torch.Tensor,
+    stats=_local_stats,
+) -> dict[str, float]:
+    """How much of PRIME's advantage comes from the implicit PRM, over the batch's valid tokens.
+
+    With ``P, O`` = :func:`iprime.algo.advantages.prime_advantage_parts` (``rm_coef`` times the
+    process return, ``outcome_coef`` times the RLOO outcome advantage, ``[B, T]``, before
+    whitening, which scales both alike) and ``A = P + O``:
+
+    - ``adv/process_std``, ``adv/outcome_std``: ``std(P)``, ``std(O)`` over valid tokens;
+    - ``adv/process_share``: ``std(P) / std(A)``; ~0 when the process term is negligible, ~1
+      when it dominates (it can exceed 1 when ``P`` and ``O`` partly cancel);
+    - ``adv/process_outcome_corr``: the correlation of ``P`` and ``O`` over tokens (near 1: the
+      process term mostly repeats the outcome);
+    - ``adv/dense_share``: ``std(A - its response's mean) / std(A)``, the share of the advantage
+      that varies *within* a response: what a dense reward adds (0 for outcome-only RLOO).
+
+    A ratio whose denominator is 0 is left out (``std(A) = 0``: nothing to share; the
+    correlation when ``P`` or ``O`` is constant, e.g. the first step, whose PRM is still the
+    reference), so no metric is NaN.
+
+    ``stats(values, mask) -> {"std": ...}`` gives the statistics (``ForwardPasses.global_stats``
+    under torchrun, where every rank must call this). Only the ``prime`` estimator's split is
+    known; a KL penalty in the reward (``algo.kl_mode=reward``) is left out of both parts.
+    """
+    a = cfg.algo
+    if a.estimator != "prime":
+        raise ValueError(f"process_share_metrics splits the prime estimator's advantage, not {a.estimator!r}")
+    process, outcome_part = algo.advantages.prime_advantage_parts(
+        outcome,
+        token_rewards,
+        mask,
+        cfg.rollout.n,
+        rm_coef=a.rm_coef,
+        gamma=a.gamma,
+        normalize=a.normalize,
+        process_baseline=a.process_baseline,
+        outcome_coef=a.outcome_coef,
+        outcome_gamma=a.outcome_gamma,
+    )
+    total = process + outcome_part
+    sp, so, sa = stats(process, mask)["std"], stats(outcome_part, mask)["std"], stats(total, mask)["std"]
+    within = stats(algo.advantages.within_response_deviation(total, mask), mask)["std"]
+    metrics = {"adv/process_std": sp, "adv/outcome_std": so}
+    if sa > 0:
+        metrics.update({"adv/process_share": sp / sa, "adv/dense_share": within / sa})
+    if sp > 0 and so > 0:
+        metrics["adv/process_outcome_corr"] = (sa * sa - sp * sp - so * so) / (2 * sp * so)
+    return metrics

@@ -242,7 +242,9 @@ class PrimeTrainer:
         if self.prm is not None:
             prm_logp, prm_stats = self._prm_stage(batch, ref_logp, len(global_batch))
             token_rewards = process_rewards(cfg, batch, prm_logp, ref_logp, mask, self.delimiter_ids)
-            metrics.update(prm_metrics(passes, token_rewards, mask, outcome, cfg.rollout.n))
+            metrics.update(
+                prm_metrics(passes, token_rewards, mask, outcome, cfg.rollout.n, batch=batch, tokenizer=self.tokenizer)
+            )
             metrics.update(prm_stats)
         metrics["time/prm"] = time.perf_counter() - t0
 
