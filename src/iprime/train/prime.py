@@ -396,10 +396,12 @@ class PrimeTrainer:
         history: list[dict[str, Any]] = []
         self.guard.begin(self._parts()[0])
         try:
-            if self.step == 0 and self.eval_sets:  # where the curves start: the policy before training
-                self._log({"step": 0, **self.evaluate(eval_fn=False)})
             mode = cfg.train.progress if (progress and main) else "none"
             with progress_bar(mode, cfg.train.steps, self.step, every_s=cfg.train.log_every_s) as advance:
+                if self.step == 0 and self.eval_sets:  # where the curves start: the policy before training
+                    start = {"step": 0, **self.evaluate(eval_fn=False)}
+                    self._log(start)
+                    advance(0, start)
                 while self.step < cfg.train.steps:
                     metrics = self._run_step()
                     history.append(metrics)

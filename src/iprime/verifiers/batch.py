@@ -178,7 +178,10 @@ def _verify_one(verifier: Verifier, response: str, reference: Any) -> VerifyResu
             raise TypeError(f"{type(verifier).__name__}.detailed returned {type(result).__name__}, not VerifyResult")
         return mark_timeout(result)
     score = float(verifier(response, reference))
-    return VerifyResult(score, int(score >= 1.0), 1, "ok", time.monotonic() - start)
+    # a plain callable gives a number only: say what the number means, for samples.jsonl readers
+    name = getattr(verifier, "__qualname__", type(verifier).__name__)
+    verdict = "correct" if score >= 1.0 else "wrong" if score <= 0.0 else f"partial credit {score:g}"
+    return VerifyResult(score, int(score >= 1.0), 1, f"{verdict} ({name})", time.monotonic() - start)
 
 
 def _warm_worker(preload: tuple[str, ...] = ()) -> None:
