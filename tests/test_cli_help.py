@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import click
 import pytest
@@ -163,3 +165,12 @@ def test_metrics_table_rounds_floats_and_flattens():
     console = Console(width=60, record=True)
     console.print(metrics_table({"picks": "[bold]x"}))  # values are text, never markup
     assert "[bold]x" in console.export_text()
+
+
+def test_the_command_line_loads_without_torch():
+    """``iprime --help`` must stay instant: no command module may import torch, transformers or
+    matplotlib at import time (the eval / train / prm packages export their names lazily)."""
+    heavy = "('torch', 'transformers', 'matplotlib')"
+    code = f"import sys, iprime.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -5,7 +5,7 @@ Attributes are imported on first use (PEP 562), so the command line (``iprime --
 load torch and transformers through this package.
 """
 
-from importlib import import_module
+from iprime._lazy import lazy_getattr
 
 _EXPORTS = {
     "extract_answer": "answers",
@@ -34,7 +34,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -6,7 +6,7 @@ Attributes are imported on first use (PEP 562), so ``iprime.prm.commands`` (the 
 imported without loading torch.
 """
 
-from importlib import import_module
+from iprime._lazy import lazy_getattr
 
 _EXPORTS = {
     "EncodedResponse": "scoring",
@@ -32,7 +32,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -5,7 +5,7 @@ Attributes are imported on first use (PEP 562), so importing a light submodule (
 line's ``iprime.train.export``) does not load the trainer's whole stack.
 """
 
-from importlib import import_module
+from iprime._lazy import lazy_getattr
 
 _EXPORTS = {
     "evaluate_accuracy": "evaluate",
@@ -22,7 +22,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
