@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import ROWS, parity_verifier, tiny_config
 
-from iprime.config import load_config
 from iprime.train.evaluate import (
     build_eval_sets,
     eval_due,
@@ -31,13 +31,6 @@ from iprime.train.scoring import RolloutScorer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROWS = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(24)]
-
-
-def parity_verifier(text: str, answer: str) -> float:
-    """Depends on the response: accuracies strictly between 0 and 1 on random text."""
-    return float(len(text) % 2 == 0)
-
 
 def answer_verifier(text: str, answer: str) -> float:
     """Depends on the row only: the exact accuracy of any set is known in advance."""
@@ -45,25 +38,9 @@ def answer_verifier(text: str, answer: str) -> float:
 
 
 def make_config(out_dir, *overrides: str):
-    base = [
-        f"train.out_dir={out_dir}",
-        "train.steps=3",
-        "train.save_every=0",
-        "train.tensorboard=false",
-        "train.progress=none",
-        "train.log_samples_every=0",
-        "verify.workers=0",
-        "rollout.n=4",
-        "rollout.prompts_per_step=2",
-        "rollout.max_new_tokens=6",
-        "filter.enabled=false",
-        "optim.lr=1e-3",
-        "prm.lr=1e-3",
-        "optim.micro_batch_size=4",
-        "optim.mini_batch_size=8",
-        "prm.beta=0.5",
-    ]
-    return load_config(None, base + list(overrides))
+    return tiny_config(
+        out_dir, "train.progress=none", "train.log_samples_every=0", "rollout.max_new_tokens=6", *overrides
+    )
 
 
 def read_metrics(out_dir: Path) -> list[dict]:

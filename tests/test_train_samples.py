@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import ROWS, parity_verifier, tiny_config
 
-from iprime.config import load_config
 from iprime.data.chat import render_prompt
 from iprime.rollout.types import RolloutBatch
 from iprime.train.collect import sample_records, token_reward_fields
@@ -19,32 +19,9 @@ from iprime.verifiers import RowScoring, score_row_detailed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROWS = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(24)]
-
-
-def parity_verifier(text: str, answer: str) -> float:
-    return float(len(text) % 2 == 0)
-
 
 def make_config(out_dir, *overrides: str):
-    base = [
-        f"train.out_dir={out_dir}",
-        "train.steps=2",
-        "train.save_every=0",
-        "train.tensorboard=false",
-        "train.progress=none",
-        "verify.workers=0",
-        "rollout.n=4",
-        "rollout.prompts_per_step=2",
-        "rollout.max_new_tokens=6",
-        "filter.enabled=false",
-        "optim.lr=1e-3",
-        "prm.lr=1e-3",
-        "optim.micro_batch_size=4",
-        "optim.mini_batch_size=8",
-        "prm.beta=0.5",
-    ]
-    return load_config(None, base + list(overrides))
+    return tiny_config(out_dir, "train.steps=2", "train.progress=none", "rollout.max_new_tokens=6", *overrides)
 
 
 def read_samples(out_dir: Path) -> list[dict]:

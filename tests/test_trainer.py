@@ -9,38 +9,14 @@ import math
 
 import pytest
 import torch
+from tiny_runs import ROWS, parity_verifier, tiny_config
 
-from iprime.config import load_config
 from iprime.train.prime import NonFiniteError, PrimeTrainer
 from iprime.train.prm_update import update_prm
 
-ROWS = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(24)]
-
-
-def parity_verifier(text: str, answer: str) -> float:
-    """Deterministic and roughly balanced on random text: gives the filter something to keep."""
-    return float(len(text) % 2 == 0)
-
 
 def make_config(tmp_path, *overrides: str):
-    base = [
-        f"train.out_dir={tmp_path}",
-        "train.steps=3",
-        "train.save_every=1",
-        "train.tensorboard=false",
-        "verify.workers=0",
-        "rollout.n=4",
-        "rollout.prompts_per_step=2",
-        "rollout.max_new_tokens=8",
-        "rollout.max_rounds=3",
-        "filter.enabled=false",
-        "optim.lr=1e-3",
-        "prm.lr=1e-3",
-        "optim.micro_batch_size=4",
-        "optim.mini_batch_size=8",
-        "prm.beta=0.5",
-    ]
-    return load_config(None, base + list(overrides))
+    return tiny_config(tmp_path, "train.save_every=1", "rollout.max_rounds=3", *overrides)
 
 
 def params_of(model):
