@@ -66,13 +66,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ALGOS = {
-    "prime": ["algo.estimator=prime"],
-    # the PRIME repository's pipeline: process rewards scaled by the batch's largest return,
-    # and its leave-one-out baseline (docs/benchmarks.md)
+    # the paper's formula as written: unnormalised process rewards, the paper's baseline
+    "prime": ["algo.estimator=prime", "algo.normalize=null", "algo.process_baseline=paper"],
+    # the PRIME repository's pipeline (iprime's default since this measurement): process rewards
+    # scaled by the batch's largest return, and its leave-one-out baseline (docs/benchmarks.md)
     "prime_ref": ["algo.estimator=prime", "algo.normalize=batch_norm", "algo.process_baseline=reference"],
     # PRIME whose PRM starts from an offline warm-up on SFT rollouts (--warmup-rollouts); those
     # rollouts are counted: its curve starts at that many rollouts seen
-    "prime_warm": ["algo.estimator=prime"],
+    "prime_warm": ["algo.estimator=prime", "algo.normalize=null", "algo.process_baseline=paper"],
+    # process credit kept near the token that earned it: the process return discounted by 0.9
+    # (a horizon of ~10 tokens, about one line of the arithmetic task), so a slip's negative
+    # reward reaches back only to its own line and not to the correct decisions before it (the
+    # outcome term stays undiscounted); rm_coef 10 makes up for the shorter sums
+    "prime_local": [
+        "algo.estimator=prime",
+        "algo.normalize=null",
+        "algo.process_baseline=paper",
+        "algo.gamma=0.9",
+        "algo.outcome_gamma=1.0",
+        "algo.rm_coef=10",
+    ],
     "rloo": ["algo.estimator=rloo", "prm.enabled=false"],
     "grpo": ["algo.estimator=grpo", "prm.enabled=false"],
 }

@@ -44,6 +44,8 @@ BASE = [
 ]
 RUNS: dict[str, list[str]] = {
     "prime_filter_buffer": [
+        "algo.normalize=null",  # the paper's formula as written (the default is the reference pipeline)
+        "algo.process_baseline=paper",
         "filter.low=0.25",
         "filter.high=0.75",
         "rollout.oversample=2.0",

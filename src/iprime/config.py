@@ -185,9 +185,16 @@ class AlgoConfig:
     gamma: float = 1.0
     outcome_gamma: float | None = None
     lam: float = 1.0
-    normalize: Literal["batch_norm"] | None = None
+    normalize: Literal["batch_norm"] | None = "batch_norm"
+    """``batch_norm`` (the PRIME repository's pipeline, the default): process rewards divided by the
+    batch's largest absolute return before they are combined, which keeps the process term about
+    a quarter of the advantage; ``null``: the paper's formula as written, where the process term
+    grew to ~0.75 of the advantage and trained slightly worse than RLOO (docs/benchmarks.md)."""
     whiten: bool = True
-    process_baseline: Literal["paper", "reference"] = "paper"
+    process_baseline: Literal["paper", "reference"] = "reference"
+    """Leave-one-out baseline of the process rewards: ``reference`` (the PRIME repository's, the
+    default) or ``paper`` (the paper's mean token reward of the other responses; README,
+    "PRIME's process advantage, exactly")."""
     kl_coef: float = 0.0
     kl_mode: Literal["none", "reward", "loss"] = "none"
     """``reward``: subtract ``kl_coef * kl`` from token rewards; ``loss``: add ``kl_coef * KL`` to the loss."""
