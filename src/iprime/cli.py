@@ -132,7 +132,7 @@ def quickstart(
     """Tiny model -> SFT on the built-in task -> evaluate -> PRIME -> evaluate, on the CPU."""
     from iprime.quickstart import run_quickstart
 
-    run_quickstart(out, extra_overrides=tuple(override), log=console.print)
+    run_quickstart(out, extra_overrides=tuple(override), log=lambda msg: console.print(msg, soft_wrap=True))
 
 
 # ------------------------------------------------------------------------------------- iprime train
