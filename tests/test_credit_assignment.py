@@ -185,7 +185,9 @@ def test_within_response_deviation_by_hand():
 
 
 def _cfg(*overrides: str):
-    return load_config(None, ["rollout.n=2", "algo.rm_coef=1", "algo.outcome_coef=1", *overrides])
+    # the paper's formula (no batch_norm, the paper's baseline): the values below are by hand for it
+    paper = ["algo.normalize=null", "algo.process_baseline=paper"]
+    return load_config(None, ["rollout.n=2", "algo.rm_coef=1", "algo.outcome_coef=1", *paper, *overrides])
 
 
 def test_process_share_metrics_by_hand():

@@ -106,6 +106,11 @@ def _one_update(tiny_model_dir, tmp_path, *extra):
             "optim.mini_batch_size=8",
             "algo.entropy_coef=0.01",
             "optim.epochs=2",
+            # the paper's formula: batch_norm divides the process rewards by the batch's largest
+            # return, which before the PRM's first update is float noise around 0 that the
+            # forwards' grouping changes, so it would compare noise scaled up to O(1)
+            "algo.normalize=null",
+            "algo.process_baseline=paper",
             *extra,
         ],
     )
