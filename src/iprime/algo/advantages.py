@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -428,26 +429,36 @@ def _whitened(advantages: Tensor, x: AdvantageInputs) -> AdvantageOutput:
     return AdvantageOutput(distributed_masked_whiten(advantages, x.mask) if x.whiten else advantages)
 
 
+def _prime_rewards(x: AdvantageInputs) -> Tensor:
+    """The token rewards PRIME's process term uses: the implicit rewards minus ``kl_coef * kl`` (if given)."""
+    if x.token_rewards is None:
+        raise ValueError("the prime estimator needs token_rewards [B, T] from the implicit PRM")
+    return x.token_rewards if x.kl is None else x.token_rewards - x.kl_coef * x.kl
+
+
+def _prime_options(x: AdvantageInputs) -> dict[str, Any]:
+    """The keyword options :func:`prime_advantage_parts` and :func:`prime_rloo_advantages` share."""
+    return {
+        "rm_coef": x.rm_coef,
+        "gamma": x.gamma,
+        "normalize": x.normalize,
+        "process_baseline": x.process_baseline,
+        "outcome_coef": x.outcome_coef,
+        "outcome_gamma": x.outcome_gamma,
+    }
+
+
+def prime_parts(x: AdvantageInputs) -> tuple[Tensor, Tensor]:
+    """``(process, outcome)`` of the ``prime`` estimator's advantage before whitening
+    (:func:`prime_advantage_parts` on the same inputs the estimator uses)."""
+    return prime_advantage_parts(x.outcome, _prime_rewards(x), x.mask, x.group_size, **_prime_options(x))
+
+
 @register_advantage_estimator("prime", needs_process_rewards=True, kl_in_reward=True)
 def prime_estimator(x: AdvantageInputs) -> AdvantageOutput:
     """PRIME: :func:`prime_rloo_advantages` on the token rewards minus ``kl_coef * kl`` (if given)."""
-    if x.token_rewards is None:
-        raise ValueError("the prime estimator needs token_rewards [B, T] from the implicit PRM")
-    rewards = x.token_rewards if x.kl is None else x.token_rewards - x.kl_coef * x.kl
     return AdvantageOutput(
-        prime_rloo_advantages(
-            x.outcome,
-            rewards,
-            x.mask,
-            x.group_size,
-            rm_coef=x.rm_coef,
-            gamma=x.gamma,
-            normalize=x.normalize,
-            whiten=x.whiten,
-            process_baseline=x.process_baseline,
-            outcome_coef=x.outcome_coef,
-            outcome_gamma=x.outcome_gamma,
-        )
+        prime_rloo_advantages(x.outcome, _prime_rewards(x), x.mask, x.group_size, whiten=x.whiten, **_prime_options(x))
     )
 
 

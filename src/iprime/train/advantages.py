@@ -9,7 +9,7 @@ from iprime import algo
 from iprime.config import PrimeConfig
 
 
-def compute_advantages(
+def advantage_inputs(
     cfg: PrimeConfig,
     outcome: torch.Tensor,
     mask: torch.Tensor,
@@ -17,17 +17,18 @@ def compute_advantages(
     old_logp: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
     values: torch.Tensor | None = None,
-) -> algo.AdvantageOutput:
-    """``algo.estimator`` on this rank's rows (``[B]`` outcome, ``[B, T]`` the rest).
+) -> algo.AdvantageInputs:
+    """The estimator's inputs from the config's ``algo`` section and this rank's rows (``[B]``
+    outcome, ``[B, T]`` the rest).
 
     With ``algo.kl_mode="reward"`` and a reference, the per-token KL estimate of the sampling
-    policy (``old_logp``) to the reference goes to the estimator, which subtracts
-    ``kl_coef * kl`` from its rewards. Batch statistics are global under torchrun."""
+    policy (``old_logp``) to the reference goes in as ``kl``; the estimator subtracts
+    ``kl_coef * kl`` from its rewards."""
     a = cfg.algo
     kl = None
     if a.kl_mode == "reward" and ref_logp is not None:
         kl = algo.kl_penalty(old_logp, ref_logp, a.kl_estimator)
-    inputs = algo.AdvantageInputs(
+    return algo.AdvantageInputs(
         outcome=outcome,
         mask=mask,
         group_size=cfg.rollout.n,
@@ -44,7 +45,20 @@ def compute_advantages(
         whiten=a.whiten,
         process_baseline=a.process_baseline,
     )
-    return algo.get_advantage_estimator(a.estimator)(inputs)
+
+
+def compute_advantages(
+    cfg: PrimeConfig,
+    outcome: torch.Tensor,
+    mask: torch.Tensor,
+    token_rewards: torch.Tensor | None = None,
+    old_logp: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    values: torch.Tensor | None = None,
+) -> algo.AdvantageOutput:
+    """``algo.estimator`` on :func:`advantage_inputs`. Batch statistics are global under torchrun."""
+    inputs = advantage_inputs(cfg, outcome, mask, token_rewards, old_logp, ref_logp, values)
+    return algo.get_advantage_estimator(cfg.algo.estimator)(inputs)
 
 
 def _local_stats(values: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
@@ -62,7 +76,7 @@ def process_share_metrics(
 ) -> dict[str, float]:
     """How much of PRIME's advantage comes from the implicit PRM, over the batch's valid tokens.
 
-    With ``P, O`` = :func:`iprime.algo.advantages.prime_advantage_parts` (``rm_coef`` times the
+    With ``P, O`` = :func:`iprime.algo.advantages.prime_parts` (``rm_coef`` times the
     process return, ``outcome_coef`` times the RLOO outcome advantage, ``[B, T]``, before
     whitening, which scales both alike) and ``A = P + O``:
 
@@ -82,21 +96,9 @@ def process_share_metrics(
     under torchrun, where every rank must call this). Only the ``prime`` estimator's split is
     known; a KL penalty in the reward (``algo.kl_mode=reward``) is left out of both parts.
     """
-    a = cfg.algo
-    if a.estimator != "prime":
-        raise ValueError(f"process_share_metrics splits the prime estimator's advantage, not {a.estimator!r}")
-    process, outcome_part = algo.advantages.prime_advantage_parts(
-        outcome,
-        token_rewards,
-        mask,
-        cfg.rollout.n,
-        rm_coef=a.rm_coef,
-        gamma=a.gamma,
-        normalize=a.normalize,
-        process_baseline=a.process_baseline,
-        outcome_coef=a.outcome_coef,
-        outcome_gamma=a.outcome_gamma,
-    )
+    if cfg.algo.estimator != "prime":
+        raise ValueError(f"process_share_metrics splits the prime estimator's advantage, not {cfg.algo.estimator!r}")
+    process, outcome_part = algo.advantages.prime_parts(advantage_inputs(cfg, outcome, mask, token_rewards))
     total = process + outcome_part
     sp, so, sa = stats(process, mask)["std"], stats(outcome_part, mask)["std"], stats(total, mask)["std"]
     within = stats(algo.advantages.within_response_deviation(total, mask), mask)["std"]
