@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_runs import tiny_config
 
 from iprime.algo.advantages import prime_advantage_parts, prime_rloo_advantages, within_response_deviation
 from iprime.config import load_config
@@ -314,25 +315,13 @@ def _train(tiny_model_dir, tmp_path, *overrides):
     from iprime.train.prime import PrimeTrainer
 
     rows = ArithmeticTask(QUICKSTART_TASK).rows("train", 16, seed=0)
-    cfg = load_config(
-        None,
-        [
-            f"train.out_dir={tmp_path}",
-            "train.steps=2",
-            "train.save_every=0",
-            "train.tensorboard=false",
-            "train.log_samples_every=0",
-            "verify.workers=0",
-            "rollout.n=4",
-            "rollout.prompts_per_step=2",
-            "rollout.max_new_tokens=8",
-            "filter.enabled=false",
-            "optim.micro_batch_size=8",
-            "optim.mini_batch_size=8",
-            "prm.beta=0.5",
-            "prm.lr=1e-3",
-            *overrides,
-        ],
+    cfg = tiny_config(
+        tmp_path,
+        "train.steps=2",
+        "train.log_samples_every=0",
+        "optim.lr=1e-6",  # the default, not the tiny runs' 1e-3
+        "optim.micro_batch_size=8",
+        *overrides,
     )
     alternating = iter([1.0, 0.0] * 100)
     return PrimeTrainer(str(tiny_model_dir), cfg, rows, lambda text, answer: next(alternating)).train(progress=False)

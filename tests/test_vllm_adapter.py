@@ -180,31 +180,19 @@ def test_missing_logprobs_is_a_clear_error(model_and_tokenizer):
 
 
 def test_trainer_with_a_vllm_engine_syncs_weights_and_corrects(tiny_model_dir, tmp_path):
-    from iprime.config import load_config
+    from tiny_runs import ROWS, tiny_config
+
     from iprime.train.prime import PrimeTrainer
 
-    rows = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(8)]
-    cfg = load_config(
-        None,
-        [
-            f"train.out_dir={tmp_path}",
-            "train.steps=2",
-            "train.save_every=0",
-            "train.tensorboard=false",
-            "verify.workers=0",
-            "rollout.n=4",
-            "rollout.prompts_per_step=2",
-            "rollout.max_new_tokens=8",
-            "filter.enabled=false",
-            "optim.lr=1e-3",
-            "prm.lr=1e-3",
-            "optim.micro_batch_size=4",
-            "optim.mini_batch_size=8",
-            "rollout.is_correction=true",
-            "rollout.is_cap=2.0",
-            "rollout.oversample=1.0",
-        ],
-    )  # no buffered (stale) groups
+    rows = ROWS[:8]
+    cfg = tiny_config(
+        tmp_path,
+        "train.steps=2",
+        "prm.beta=0.05",  # the default, not the tiny runs' 0.5
+        "rollout.is_correction=true",
+        "rollout.is_cap=2.0",
+        "rollout.oversample=1.0",  # no buffered (stale) groups
+    )
     tok = load_tokenizer(tiny_model_dir)
     gen = make_vllm(load_model(tiny_model_dir), tok)
     trainer = PrimeTrainer(str(tiny_model_dir), cfg, rows, lambda text, a: float(len(text) % 2 == 0), generator=gen)
