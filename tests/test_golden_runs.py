@@ -2,12 +2,15 @@
 trainer was split into stage modules, and must not move when code is reorganised.
 
 Every step's metrics (all but timings) and a fingerprint of each trained model's final weights
-must match ``tests/data/golden_runs.json`` within 1e-6 (bitwise where no sum is reordered).
-Runs cover the estimators and the trainer's options: filter + refill + buffer, PRM update
-before / after, epochs, step granularity, DPO, LoRA PRM, KL in loss and in reward, the value
-model, token-budget micro-batches and both loss scopes, and the quickstart pipeline itself.
+must match ``tests/data/golden_runs.json`` within 1e-6. Runs cover the estimators and the
+trainer's options: filter + refill + buffer, PRM update before / after, epochs, step
+granularity, DPO, LoRA PRM, KL in loss and in reward, the value model, token-budget
+micro-batches and both loss scopes, and the quickstart pipeline itself.
 
-An intended change of behaviour re-records the file, and the commit says why::
+The runs execute in one child process under ``tests/portable_numerics.py``'s fixed kernels, so
+they compute the same bits on every x86-64 CPU (whatever ``ATEN_CPU_CAPABILITY`` the caller
+has set; CONTRIBUTING.md, "Golden runs"). An intended change of behaviour re-records the file,
+and the commit says why::
 
     .venv/bin/python tests/test_golden_runs.py --record
 """
@@ -18,10 +21,14 @@ import hashlib
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script (the child, --record) as well
+from portable_numerics import check_in_effect, portable_platform, run_child  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "data" / "golden_runs.json"
 ROWS = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(24)]
@@ -189,6 +196,10 @@ def run_quickstart_pin(out: Path) -> dict:
         torch.set_num_threads(threads)
 
 
+PERTURBED = ("rloo_reference_policy", ["optim.lr=1.1e-3"])
+"""A one-flag change of behaviour the pins must catch: run ``_perturbed``, compared to its base."""
+
+
 def _close(a: float | None, b: float | None, rel: float = 1e-6, abs_: float = 1e-6) -> bool:
     if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
         return a is b or (isinstance(b, float) and math.isnan(b)) or (a is None and b is None)
@@ -211,6 +222,35 @@ def assert_matches(expected: dict, got: dict) -> None:
         assert _close(value, got["summary"][key]), key
 
 
+def run_pinned(names: list[str]) -> dict:
+    """The runs ``names`` (keys of RUNS, ``quickstart``, ``_perturbed``) in this process, which
+    must run the portable kernels; returns ``{"numerics": ..., "runs": {name: result}}``."""
+    numerics = check_in_effect()
+    from iprime.models import make_tiny_model
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model_dir = make_tiny_model(tmp / "tiny_model", seed=0)  # as conftest's tiny_model_dir
+        for name in names:
+            if name == "quickstart":
+                results[name] = run_quickstart_pin(tmp / "qs")
+                continue
+            if name == "_perturbed":
+                base, change = PERTURBED
+                RUNS[name] = RUNS[base] + change
+            results[name] = run_trainer(name, model_dir, tmp / name)
+    return {"numerics": numerics, "runs": results}
+
+
+def pinned_in_child(names: list[str], extra_env: dict[str, str] | None = None) -> dict:
+    """:func:`run_pinned` in a child process under the portable kernels."""
+    return run_child(Path(__file__), names, extra_env)
+
+
+ALL_PINNED = [*sorted(RUNS), "quickstart", "_perturbed"]
+
+
 @pytest.fixture(scope="module")
 def golden() -> dict:
     if not GOLDEN.is_file():
@@ -218,45 +258,62 @@ def golden() -> dict:
     return json.loads(GOLDEN.read_text())
 
 
+@pytest.fixture(scope="module")
+def pinned(golden) -> dict:
+    """Every pinned run, once, in one child process: ``{name: result}``."""
+    why_not = portable_platform()
+    if why_not:
+        pytest.skip(why_not)
+    out = pinned_in_child(ALL_PINNED)
+    recorded_torch, torch_now = golden["numerics"]["torch"], out["numerics"]["torch"]
+    if recorded_torch != torch_now:
+        pytest.fail(
+            f"the pins were recorded with torch {recorded_torch} and this is torch {torch_now}: kernels "
+            "differ between releases; install the pinned torch (constraints.txt) or re-record"
+        )
+    return out["runs"]
+
+
 @pytest.mark.parametrize("name", sorted(RUNS))
-def test_trainer_run_matches_the_recorded_run(name, golden, tiny_model_dir, tmp_path):
-    assert_matches(golden["runs"][name], run_trainer(name, tiny_model_dir, tmp_path / name))
+def test_trainer_run_matches_the_recorded_run(name, golden, pinned):
+    assert_matches(golden["runs"][name], pinned[name])
 
 
-def test_quickstart_matches_the_recorded_run(golden, tmp_path):
-    assert_matches(golden["quickstart"], run_quickstart_pin(tmp_path / "qs"))
+def test_quickstart_matches_the_recorded_run(golden, pinned):
+    assert_matches(golden["quickstart"], pinned["quickstart"])
 
 
-def test_the_pins_can_fail(golden, tiny_model_dir, tmp_path):
+def test_the_pins_can_fail(golden, pinned):
     """A one-flag change of behaviour is caught (the comparison is not vacuous)."""
-    name = "rloo_reference_policy"
-    RUNS["_perturbed"] = RUNS[name] + ["optim.lr=1.1e-3"]
-    try:
-        got = run_trainer("_perturbed", tiny_model_dir, tmp_path / "p")
-    finally:
-        del RUNS["_perturbed"]
     with pytest.raises(AssertionError):
-        assert_matches(golden["runs"][name], got)
+        assert_matches(golden["runs"][PERTURBED[0]], pinned["_perturbed"])
+
+
+def test_the_pinned_bits_do_not_depend_on_the_cpus_kernels(pinned):
+    """The pins' premise, checked on this machine: under the portable kernels, MKL held to the
+    instructions of an older CPU (SSE4.2, what ``MKL_ENABLE_INSTRUCTIONS`` emulates) computes
+    the same bits as MKL free to use all of this one's. Without ``MKL_CBWR`` the two differ on a
+    CPU with AVX2 or AVX-512 (tests/portable_numerics.py)."""
+    name = "rloo_reference_policy"
+    older = pinned_in_child([name], {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"})["runs"][name]
+    for role, fp in pinned[name]["weights"].items():
+        assert older["weights"][role]["sha256"] == fp["sha256"], role
+    assert older["metrics"] == pinned[name]["metrics"]
 
 
 def record() -> None:
-    import tempfile
-
-    from iprime.models import make_tiny_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        model_dir = make_tiny_model(tmp / "tiny_model", seed=0)  # as conftest's tiny_model_dir
-        out = {
-            "runs": {name: run_trainer(name, model_dir, tmp / name) for name in sorted(RUNS)},
-            "quickstart": run_quickstart_pin(tmp / "qs"),
-        }
+    out = pinned_in_child([*sorted(RUNS), "quickstart"])
+    runs = out["runs"]
+    golden = {"numerics": out["numerics"], "runs": {k: runs[k] for k in sorted(RUNS)}, "quickstart": runs["quickstart"]}
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-    GOLDEN.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
-    print(f"recorded {len(out['runs'])} trainer runs and the quickstart into {GOLDEN}")
+    GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+    print(f"recorded {len(RUNS)} trainer runs and the quickstart into {GOLDEN} ({out['numerics']})")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--record"]:
+    if sys.argv[1:2] == ["--child"]:
+        Path(sys.argv[2]).write_text(json.dumps(run_pinned(sys.argv[3:])))
+    elif sys.argv[1:] == ["--record"]:
+        record()
+    else:
         sys.exit(__doc__)
-    record()
