@@ -28,7 +28,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # run as a script (the child, --record) as well
-from portable_numerics import check_in_effect, portable_platform, run_child  # noqa: E402
+from portable_numerics import check_pinned, run_child  # noqa: E402
+
+from iprime.numerics import unportable_reason  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "data" / "golden_runs.json"
 ROWS = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(24)]
@@ -225,7 +227,7 @@ def assert_matches(expected: dict, got: dict) -> None:
 def run_pinned(names: list[str]) -> dict:
     """The runs ``names`` (keys of RUNS, ``quickstart``, ``_perturbed``) in this process, which
     must run the portable kernels; returns ``{"numerics": ..., "runs": {name: result}}``."""
-    numerics = check_in_effect()
+    numerics = check_pinned()
     from iprime.models import make_tiny_model
 
     results = {}
@@ -261,7 +263,7 @@ def golden() -> dict:
 @pytest.fixture(scope="module")
 def pinned(golden) -> dict:
     """Every pinned run, once, in one child process: ``{name: result}``."""
-    why_not = portable_platform()
+    why_not = unportable_reason()
     if why_not:
         pytest.skip(why_not)
     out = pinned_in_child(ALL_PINNED)

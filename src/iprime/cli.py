@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from iprime import __version__
+from iprime.numerics import unportable_reason, use_portable_kernels
 from iprime.quiet import silence_third_party_progress
 from iprime.tables import metrics_table
 
@@ -123,16 +124,30 @@ def algo_demo(beta: float = 0.5, rm_coef: float = 1.0, gamma: float = 1.0) -> No
 
 
 @app.command(
-    epilog="Examples:\niprime quickstart\niprime quickstart --out runs/qs --set train.steps=10 --set rollout.n=8"
+    epilog="Examples:\niprime quickstart\niprime quickstart --seed 1\n"
+    "iprime quickstart --out runs/qs --set train.steps=10 --set rollout.n=8"
 )
 def quickstart(
     out: str = typer.Option("runs/quickstart", help="output directory (replaced)"),
     override: list[str] = typer.Option([], "--set", help="PRIME config override, e.g. train.steps=10"),
+    seed: int = typer.Option(0, help="seed of the model, the SFT data and the PRIME run (same held-out problems)"),
+    native_kernels: bool = typer.Option(
+        False,
+        "--native-kernels",
+        help="use this CPU's fastest float kernels: faster, but the numbers then depend on the CPU",
+    ),
 ) -> None:
-    """Tiny model -> SFT on the built-in task -> evaluate -> PRIME -> evaluate, on the CPU."""
-    from iprime.quickstart import run_quickstart
+    """Tiny model -> SFT on the built-in task -> evaluate -> PRIME -> evaluate, on the CPU.
 
-    run_quickstart(out, extra_overrides=tuple(override), log=lambda msg: console.print(msg, soft_wrap=True))
+    Runs on portable float kernels (iprime.numerics), so every x86-64 CPU prints the same numbers.
+    """
+    if not native_kernels and unportable_reason() is None:
+        use_portable_kernels()  # before torch loads: the kernels are chosen when it first runs
+    from iprime.presets import QUICKSTART
+    from iprime.quickstart import QuickstartConfig, run_quickstart
+
+    qc = QuickstartConfig(preset=QUICKSTART.reseeded(seed))
+    run_quickstart(out, qc, extra_overrides=tuple(override), log=lambda msg: console.print(msg, soft_wrap=True))
 
 
 # ------------------------------------------------------------------------------------- iprime train

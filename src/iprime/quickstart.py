@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from iprime.config import load_config
+from iprime.numerics import describe, numerics_in_effect
 from iprime.plots import QUICKSTART_PANELS, save_panels
 from iprime.presets import QuickstartPreset, run_preset_sft
 from iprime.train.progress import format_metrics
@@ -101,6 +102,8 @@ def run_quickstart(
         shutil.rmtree(out)
     out.mkdir(parents=True)
     torch.manual_seed(preset.seed)
+    numerics = numerics_in_effect()
+    log(describe(numerics))
     t_start = time.perf_counter()
     task = preset.make_task()
 
@@ -157,6 +160,7 @@ def run_quickstart(
         "plots": [p.name for p in plots],
         "final_model": str(out / "final" / "policy"),
         "quickstart_config": asdict(qc),
+        "numerics": numerics,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log(
