@@ -9,37 +9,46 @@ import sys
 
 import pytest
 
-from iprime.numerics import PORTABLE_ENV, describe, unportable_reason, use_portable_kernels
+from iprime.numerics import LEVELS, PORTABLE_ENV, cpu_has_avx2, describe, unportable_reason, use_portable_kernels
 from iprime.presets import QUICKSTART
 
 pytestmark = pytest.mark.skipif(unportable_reason() is not None, reason=str(unportable_reason()))
 
 PROBE = (
     "import json, sys; from iprime.numerics import check_portable, use_portable_kernels; "
-    "use_portable_kernels() if sys.argv[1] == 'use' else None; "
-    "import torch; torch.set_num_threads(2); print(json.dumps(check_portable()))"
+    "level = sys.argv[2]; use_portable_kernels(level) if sys.argv[1] == 'use' else None; "
+    "import torch; torch.set_num_threads(2); print(json.dumps(check_portable(level)))"
 )
 
 
-def _probe(mode: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+def _probe(mode: str, level: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in PORTABLE_ENV}
     return subprocess.run(
-        [sys.executable, "-c", PROBE, mode], env={**clean, **env}, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", PROBE, mode, level], env={**clean, **env}, capture_output=True, text=True, timeout=120
     )
 
 
-def test_use_portable_kernels_before_torch_switches_aten_and_mkl_whatever_the_callers_setting():
-    # the caller asked for AVX-512 kernels; the portable ones win
-    proc = _probe("use", {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO"})
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_use_portable_kernels_before_torch_switches_aten_and_mkl_whatever_the_callers_setting(level):
+    if level == "avx2" and not cpu_has_avx2():
+        pytest.skip("this CPU lacks AVX2")
+    # the caller asked for AVX-512 kernels and MKL's automatic branch; the portable ones win
+    proc = _probe("use", level, {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO"})
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["aten_cpu_capability"] == "DEFAULT" and got["mkl_cbwr_branch"] == 3 and got["threads"] == 2
-    assert describe(got).startswith("float kernels: portable")
+    _, aten, branch = LEVELS[level]
+    assert (got["aten_cpu_capability"], got["mkl_cbwr_branch"], got["threads"]) == (aten, branch, 2)
+    assert got["portable_level"] == level and describe(got).startswith(f"float kernels: portable ({level})")
 
 
 def test_check_portable_refuses_a_process_on_native_kernels():
-    proc = _probe("skip", {})
-    assert proc.returncode != 0 and "portable kernels are not in effect" in proc.stderr
+    proc = _probe("skip", "x86-64", {})
+    assert proc.returncode != 0 and "portable kernels (x86-64) are not in effect" in proc.stderr
+
+
+def test_an_unknown_level_is_an_error():
+    with pytest.raises(ValueError, match="unknown kernel level"):
+        use_portable_kernels("avx9")
 
 
 def test_use_portable_kernels_after_torch_is_an_error():
@@ -50,7 +59,7 @@ def test_use_portable_kernels_after_torch_is_an_error():
 
 
 def test_describe_says_when_numbers_depend_on_the_cpu():
-    line = describe({"aten_cpu_capability": "AVX2", "mkl_cbwr_branch": 1})
+    line = describe({"aten_cpu_capability": "AVX2", "mkl_cbwr_branch": 1, "portable_level": None})
     assert "AVX2" in line and "depend on the CPU" in line
 
 

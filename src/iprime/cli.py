@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from iprime import __version__
-from iprime.numerics import unportable_reason, use_portable_kernels
+from iprime.numerics import cpu_has_avx2, unportable_reason, use_portable_kernels
 from iprime.quiet import silence_third_party_progress
 from iprime.tables import metrics_table
 
@@ -134,15 +134,17 @@ def quickstart(
     native_kernels: bool = typer.Option(
         False,
         "--native-kernels",
-        help="use this CPU's fastest float kernels: faster, but the numbers then depend on the CPU",
+        help="this CPU's own float kernels: the numbers then depend on the CPU (the default, portable AVX2 "
+        "kernels, gives the same numbers on every CPU with AVX2 at about the same speed)",
     ),
 ) -> None:
     """Tiny model -> SFT on the built-in task -> evaluate -> PRIME -> evaluate, on the CPU.
 
-    Runs on portable float kernels (iprime.numerics), so every x86-64 CPU prints the same numbers.
+    Runs on portable float kernels (iprime.numerics, level avx2), so every x86-64 CPU with AVX2
+    prints the same numbers, at native speed.
     """
-    if not native_kernels and unportable_reason() is None:
-        use_portable_kernels()  # before torch loads: the kernels are chosen when it first runs
+    if not native_kernels and unportable_reason() is None and cpu_has_avx2():
+        use_portable_kernels("avx2")  # before torch loads: the kernels are chosen when it first runs
     from iprime.presets import QUICKSTART
     from iprime.quickstart import QuickstartConfig, run_quickstart
 
