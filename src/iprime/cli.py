@@ -196,7 +196,7 @@ def prepare_out_dir(path: str | Path, *, resume: bool, overwrite: bool, config_f
     A missing or empty folder is used as it is. A folder holding anything is refused unless
     ``resume`` (continue it: it must hold a checkpoint) or ``overwrite`` (delete it first; only a
     folder that :func:`is_iprime_run`). Raises :class:`OutDirError` with what to do instead."""
-    from iprime.train.checkpoint import resume_candidates
+    from iprime.train.checkpoint_store import resume_candidates
 
     path = Path(path)
     if resume and overwrite:
