@@ -25,7 +25,7 @@ import yaml
 from iprime.config import load_config
 from iprime.plots import QUICKSTART_PANELS, save_panels
 from iprime.presets import QuickstartPreset, run_preset_sft
-from iprime.train.progress import format_metrics
+from iprime.progress import format_metrics
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable

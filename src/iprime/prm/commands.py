@@ -22,6 +22,7 @@ from iprime.prm.metadata import (
     resolve_prm_settings,
     save_prm_metadata,
 )
+from iprime.progress import format_duration, format_metrics
 from iprime.tables import format_cell, metrics_table
 
 if TYPE_CHECKING:  # torch loads only when a command runs, so `iprime --help` stays fast
@@ -425,8 +426,6 @@ TRAIN_SUMMARY_KEYS = ("steps", "examples", "first_loss", "final_loss", "train_ti
 def _log_line(record: dict) -> None:
     """One plain line per training log record, as PRIME's and SFT's logs read:
     ``PRM step 20  loss 0.6931  elapsed 0:00:06``."""
-    from iprime.train.progress import format_duration, format_metrics
-
     parts = [f"PRM step {record['step']}", format_metrics(record)]
     if "elapsed_s" in record:
         parts.append(f"elapsed {format_duration(record['elapsed_s'])}")
