@@ -377,7 +377,7 @@ def sft(
 # Evaluation and the implicit PRM as a tool (their options live beside their code). Re-ranking
 # samples with a PRM is evaluation: its command lives in iprime.eval and joins the prm group here.
 from iprime.config_show import config_app  # noqa: E402
-from iprime.data.commands import data_app  # noqa: E402
+from iprime.data_check import data_app  # noqa: E402
 from iprime.eval.commands import EVAL_EXAMPLES, RERANK_EXAMPLES, eval_command, rerank_command  # noqa: E402
 from iprime.plots import plot_command  # noqa: E402
 from iprime.prm.commands import prm_app  # noqa: E402
