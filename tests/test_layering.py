@@ -78,6 +78,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.cli", "iprime.train.sft"): LIGHT_CLI,
     ("iprime.config_show", "iprime.config"): LIGHT_CLI,
     ("iprime.data_check", "iprime.models"): LIGHT_CLI + "; the tokenizer, with --tokenizer only",
+    ("iprime.data_check", "iprime.verifiers"): "~0.15 s (sandbox, process pools): a quarter of `iprime --help`",
     ("iprime.prm.commands", "iprime.models"): LIGHT_CLI,
     ("iprime.prm.commands", "iprime.prm.offline"): LIGHT_CLI,
     ("iprime.prm.commands", "iprime.prm.scoring"): LIGHT_CLI,

@@ -10,8 +10,9 @@ It sits at the top of the import map, beside :mod:`iprime.cli`, because it uses 
 :mod:`iprime.data` and :mod:`iprime.verifiers` (which is built on :mod:`iprime.data`): the
 verifiers' row check is :func:`iprime.verifiers.check_row` with the command's keys
 (:class:`iprime.verifiers.RowScoring`), and each row's verifier name is
-:func:`iprime.verifiers.verifier_for_row`'s. The tokenizer (transformers) is loaded inside the
-command, only with ``--tokenizer``, so ``iprime --help`` stays fast.
+:func:`iprime.verifiers.verifier_for_row`'s. Both are imported when the check runs, as is the
+tokenizer (transformers, only with ``--tokenizer``), so ``iprime --help`` stays fast: the
+verifiers' sandbox and process-pool modules would add a quarter to it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from iprime.data.sources import (
     get_field,
     read_records,
 )
-from iprime.verifiers import RowScoring, check_row, verifier_for_row
 
 CHECK_EXAMPLES = """Examples:
 iprime data check data/train.parquet
@@ -77,6 +77,8 @@ def verifier_hooks(
 ) -> VerifierHooks:
     """The verifiers' row check and per-row verifier lookup, bound to these keys. With one
     ``verifier`` for every row there is no per-row check (as in training)."""
+    from iprime.verifiers import RowScoring, check_row, verifier_for_row
+
     scoring = RowScoring(reference_key=reference_key, ability_key=ability_key, source_key=source_key, verifier=verifier)
 
     def name_of(row: Mapping) -> str:
