@@ -19,6 +19,8 @@ from typer.testing import CliRunner
 from iprime.models import response_logprobs
 from iprime.prm.metadata import load_prm_metadata
 from iprime.train import checkpoint as C
+from iprime.train.checkpoint_plain import to_plain
+from iprime.train.checkpoint_store import write_manifest
 from iprime.train.export import (
     ExportError,
     export_checkpoint,
@@ -172,8 +174,8 @@ def rewrite_state(step_dir: Path, change) -> None:
     """Change a ``state.pt`` checkpoint's state and re-checksum it (a checkpoint written so)."""
     state = C.load_checkpoint(step_dir)
     change(state)
-    torch.save(C.to_plain(state), step_dir / "state.pt")
-    C.write_manifest(step_dir, state["step"])
+    torch.save(to_plain(state), step_dir / "state.pt")
+    write_manifest(step_dir, state["step"])
 
 
 def test_bad_inputs_are_clear_errors_raised_before_writing(torch_run, tiny_model_dir, tmp_path):
