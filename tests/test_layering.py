@@ -34,6 +34,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "iprime.progress": (),
     "iprime.plots": (),
     "iprime.quiet": (),
+    "iprime.numerics": (),  # portable float kernels: set before torch loads, so it imports none of it
     # data, and what reads or scores it
     "iprime.data": ("iprime.models",),
     "iprime.verifiers": ("iprime.data",),
@@ -74,6 +75,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.cli", "iprime.config"): LIGHT_CLI,  # the estimator registry (iprime.algo)
     ("iprime.cli", "iprime.models"): LIGHT_CLI,
     ("iprime.cli", "iprime.quickstart"): LIGHT_CLI,
+    ("iprime.cli", "iprime.presets"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.prime"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.sft"): LIGHT_CLI,
     ("iprime.config_show", "iprime.config"): LIGHT_CLI,
@@ -96,6 +98,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.verifiers.math", "math_verify"): "math_verify imports sympy (~1 s); verifier workers load it",
     ("iprime.verifiers.math", "sympy"): "~1 s; for the rare tiny-number comparison only",
     ("iprime.quiet", "transformers"): ONLY_IF_LOADED,
+    ("iprime.numerics", "torch"): "the kernel settings must be made before torch loads (use_portable_kernels)",
     ("iprime.quiet", "huggingface_hub"): ONLY_IF_LOADED,
     ("iprime.quiet", "datasets"): ONLY_IF_LOADED,
     ("iprime.train.checkpoint_dcp", "torch.distributed.checkpoint"): TORCH_DISTRIBUTED,
