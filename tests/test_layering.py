@@ -117,7 +117,6 @@ PENDING_MODULES: dict[str, str] = {
     "iprime.eval.runner": PENDING,
     "iprime.train.evaluate": PENDING + "; it imports train.build and train.distributed inside functions",
     "iprime.train.export": PENDING + "; on the CLI's import path: keep torch out",
-    "iprime.train.prime": PENDING,
     "iprime.verifiers._pool": PENDING,
     "iprime.verifiers._sandbox_runner": PENDING + "; a separate program run inside the sandbox",
     "iprime.verifiers.batch": PENDING + "; one closes the batch <-> dispatch cycle (KNOWN_CYCLES)",
