@@ -29,7 +29,7 @@ import torch
 from iprime.config import PrimeConfig, save_config
 from iprime.data.chat import render_prompt
 from iprime.models import load_tokenizer
-from iprime.prm.metadata import PRMMetadata, save_prm_metadata
+from iprime.prm.metadata import run_prm_metadata, save_prm_metadata
 from iprime.rollout import RolloutBatch
 from iprime.train import distributed as D
 from iprime.train.advantages import compute_advantages
@@ -43,7 +43,6 @@ from iprime.train.build import (
 from iprime.train.checkpoint import load_run_checkpoint, rng_state, save_run_checkpoint, set_rng_state
 from iprime.train.collect import RolloutCollector, sample_records
 from iprime.train.evaluate import build_eval_sets, eval_due, preserved_training_state, run_evals
-from iprime.train.export import prm_reference
 from iprime.train.guards import UpdateGuard
 from iprime.train.logging import MetricsLogger
 from iprime.train.passes import ForwardPasses
@@ -480,16 +479,6 @@ class PrimeTrainer:
                 model.save_pretrained(d / name, state_dict=state)
                 self.tokenizer.save_pretrained(d / name)
         if self.prm is not None and self.dist.is_main:
-            p = self.cfg.prm
-            save_prm_metadata(
-                d / "prm",
-                PRMMetadata(
-                    beta=p.beta,
-                    reference=prm_reference(self.cfg, self.model_source, final),
-                    step_delimiter=p.step_delimiter,
-                    granularity=p.granularity,
-                    loss=p.loss,
-                ),
-            )
+            save_prm_metadata(d / "prm", run_prm_metadata(self.cfg, self.model_source, final))
         D.barrier(self.dist)
         return d
