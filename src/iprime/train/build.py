@@ -122,12 +122,13 @@ def build_optimizers(cfg: PrimeConfig, models: Models) -> Optimizers:
 
 
 def build_generator(cfg: PrimeConfig, model, models: Models, generator=None):
-    """The rollout engine: ``generator`` if given, vLLM (``rollout.engine=vllm``, loads the
+    """The rollout engine: ``generator`` if given (checked to implement
+    :class:`iprime.rollout.Generator`), vLLM (``rollout.engine=vllm``, loads the
     policy from its path), else the built-in HF sampler on the policy."""
-    from iprime.rollout import HFGenerator
+    from iprime.rollout import HFGenerator, check_generator
 
     if generator is not None:
-        return generator
+        return check_generator(generator)
     if cfg.rollout.engine == "vllm":
         from iprime.rollout.vllm import VLLMGenerator
 

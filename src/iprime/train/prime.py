@@ -30,7 +30,7 @@ from iprime.config import PrimeConfig, save_config
 from iprime.data.chat import render_prompt
 from iprime.models import load_tokenizer
 from iprime.prm.metadata import run_prm_metadata, save_prm_metadata
-from iprime.rollout import RolloutBatch
+from iprime.rollout import Capability, RolloutBatch
 from iprime.train import distributed as D
 from iprime.train.advantages import compute_advantages
 from iprime.train.build import (
@@ -263,7 +263,7 @@ class PrimeTrainer:
         if self.value is not None:
             metrics.update(update_value(passes, self.value, self.optimizers.value, batch, adv.returns, values))
         metrics["time/policy"] = time.perf_counter() - t0
-        if hasattr(self.generator, "sync_weights"):  # an external engine (vLLM) samples next step
+        if Capability.SYNC_WEIGHTS in self.generator.capabilities:  # its own copy of the weights (vLLM)
             t0 = time.perf_counter()
             self.generator.sync_weights(D.full_state_dict(self.policy))
             metrics["time/sync_weights"] = time.perf_counter() - t0
