@@ -17,7 +17,7 @@ from iprime.config import PrimeConfig
 from iprime.data.sources import Record, prepare_rows
 from iprime.models import load_model, load_tokenizer
 from iprime.optim import lr_factor
-from iprime.rollout import HFGenerator
+from iprime.rollout import HFGenerator, check_generator
 from iprime.rollout.vllm import VLLMGenerator
 from iprime.train.memory import attach_lora, enable_gradient_checkpointing
 from iprime.train.value import ValueModel
@@ -129,10 +129,11 @@ def build_optimizers(cfg: PrimeConfig, models: Models) -> Optimizers:
 
 
 def build_generator(cfg: PrimeConfig, model, models: Models, generator=None):
-    """The rollout engine: ``generator`` if given, vLLM (``rollout.engine=vllm``, loads the
+    """The rollout engine: ``generator`` if given (checked to implement
+    :class:`iprime.rollout.Generator`), vLLM (``rollout.engine=vllm``, loads the
     policy from its path), else the built-in HF sampler on the policy."""
     if generator is not None:
-        return generator
+        return check_generator(generator)
     if cfg.rollout.engine == "vllm":
         if not isinstance(model, (str, Path)):
             raise ValueError('rollout.engine="vllm" loads the policy from its path; pass model= as a path')

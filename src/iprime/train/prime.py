@@ -35,8 +35,8 @@ import torch
 from iprime.config import PrimeConfig, save_config
 from iprime.data.chat import render_prompt
 from iprime.models import load_tokenizer
-from iprime.prm.metadata import PRMMetadata, save_prm_metadata
-from iprime.rollout import RolloutBatch
+from iprime.prm.metadata import run_prm_metadata, save_prm_metadata
+from iprime.rollout import Capability, RolloutBatch
 from iprime.train import distributed as D
 from iprime.train.advantages import compute_advantages, importance_corrected
 from iprime.train.build import (
@@ -50,7 +50,6 @@ from iprime.train.checkpoint import load_run_checkpoint, rng_state, save_run_che
 from iprime.train.collect import RolloutCollector, sample_records
 from iprime.train.diagnostics import step_diagnostics
 from iprime.train.evaluate import build_eval_sets, eval_due, preserved_training_state, run_evals
-from iprime.train.export import prm_reference
 from iprime.train.guards import UpdateGuard
 from iprime.train.logging import MetricsLogger
 from iprime.train.passes import ForwardPasses
@@ -263,7 +262,7 @@ class PrimeTrainer:
                 step.metrics.update(update_value(self.passes, self.value, self.optimizers.value, step))
 
     def _sync_weights(self, step: StepRecord) -> None:
-        if hasattr(self.generator, "sync_weights"):  # an external engine (vLLM) samples next step
+        if Capability.SYNC_WEIGHTS in self.generator.capabilities:  # its own copy of the weights (vLLM)
             with step.timed("time/sync_weights"):
                 self.generator.sync_weights(D.full_state_dict(self.policy))
 
@@ -479,16 +478,6 @@ class PrimeTrainer:
                 model.save_pretrained(d / name, state_dict=state)
                 self.tokenizer.save_pretrained(d / name)
         if self.prm is not None and self.dist.is_main:
-            p = self.cfg.prm
-            save_prm_metadata(
-                d / "prm",
-                PRMMetadata(
-                    beta=p.beta,
-                    reference=prm_reference(self.cfg, self.model_source, final),
-                    step_delimiter=p.step_delimiter,
-                    granularity=p.granularity,
-                    loss=p.loss,
-                ),
-            )
+            save_prm_metadata(d / "prm", run_prm_metadata(self.cfg, self.model_source, final))
         D.barrier(self.dist)
         return d
