@@ -45,9 +45,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "iprime.eval": ("iprime.algo", "iprime.models", "iprime.data", "iprime.verifiers", "iprime.rollout", "iprime.prm")
     + DISPLAY,
     "iprime.eval.benchmarks": ("iprime.data", "iprime.verifiers"),  # iprime.train may import it
-    # everything above; of evaluation only the shipped benchmarks (which import only data and verifiers)
+    "iprime.eval.loop": ("iprime.data", "iprime.verifiers", "iprime.rollout"),  # the one evaluation loop; train runs it
+    # everything above; of evaluation only the shipped benchmarks and the evaluation loop
     "iprime.train": ("iprime.algo", "iprime.optim", "iprime.models", "iprime.data", "iprime.verifiers")
-    + ("iprime.rollout", "iprime.prm", "iprime.config", "iprime.eval.benchmarks")
+    + ("iprime.rollout", "iprime.prm", "iprime.config", "iprime.eval.benchmarks", "iprime.eval.loop")
     + DISPLAY,
     # the top: commands, presets, the demo
     "iprime.presets": ANYTHING,

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from iprime.rollout import HFGenerator, SamplingParams
 from iprime.rollout.sampling import RowSamples, sample_rows
 
 __all__ = ["AccuracyTally", "ScoredChunk", "chunked", "evaluate_accuracy", "scored_chunks"]
@@ -174,8 +175,6 @@ def evaluate_accuracy(
     ``time_s``, and with ``return_samples`` the ``samples`` list of
     ``{"prompt", "answer", "response", "score"}``.
     """
-    from iprime.rollout import HFGenerator, SamplingParams
-
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"need n, batch_size, max_new_tokens >= 1, got {n}, {batch_size}, {max_new_tokens}")
     if temperature < 0:
