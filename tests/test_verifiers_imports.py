@@ -5,6 +5,7 @@ re-exports everything, is the façade and not part of the graph)."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import iprime.verifiers
@@ -42,6 +43,7 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     paths = sorted(ROOT.rglob("*.py"))
     modules = {module_name(p) for p in paths}
