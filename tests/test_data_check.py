@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from iprime import data_check
 from iprime.data_check import VerifierHooks, data_app, percentile
 
-ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+ENV = {"COLUMNS": "400", "NO_COLOR": "1"}  # wide enough for a tmp path (longer under pytest-xdist) on one line
 
 
 def fake_check(reference, row):

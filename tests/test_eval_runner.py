@@ -157,6 +157,7 @@ def test_eval_with_the_implicit_prm(tmp_path, tiny_model_dir, tiny_prm_dir):
         assert rec["prm_rewards"] == pytest.approx(direct, abs=1e-5)
 
 
+@pytest.mark.sandbox  # the code verifier's first call starts a probe sandbox
 def test_code_benchmark_rows_do_not_vote(tmp_path, tiny_model_dir):
     cfg = EvalConfig(
         model=str(tiny_model_dir),

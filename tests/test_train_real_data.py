@@ -130,6 +130,7 @@ def config(tmp_path, *extra: str):
     )
 
 
+@pytest.mark.sandbox  # the code rows run in the sandbox
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_mixed_math_and_code_rows_train_with_per_row_rewards(tiny_model_dir, tmp_path, fmt):
     from iprime.data.sources import read_records
