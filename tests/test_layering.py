@@ -99,6 +99,10 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.verifiers.math", "math_verify"): "math_verify imports sympy (~1 s); verifier workers load it",
     ("iprime.verifiers.math", "sympy"): "~1 s; for the rare tiny-number comparison only",
     ("iprime.quiet", "transformers"): ONLY_IF_LOADED,
+    ("iprime.verifiers.registry", "iprime.verifiers.math"): "math_verify imports sympy (~1 s): loaded by name, when used",
+    ("iprime.verifiers.registry", "iprime.verifiers.code"): "the code sandbox: loaded by name, when used",
+    ("iprime.verifiers.registry", "iprime.verifiers.gym"): OPTIONAL + " (iprime[gym])",
+    ("iprime.verifiers.registry", "iprime.data.boxed"): "loaded by name, when used, like every registry entry",
     ("iprime.numerics", "torch"): "the kernel settings must be made before torch loads (use_portable_kernels)",
     ("iprime.quiet", "huggingface_hub"): ONLY_IF_LOADED,
     ("iprime.quiet", "datasets"): ONLY_IF_LOADED,
@@ -119,19 +123,16 @@ PENDING_MODULES: dict[str, str] = {
     "iprime.train.evaluate": PENDING + "; it imports train.build and train.distributed inside functions",
     "iprime.train.export": PENDING + "; on the CLI's import path: keep torch out",
     "iprime.verifiers._pool": PENDING,
-    "iprime.verifiers._sandbox_runner": PENDING + "; a separate program run inside the sandbox",
+    "iprime.verifiers.sandbox.runner": "a separate stdlib-only program run inside the sandbox: it imports what it "
+    "needs only once the sandbox is set up",
     "iprime.verifiers.batch": PENDING + "; one closes the batch <-> dispatch cycle (KNOWN_CYCLES)",
     "iprime.verifiers.dispatch": PENDING,
     "iprime.verifiers.math": PENDING,
-    "iprime.verifiers.rows": PENDING + "; it closes the code <-> rows cycle (KNOWN_CYCLES)",
 }
 
 # cycles being fixed by another worker (issue 21): each entry goes once its cycle is gone (the
 # test says so); until then the test passes with them
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"iprime.verifiers.batch", "iprime.verifiers.dispatch"}): "verifiers rework (issue 21)",
-    frozenset({"iprime.verifiers.code", "iprime.verifiers.rows"}): "verifiers rework (issue 21)",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 # ---------------------------------------------------------------------------------------------
