@@ -99,7 +99,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.verifiers.math", "math_verify"): "math_verify imports sympy (~1 s); verifier workers load it",
     ("iprime.verifiers.math", "sympy"): "~1 s; for the rare tiny-number comparison only",
     ("iprime.quiet", "transformers"): ONLY_IF_LOADED,
-    ("iprime.verifiers.registry", "iprime.verifiers.math"): "math_verify imports sympy (~1 s): loaded by name, when used",
+    ("iprime.verifiers.registry", "iprime.verifiers.math"): "sympy (~1 s): loaded by name, when used",
     ("iprime.verifiers.registry", "iprime.verifiers.code"): "the code sandbox: loaded by name, when used",
     ("iprime.verifiers.registry", "iprime.verifiers.gym"): OPTIONAL + " (iprime[gym])",
     ("iprime.verifiers.registry", "iprime.data.boxed"): "loaded by name, when used, like every registry entry",
