@@ -1,5 +1,6 @@
 # Two commands:  `make run` (set up + CPU quickstart)  and  `make test` (set up + tests).
 # Both are idempotent: the setup step is skipped when .venv is already up to date.
+# The inner loop: `make test-fast` (set up + the tests not marked slow, under a minute on 2 cores).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 OUT    ?= runs/quickstart
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +24,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# algo, config, data, the verifiers' unit tests...: everything tests/conftest.py does not mark slow
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -24,7 +24,7 @@ Metrics, per run and step:
 - PRIME only: ``adv/process_share`` (std of the process part of the advantage over that of
   the whole), ``adv/dense_share`` (the share that varies within a response), the PRM's
   pairwise accuracy and its first-error localisation (``prm/first_error_hit`` beside
-  ``prm/first_error_chance``), as logged by :mod:`iprime.train.prm_update`.
+  ``prm/first_error_chance``), as logged by :mod:`iprime.train.diagnostics`.
 
 Statistics (pure functions below, tested in ``tests/test_sample_efficiency_stats.py``):
 

@@ -1,15 +1,19 @@
 """PRIME in one file: a tiny model, the built-in arithmetic task, and the `iprime.algo` math.
 
 A CleanRL-style reading copy of what `iprime.train.prime.PrimeTrainer` does (its steps are
-numbered in `main`), with no trainer, no rollout engine, no config system: sampling and log-probs
-are plain torch, the algorithm is the pure functions of `iprime.algo`. On 2 CPU cores (measured
-on a quiet machine):
+numbered in `main`), with no trainer, no rollout engine, no config files: sampling and log-probs
+are plain torch, the algorithm is the pure functions of `iprime.algo`, and its settings are the
+trainer's defaults, read from `iprime.config` (the PRIME repository's pipeline: `rm_coef` 5,
+`batch_norm`-scaled process rewards, its leave-one-out baseline, whitened advantages). On 2 CPU
+cores (measured on a quiet machine):
 
     .venv/bin/python examples/prime_minimal.py --steps 2   # smoke run, ~25 s in all
     .venv/bin/python examples/prime_minimal.py             # 60 steps, ~45 s
 
-Held-out greedy accuracy after the default 60 steps: 0.425 -> 0.555 (seed 0), 0.730 -> 0.765
-(seed 1), 0.435 -> 0.560 (seed 2); 150 steps of seed 0 end at 0.560 too.
+With the paper's formula as written (`--rm-coef 1 --outcome-coef 1 --normalize none --whiten false
+--process-baseline paper`, this file's settings before it took the trainer's), held-out greedy
+accuracy after 60 steps: 0.425 -> 0.555 (seed 0), 0.730 -> 0.765 (seed 1), 0.435 -> 0.560
+(seed 2); 150 steps of seed 0 end at 0.560 too.
 """
 
 from __future__ import annotations
@@ -27,8 +31,13 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from iprime import algo  # the whole algorithm: pure tensor functions, no models
+from iprime.config import AlgoConfig, FilterConfig, OptimConfig, PRMConfig, RolloutConfig
 from iprime.data.arithmetic import ArithmeticConfig, ArithmeticTask, problem_row
 from iprime.models import make_tiny_model
+
+# The trainer's defaults (iprime.config), so that this file computes what `iprime train` does.
+# Only the sizes and learning rates below are the example's own: they suit a 0.16M-parameter model.
+ALGO, FILTER, OPTIM, PRM, ROLLOUT = AlgoConfig(), FilterConfig(), OptimConfig(), PRMConfig(), RolloutConfig()
 
 
 @dataclasses.dataclass
@@ -48,28 +57,37 @@ class Args:
     sft_batch: int = 32
     sft_lr: float = 3e-3
     # rollouts
-    prompts_per_step: int = 16
-    k: int = 4  # responses per prompt (a "group")
+    prompts_per_step: int = ROLLOUT.prompts_per_step
+    k: int = ROLLOUT.n  # responses per prompt (a "group")
     max_new_tokens: int = 32
-    temperature: float = 1.0
-    filter_low: float = 0.2  # keep groups whose accuracy lies in [low, high]: a group that is
-    filter_high: float = 0.8  # all right or all wrong has no outcome signal for RLOO
+    temperature: float = ROLLOUT.temperature
+    filter_low: float = FILTER.low  # keep groups whose accuracy lies in [low, high]: a group that is
+    filter_high: float = FILTER.high  # all right or all wrong has no outcome signal for RLOO
     # implicit PRM
-    beta: float = 0.05
+    beta: float = PRM.beta
     prm_lr: float = 1e-3
+    # advantages: the PRIME repository's pipeline, as the trainer's `prime` estimator computes it
+    rm_coef: float = ALGO.rm_coef  # weight of the process advantage
+    outcome_coef: float = ALGO.outcome_coef  # weight of the outcome advantage
+    gamma: float = ALGO.gamma  # discount of the returns
+    normalize: str = ALGO.normalize or "none"  # batch_norm: process rewards / the batch's largest |return|
+    process_baseline: str = ALGO.process_baseline  # leave-one-out baseline of the process rewards
+    whiten: bool = ALGO.whiten  # whiten the combined advantage over the batch's tokens
     # policy
     lr: float = 3e-5  # a tiny model is easily knocked off its warm-up solution: 1e-3 collapsed it
-    rm_coef: float = 1.0  # weight of the process advantage next to the outcome advantage
-    clip: float = 0.2
-    ppo_epochs: int = 2  # passes over the batch; from the 2nd on the ratio leaves 1 and the clip guards it
-    grad_clip: float = 1.0
+    clip_low: float = OPTIM.clip_low
+    clip_high: float = OPTIM.clip_high
+    ppo_epochs: int = 2  # passes over the batch (the trainer's optim.epochs is 1); from the 2nd on the ratio
+    # leaves 1 and the clip guards it
+    grad_clip: float = OPTIM.grad_clip
     eval_prompts: int = 200
 
 
 def parse_args(argv: list[str] | None) -> Args:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        kind = (lambda text: text.lower() in ("1", "true", "yes")) if isinstance(f.default, bool) else type(f.default)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
     return Args(**vars(parser.parse_args(argv)))
 
 
@@ -211,13 +229,26 @@ def main(argv: list[str] | None = None) -> dict:
             prm_logp_grad = response_logp(prm, ids, mask, resp, resp_mask)
             prm_loss = algo.prm_ce_loss(prm_logp_grad, ref_logp, resp_mask, outcome, beta=args.beta)
             update(prm_opt, prm_loss, args.grad_clip)
-            # 7. Advantages: leave-one-out on the outcome + rm_coef x leave-one-out on the process
-            #    rewards (baseline: the other responses' mean token reward), returns to the end.
-            adv = algo.prime_rloo_advantages(outcome, rewards, resp_mask, args.k, rm_coef=args.rm_coef)
+            # 7. Advantages: outcome_coef x leave-one-out on the outcome + rm_coef x leave-one-out on
+            #    the process rewards (batch_norm-scaled), returns to the end, whitened.
+            adv = algo.prime_rloo_advantages(
+                outcome,
+                rewards,
+                resp_mask,
+                args.k,
+                rm_coef=args.rm_coef,
+                outcome_coef=args.outcome_coef,
+                gamma=args.gamma,
+                normalize=None if args.normalize == "none" else args.normalize,
+                process_baseline=args.process_baseline,
+                whiten=args.whiten,
+            )
             # 8. PPO clipped update on the whole kept batch, ppo_epochs times.
             for _ in range(args.ppo_epochs):
                 logp = response_logp(policy, ids, mask, resp, resp_mask, args.temperature)
-                loss, m = algo.ppo_policy_loss(logp, old_logp, adv, resp_mask, clip_low=args.clip, clip_high=args.clip)
+                loss, m = algo.ppo_policy_loss(
+                    logp, old_logp, adv, resp_mask, clip_low=args.clip_low, clip_high=args.clip_high
+                )
                 update(opt, loss, args.grad_clip)
             line.update(prm_loss=prm_loss.item(), policy_loss=loss.item(), clip_frac=m["clip_frac"])
         history.append(line)

@@ -1,8 +1,73 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the markers that split the suite (``slow``, ``sandbox``)."""
 
 from __future__ import annotations
 
 import pytest
+
+# ------------------------------------------------------------------ markers
+#
+# `make test-fast` runs `pytest -m "not slow"`: the algorithm, config, data, and the verifiers'
+# unit tests, in under a minute on 2 cores; `make test` runs everything. A file is slow when its
+# tests build a model or a trainer, start processes (torchrun, a verifier pool, the CLI, the
+# golden runs' child) or start the code sandbox many times (its containment and attack suites);
+# so is any test that uses a tiny-model fixture, wherever it lives. Anything else counts as fast:
+# keep `make test-fast` under a minute (`--durations=10` shows what costs).
+SLOW_FILES = frozenset(
+    {
+        "test_checkpoints.py",
+        "test_cli.py",
+        "test_credit_assignment.py",
+        "test_distributed.py",
+        "test_eval_runner.py",
+        "test_example_minimal.py",
+        "test_export.py",
+        "test_golden_runs.py",
+        "test_memory_options.py",
+        "test_models.py",
+        "test_plots.py",
+        "test_prm_metadata.py",
+        "test_prm_offline.py",
+        "test_prm_scoring.py",
+        "test_progress_output.py",
+        "test_quickstart.py",
+        "test_recipes.py",
+        "test_rollout.py",
+        "test_sandbox.py",
+        "test_sandbox_attacks.py",
+        "test_sft.py",
+        "test_train_eval.py",
+        "test_train_real_data.py",
+        "test_train_samples.py",
+        "test_trainer.py",
+        "test_verifiers_batch.py",
+        "test_verifiers_math_benchmarks.py",
+        "test_vllm_adapter.py",
+    }
+)
+MODEL_FIXTURES = frozenset({"tiny_model_dir", "tiny_prm_dir", "boxed8_model_dir"})
+
+# Files whose tests start the code sandbox (single tests elsewhere carry `@pytest.mark.sandbox`).
+# Under pytest-xdist they all run on one worker (`--dist loadgroup`): test_sandbox.py checks that
+# no sandbox process outlives its sample, and another worker's live sandbox would look like one.
+SANDBOX_FILES = frozenset(
+    {
+        "test_sandbox.py",
+        "test_sandbox_attacks.py",
+        "test_verifiers_batch.py",
+        "test_verifiers_code.py",
+        "test_verifiers_dispatch.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES or MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if item.path.name in SANDBOX_FILES:
+            item.add_marker(pytest.mark.sandbox)
+        if item.get_closest_marker("sandbox") is not None:
+            item.add_marker(pytest.mark.xdist_group("sandbox"))
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,8 @@ from test_trainer import ROWS, make_config, parity_verifier
 
 from iprime.rollout.types import RolloutBatch
 from iprime.train import checkpoint as C
+from iprime.train import checkpoint_store as S
+from iprime.train.checkpoint_plain import from_plain, to_plain
 from iprime.train.distributed import DistContext
 from iprime.train.guards import UpdateGuard, param_norm
 from iprime.train.logging import MetricsLogger, MetricsWarning
@@ -122,7 +124,7 @@ def test_a_planted_pickle_is_refused_and_runs_nothing(tmp_path):
     state = torch.load(ckpt / "state.pt", weights_only=True)
     state["payload"] = Planted(marker)
     torch.save(state, ckpt / "state.pt")
-    C.write_manifest(ckpt, 1)  # even with a matching checksum (whoever plants a file can write one)
+    S.write_manifest(ckpt, 1)  # even with a matching checksum (whoever plants a file can write one)
     with pytest.raises(C.CheckpointError, match=r"state\.pt: refused.*plain data"):
         C.load_checkpoint(ckpt)
     with pytest.warns(C.CheckpointWarning, match="skipping bad checkpoint step-000001"):
@@ -158,8 +160,8 @@ def test_saved_state_is_plain_data_and_round_trips(tmp_path):
 def test_the_buffer_survives_a_round_trip_exactly():
     batch = small_batch()
     state_dict = torch.nn.BatchNorm1d(3).state_dict()  # an OrderedDict with module versions in _metadata
-    plain = C.to_plain({"buffer": batch, "arr": np.arange(5, dtype=np.uint32), "bn": state_dict})
-    back = C.from_plain(torch.load(_saved(plain), weights_only=True))
+    plain = to_plain({"buffer": batch, "arr": np.arange(5, dtype=np.uint32), "bn": state_dict})
+    back = from_plain(torch.load(_saved(plain), weights_only=True))
     assert batches_equal(back["buffer"], batch)
     assert back["arr"].dtype == np.uint32 and back["arr"].tolist() == [0, 1, 2, 3, 4]
     assert back["bn"]._metadata == state_dict._metadata and list(back["bn"]) == list(state_dict)
@@ -306,7 +308,7 @@ def assert_previous_intact(out: Path) -> None:
     root = out / "checkpoints"
     assert (root / "LATEST").read_text() == "step-000001"
     assert sorted(p.name for p in root.iterdir()) == ["LATEST", "step-000001"]  # no partial directory left
-    C.verify_checkpoint(root / "step-000001")
+    S.verify_checkpoint(root / "step-000001")
     assert load_small(out)[0]["step"] == 1
 
 
@@ -351,7 +353,7 @@ def test_torchs_iostream_error_on_a_full_disk_is_reported_as_no_space(tmp_path, 
         raise RuntimeError("basic_ios::clear: iostream error")
 
     monkeypatch.setattr(C.torch, "save", full)
-    monkeypatch.setattr(C.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 0))
+    monkeypatch.setattr(S.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 0))
     with pytest.raises(OSError, match="No space left on device") as err:
         C.save_run_checkpoint(out, 2, "torch", models, optimizers, small_meta(2), ONE)
     assert err.value.errno == errno.ENOSPC
@@ -447,7 +449,7 @@ def test_resume_falls_back_from_a_bad_newest_checkpoint_and_tolerates_a_torn_met
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3]
     assert (root / "LATEST").read_text() == "step-000003"
-    C.verify_checkpoint(root / "step-000002")  # rewritten: good again
+    S.verify_checkpoint(root / "step-000002")  # rewritten: good again
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from iprime import cli
 from iprime.cli import app, is_iprime_run, prepare_out_dir
 from iprime.config import load_config, save_config
 
@@ -188,7 +189,7 @@ def test_push_to_hub_after_training(fake_trainer, tmp_path, monkeypatch):
         pushed.append((Path(final_dir), repo_id, private))
         return [f"https://huggingface.co/{repo_id}", f"https://huggingface.co/{repo_id}-prm"]
 
-    monkeypatch.setitem(sys.modules, "iprime.train.export", types.SimpleNamespace(push_to_hub=push_to_hub))
+    monkeypatch.setattr(cli, "push_to_hub", push_to_hub)
     run = tmp_path / "run"
     result = invoke(*train_args(run, fake_trainer, "train.push_to_hub=me/tiny", "train.hub_private=false"))
     assert result.exit_code == 0, result.output
@@ -198,7 +199,7 @@ def test_push_to_hub_after_training(fake_trainer, tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("no network")
 
-    monkeypatch.setitem(sys.modules, "iprime.train.export", types.SimpleNamespace(push_to_hub=offline))
+    monkeypatch.setattr(cli, "push_to_hub", offline)
     result = invoke(*train_args(tmp_path / "run2", fake_trainer, "train.push_to_hub=me/tiny"))
     text = one_line(result.output)
     assert result.exit_code == 1 and "push to the hub failed: no network" in text and "final" in text

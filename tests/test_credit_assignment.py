@@ -30,8 +30,7 @@ from iprime.data.arithmetic import (
     write_solution,
 )
 from iprime.presets import BENCHMARK_PRESETS, benchmark_preset, decisive_preset, preset_with_ops
-from iprime.train.advantages import process_share_metrics
-from iprime.train.prm_update import first_error_hit, first_error_metrics, line_rewards
+from iprime.train.diagnostics import first_error_hit, first_error_metrics, line_rewards, process_share_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,21 +1,20 @@
 """``iprime data check``: the summary it prints and its exit codes (0: all rows usable; 2: a bad
 row, or data that cannot be read). The verifiers' row check is replaced by a fake here, so these
-tests do not depend on what iprime.verifiers accepts; one test runs the real one when present."""
+tests do not depend on what iprime.verifiers accepts; one test runs the real one."""
 
 from __future__ import annotations
 
 import json
-from importlib import import_module
 
 import pytest
 import typer
 from eurus_data import eurus_rows, write_jsonl, write_parquet
 from typer.testing import CliRunner
 
-from iprime.data import commands
-from iprime.data.commands import VerifierHooks, data_app, percentile
+from iprime import data_check
+from iprime.data_check import VerifierHooks, data_app, percentile
 
-ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+ENV = {"COLUMNS": "400", "NO_COLOR": "1"}  # wide enough for a tmp path (longer under pytest-xdist) on one line
 
 
 def fake_check(reference, row):
@@ -37,7 +36,7 @@ def fake_verifiers(monkeypatch):
 
         return VerifierHooks(check, lambda row: f"v-{row.get('ability', 'none')}")
 
-    monkeypatch.setattr(commands, "verifier_hooks", hooks)
+    monkeypatch.setattr(data_check, "verifier_hooks", hooks)
     return calls
 
 
@@ -146,8 +145,6 @@ def test_registers_as_iprime_data(tmp_path, fake_verifiers):
 
 
 def test_with_the_real_verifier_check(tmp_path):
-    if getattr(import_module("iprime.verifiers"), "check_row", None) is None:
-        pytest.skip("iprime.verifiers.check_row is not there yet")
     rows = [r for r in eurus_rows() if r["ability"] == "math"]
     rows[1]["reward_model"]["ground_truth"] = {"value": "2"}  # a dict is no math reference
     path = write_jsonl(tmp_path / "m.jsonl", rows)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -48,6 +50,36 @@ def test_eval_agrees_with_the_trainers_evaluation(tmp_path, boxed8, boxed8_model
     records = read_generations(tmp_path / "generations.jsonl")
     assert [r["scores"][0] for r in records] == [s["score"] for s in ref["samples"]]
     assert [r["responses"][0] for r in records] == [s["response"] for s in ref["samples"]]
+
+
+def test_iprime_eval_and_the_trainers_evaluation_are_one_loop(tmp_path, boxed8, boxed8_model_dir):
+    """Sampled (2 per row at temperature 1) in 3 chunks, each with its own seed: ``iprime eval``
+    and evaluation during training give the same numbers on the same benchmark rows."""
+    from tiny_runs import tiny_config
+
+    from iprime.rollout import HFGenerator
+    from iprime.train.evaluate import build_eval_sets, chunk_rows, run_evals
+    from iprime.train.scoring import RolloutScorer
+
+    model, tok = boxed8
+    overrides = ["train.eval_every=1", "train.eval_benchmarks=[arithmetic]", "train.eval_limit=6", "train.seed=3"]
+    overrides += ["train.eval_n=2", "train.eval_temperature=1.0", "train.eval_max_new_tokens=16", "rollout.n=2"]
+    cfg = tiny_config(tmp_path / "run", *overrides, "rollout.prompts_per_step=2", "rollout.oversample=1.0")
+    assert chunk_rows(cfg) == 2
+    scorer = RolloutScorer(cfg)
+    during = run_evals(HFGenerator(model, tok), tok, build_eval_sets(cfg, None, tok, scorer), scorer, cfg)
+    config = _config(tmp_path / "eval", boxed8_model_dir, n=2, temperature=1.0, limit=6, batch_size=2, seed=3, ks=[2])
+    summary = run_eval(config, model=model, tokenizer=tok, progress=False)["arithmetic"]
+    assert during["eval/arithmetic/acc"] == summary["avg@2"] > 0
+    assert during["eval/arithmetic/pass@2"] == summary["pass@2"]
+    assert during["eval/arithmetic/truncated_frac"] == summary["truncated_frac"]
+
+
+def test_eval_does_not_need_the_trainer():
+    """The import map: iprime.eval never imports iprime.train (training imports eval.loop)."""
+    code = "import sys, iprime.eval.runner, iprime.eval.loop; print(sorted(m for m in sys.modules if 'train' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "iprime.train" not in out, out
 
 
 def test_interrupted_eval_resumes_without_redoing_rows(tmp_path, boxed8, boxed8_model_dir, monkeypatch):
@@ -125,6 +157,7 @@ def test_eval_with_the_implicit_prm(tmp_path, tiny_model_dir, tiny_prm_dir):
         assert rec["prm_rewards"] == pytest.approx(direct, abs=1e-5)
 
 
+@pytest.mark.sandbox  # the code verifier's first call starts a probe sandbox
 def test_code_benchmark_rows_do_not_vote(tmp_path, tiny_model_dir):
     cfg = EvalConfig(
         model=str(tiny_model_dir),

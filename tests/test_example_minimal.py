@@ -57,3 +57,20 @@ def test_prime_minimal_prints_a_line_per_step_and_updates_the_policy(capsys):
     assert all(torch.isfinite(p).all() for p in result["policy"].parameters())
     assert 0.0 <= result["acc_before"] <= 1.0 and 0.0 <= result["acc_after"] <= 1.0
     assert any(line.startswith("held-out greedy accuracy") for line in out)
+
+
+def test_the_example_takes_the_trainers_defaults():
+    """Its algorithm settings are iprime.config's defaults (the PRIME repository's pipeline), not
+    numbers of its own; only sizes and learning rates are the tiny model's."""
+    from iprime.config import AlgoConfig, FilterConfig, OptimConfig, PRMConfig, RolloutConfig
+
+    example = load_example()
+    args, algo, optim = example.Args(), AlgoConfig(), OptimConfig()
+    assert (args.rm_coef, args.outcome_coef, args.gamma) == (algo.rm_coef, algo.outcome_coef, algo.gamma)
+    assert (args.normalize, args.process_baseline, args.whiten) == ("batch_norm", "reference", True)
+    assert (args.normalize, args.process_baseline, args.whiten) == (algo.normalize, algo.process_baseline, algo.whiten)
+    assert (args.filter_low, args.filter_high) == (FilterConfig().low, FilterConfig().high)
+    assert (args.clip_low, args.clip_high, args.grad_clip) == (optim.clip_low, optim.clip_high, optim.grad_clip)
+    assert (args.beta, args.k, args.temperature) == (PRMConfig().beta, RolloutConfig().n, RolloutConfig().temperature)
+    paper = example.parse_args(["--normalize", "none", "--whiten", "false", "--process-baseline", "paper"])
+    assert (paper.normalize, paper.whiten, paper.process_baseline) == ("none", False, "paper")

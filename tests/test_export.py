@@ -17,8 +17,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
 from iprime.models import response_logprobs
-from iprime.prm.metadata import load_prm_metadata
+from iprime.prm.metadata import load_prm_metadata, run_prm_metadata
 from iprime.train import checkpoint as C
+from iprime.train.checkpoint_plain import to_plain
+from iprime.train.checkpoint_store import write_manifest
 from iprime.train.export import (
     ExportError,
     export_checkpoint,
@@ -118,6 +120,15 @@ def test_a_torch_checkpoint_exports_to_models_plain_transformers_loads(torch_run
     assert not (tmp_path / "out" / "policy" / "iprime_prm.json").exists()
 
 
+def test_the_trainer_and_an_export_write_the_same_prm_metadata(torch_run, tmp_path):
+    trainer, run = torch_run
+    trainer.save_pretrained(tmp_path / "saved")
+    export_run_checkpoint(run, tmp_path / "exported")
+    saved = load_prm_metadata(tmp_path / "saved" / "prm")
+    assert saved == load_prm_metadata(tmp_path / "exported" / "prm")
+    assert saved == run_prm_metadata(trainer.cfg, trainer.model_source, tmp_path / "saved")  # the one builder
+
+
 def test_every_way_of_naming_a_checkpoint_finds_it(torch_run, tmp_path):
     _, run = torch_run
     ckpts = run / "checkpoints"
@@ -172,8 +183,8 @@ def rewrite_state(step_dir: Path, change) -> None:
     """Change a ``state.pt`` checkpoint's state and re-checksum it (a checkpoint written so)."""
     state = C.load_checkpoint(step_dir)
     change(state)
-    torch.save(C.to_plain(state), step_dir / "state.pt")
-    C.write_manifest(step_dir, state["step"])
+    torch.save(to_plain(state), step_dir / "state.pt")
+    write_manifest(step_dir, state["step"])
 
 
 def test_bad_inputs_are_clear_errors_raised_before_writing(torch_run, tiny_model_dir, tmp_path):

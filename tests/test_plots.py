@@ -266,7 +266,8 @@ def test_plot_command_writes_plots_png_and_explains_a_missing_run(tmp_path):
     app = typer.Typer()
     app.command()(plot_command)
     write_jsonl(tmp_path / "metrics.jsonl", run_metrics())
-    result = CliRunner().invoke(app, [str(tmp_path)])
+    # rich wraps at the terminal width: wide enough for a tmp path (longer under pytest-xdist) on one line
+    result = CliRunner().invoke(app, [str(tmp_path)], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
     assert (tmp_path / "plots.png").read_bytes()[:8] == PNG and "plots.png" in result.output
     result = CliRunner().invoke(app, [str(tmp_path), "-o", str(tmp_path / "o.png"), "-k", "prm/loss", "--smooth", "0"])

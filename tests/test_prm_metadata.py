@@ -4,6 +4,7 @@ read them (prm score, prm rerank, eval --prm) without flags."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -211,3 +212,21 @@ def test_rerank_and_eval_read_the_metadata(trained_prm, tiny_model_dir, tmp_path
     assert EvalConfig(model="m", benchmarks=["arithmetic"], out="o", prm=str(prm_dir), beta=2.0).beta == 2.0
     with pytest.raises(ValueError, match="both prm and ref"):
         EvalConfig(model="m", benchmarks=["arithmetic"], out="o", prm=str(tiny_model_dir))  # no metadata
+
+
+def test_a_runs_prm_metadata_comes_from_its_config(tmp_path):
+    """run_prm_metadata: the one builder of a PRIME run's iprime_prm.json (the trainer's final/
+    and iprime export both call it): the PRM settings of the config, the reference by model.reference."""
+    from iprime.config import load_config
+    from iprime.prm.metadata import run_prm_metadata
+
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    cfg = load_config(None, ["prm.beta=0.5", "prm.granularity=step", "prm.loss=dpo"])
+    meta = run_prm_metadata(cfg, str(sft), tmp_path / "final")
+    assert meta == PRMMetadata(0.5, str(sft.resolve()), DEFAULT_STEP_DELIMITER, "step", "dpo")
+    assert run_prm_metadata(cfg, "org/sft", tmp_path).reference == "org/sft"  # a hub id is kept
+    assert run_prm_metadata(cfg, None, tmp_path).reference is None  # the start is unknown
+    on_policy = load_config(None, ["model.reference=policy"])
+    assert run_prm_metadata(on_policy, str(sft), "final").reference == str((Path("final") / "policy").resolve())
+    assert run_prm_metadata(load_config(None, ["model.reference=/models/ref"]), None, "x").reference == "/models/ref"

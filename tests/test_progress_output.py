@@ -13,8 +13,8 @@ import types
 import pytest
 
 from iprime.config import TrainConfig
+from iprime.progress import format_metrics, format_step_line, progress_bar, resolve_mode
 from iprime.train.logging import MetricsLogger, samples_markdown
-from iprime.train.progress import format_metrics, format_step_line, progress_bar, resolve_mode
 
 # Metrics of real PRIME steps (a tiny run, trimmed to the keys a progress line could show): a step
 # that generated its rollouts, and the next one, served entirely from the buffer, which has no

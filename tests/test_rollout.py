@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from iprime.models import LoraSettings, load_model, response_logprobs
-from iprime.rollout import Generator, HFGenerator, RolloutBatch, SamplingParams, filter_logits, sample_categorical
+from iprime.rollout import (
+    Generator,
+    GeneratorBase,
+    HFGenerator,
+    RolloutBatch,
+    SamplingParams,
+    check_generator,
+    filter_logits,
+    sample_categorical,
+)
 
 PROMPTS = ["Compute 1 + 2.", "What is 12 * 3 - 4?\nStep 1:", "<|im_start|>user\nHi<|im_end|>\n"]
 
@@ -90,10 +99,27 @@ def test_sample_categorical_draws_from_the_distribution():
 # ---------------------------------------------------------------- generation
 
 
+def test_an_engine_is_asked_only_for_what_it_declares(gen):
+    # HFGenerator shares the policy module: no weights to sync, no memory of its own to release
+    asks = ((lambda: gen.sync_weights({}), "SYNC_WEIGHTS"), (gen.sleep, "SLEEP"), (gen.wake_up, "SLEEP"))
+    for call, capability in asks:
+        with pytest.raises(NotImplementedError, match=f"HFGenerator does not declare Capability.{capability}"):
+            call()
+    assert check_generator(gen) is gen
+    with pytest.raises(TypeError, match=r"lacks capabilities, sync_weights, sleep, wake_up; subclass .*GeneratorBase"):
+        check_generator(type("OnlyGenerate", (), {"generate": lambda self, prompts, params: None})())
+
+    class Tagged(GeneratorBase):
+        capabilities = frozenset({"sleep"})  # a string, not a Capability
+
+    with pytest.raises(TypeError, match="must hold Capability members"):
+        check_generator(Tagged())
+
+
 def test_generate_layout(gen, tok):
     n = 3
     batch = gen.generate(PROMPTS, SamplingParams(n=n, max_new_tokens=12, seed=0))
-    assert isinstance(gen, Generator)
+    assert isinstance(gen, Generator) and gen.capabilities == frozenset()  # samples the live model
     B, T = len(PROMPTS) * n, batch.response_ids.shape[1]
     assert len(batch) == B and T <= 12
     assert batch.prompt_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]

@@ -18,6 +18,7 @@ import pytest
 import torch
 from tiny_runs import ROWS, parity_verifier, tiny_config
 
+from iprime.eval.loop import AccuracyTally
 from iprime.train.evaluate import (
     build_eval_sets,
     eval_due,
@@ -70,11 +71,11 @@ def test_eval_path_names():
 
 
 def test_set_metrics_from_sums():
-    m = set_metrics("x", [3.0, 8.0, 2.0, 4.0], n_rows=4, n=2, time_s=1.5)
+    m = set_metrics("x", AccuracyTally(3.0, 8.0, 2.0, 4.0, 4.0), n_rows=4, n=2, time_s=1.5)
     assert m == {"eval/x/acc": 3 / 8, "eval/x/pass@2": 0.5, "eval/x/truncated_frac": 0.5, "eval/x/time_s": 1.5}
-    assert "eval/x/pass@1" not in set_metrics("x", [1.0, 2.0, 1.0, 0.0], n_rows=2, n=1, time_s=0.0)
+    assert "eval/x/pass@1" not in set_metrics("x", AccuracyTally(1.0, 2.0, 1.0, 0.0, 2.0), n_rows=2, n=1, time_s=0.0)
     with pytest.raises(RuntimeError, match="expected 4 rows x 2"):
-        set_metrics("x", [3.0, 7.0, 2.0, 4.0], n_rows=4, n=2, time_s=0.0)
+        set_metrics("x", AccuracyTally(3.0, 7.0, 2.0, 4.0, 4.0), n_rows=4, n=2, time_s=0.0)
 
 
 def test_preserved_training_state_restores_rng_and_modes():

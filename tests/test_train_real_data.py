@@ -15,7 +15,7 @@ import torch
 from iprime.config import load_config
 from iprime.data.chat import render_prompt
 from iprime.models import load_tokenizer
-from iprime.rollout import RolloutBatch
+from iprime.rollout import GeneratorBase, RolloutBatch
 from iprime.train.prime import EmptyStepsError, PrimeTrainer
 
 SYSTEM = {"role": "system", "content": "Think step by step, then give the final answer."}
@@ -64,7 +64,7 @@ def write_jsonl(rows: list[dict], path):
     return path
 
 
-class ScriptedGenerator:
+class ScriptedGenerator(GeneratorBase):
     """Answers every prompt with K scripted responses, right and wrong alternating, so the
     expected score of each sample is known (the tiny model itself never solves anything)."""
 
@@ -130,6 +130,7 @@ def config(tmp_path, *extra: str):
     )
 
 
+@pytest.mark.sandbox  # the code rows run in the sandbox
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_mixed_math_and_code_rows_train_with_per_row_rewards(tiny_model_dir, tmp_path, fmt):
     from iprime.data.sources import read_records

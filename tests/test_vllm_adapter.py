@@ -13,7 +13,7 @@ import torch
 
 from iprime.algo import apply_is_weights, ppo_policy_loss, truncated_is_weights
 from iprime.models import load_model, load_tokenizer
-from iprime.rollout import HFGenerator, SamplingParams
+from iprime.rollout import Capability, Generator, HFGenerator, SamplingParams
 from iprime.rollout.vllm import VLLMGenerator
 
 
@@ -205,6 +205,45 @@ def test_trainer_with_a_vllm_engine_syncs_weights_and_corrects(tiny_model_dir, t
     engine = gen.llm.model.state_dict()
     for k, v in trainer.policy.state_dict().items():
         assert torch.equal(engine[k], v), k
+
+
+def test_the_engine_declares_its_capabilities(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    assert make_vllm(model, tok).capabilities == {Capability.SYNC_WEIGHTS, Capability.SLEEP}
+    awake = make_vllm(model, tok, sleep=False)
+    assert awake.capabilities == {Capability.SYNC_WEIGHTS} and isinstance(awake, Generator)
+    with pytest.raises(NotImplementedError, match="does not declare Capability.SLEEP"):
+        awake.sleep()  # built without sleep mode: it is not asked to sleep, and refuses if asked
+    awake.generate(["Hi"], SamplingParams(max_new_tokens=2, seed=0))
+    awake.sync_weights(model.state_dict())
+    assert awake.llm.calls == ["generate", "load_weights", "reset_prefix_cache"]  # never slept or woken
+
+
+def test_the_trainer_asks_an_engine_only_for_what_it_declares(tiny_model_dir, tmp_path):
+    from tiny_runs import ROWS, tiny_config
+
+    from iprime.train.prime import PrimeTrainer
+
+    tok = load_tokenizer(tiny_model_dir)
+    gen = make_vllm(load_model(tiny_model_dir), tok, sleep=False)
+    gen.capabilities = frozenset()  # as if its weights followed the policy's by themselves
+    cfg = tiny_config(tmp_path, "train.steps=1", "rollout.oversample=1.0")
+    trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS[:8], lambda text, a: float(len(text) % 2 == 0), generator=gen)
+    (metrics,) = trainer.train(progress=False)
+    assert "load_weights" not in gen.llm.calls and "time/sync_weights" not in metrics
+    assert gen.llm.calls.count("generate") >= 1
+
+
+def test_the_trainer_refuses_an_object_that_is_not_an_engine(tiny_model_dir, tmp_path):
+    from tiny_runs import ROWS, tiny_config
+
+    from iprime.train.prime import PrimeTrainer
+
+    class OnlyGenerate:
+        def generate(self, prompts, params): ...
+
+    with pytest.raises(TypeError, match="lacks capabilities, sync_weights, sleep, wake_up"):
+        PrimeTrainer(str(tiny_model_dir), tiny_config(tmp_path), ROWS[:8], lambda t, a: 0.0, generator=OnlyGenerate())
 
 
 def test_truncated_is_weights():

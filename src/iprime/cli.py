@@ -9,6 +9,7 @@ style tag.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -17,14 +18,18 @@ from pathlib import Path
 from typing import NoReturn
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperOption
 
 from iprime import __version__
+from iprime.data.sources import DataError, read_records
 from iprime.numerics import cpu_has_avx2, unportable_reason, use_portable_kernels
 from iprime.quiet import silence_third_party_progress
 from iprime.tables import metrics_table
+from iprime.train.checkpoint_store import resume_candidates
 
 
 def _flags_show_no_type() -> None:
@@ -33,8 +38,6 @@ def _flags_show_no_type() -> None:
     typer 0.2x labels every option with its Python type, flags included (``--resume <bool>``),
     which reads as if the flag took a value. Older typer shows no type for flags; there this
     does nothing."""
-    from typer.core import TyperOption
-
     shown = getattr(TyperOption, "display_type_rich", None)
     if shown is None or getattr(shown, "_iprime_flags", False):
         return
@@ -172,10 +175,6 @@ def is_iprime_run(path: Path) -> bool:
     are all sections of :class:`~iprime.config.PrimeConfig` (every run writes it first), beside
     ``metrics.jsonl`` or ``checkpoints/`` or nothing else. A folder with only a ``checkpoints/``
     (many tools make one) is not enough."""
-    import dataclasses
-
-    import yaml
-
     from iprime.config import PrimeConfig
 
     config = path / "config.yaml"
@@ -213,8 +212,6 @@ def prepare_out_dir(path: str | Path, *, resume: bool, overwrite: bool, config_f
     A missing or empty folder is used as it is. A folder holding anything is refused unless
     ``resume`` (continue it: it must hold a checkpoint) or ``overwrite`` (delete it first; only a
     folder that :func:`is_iprime_run`). Raises :class:`OutDirError` with what to do instead."""
-    from iprime.train.checkpoint import resume_candidates
-
     path = Path(path)
     if resume and overwrite:
         raise OutDirError("--resume continues the run in train.out_dir and --overwrite deletes it: give one of them")
@@ -262,8 +259,6 @@ def final_model_lines(final_dir: Path, has_prm: bool) -> list[str]:
 
 def push_final(final_dir: Path, repo_id: str, private: bool) -> list[str]:
     """Push the final models to the hub (:func:`iprime.train.export.push_to_hub`); their URLs."""
-    from iprime.train.export import push_to_hub
-
     return list(push_to_hub(final_dir, repo_id, private=private))
 
 
@@ -315,7 +310,6 @@ def train(
             _fail("error", err)
         if note:
             say(note)
-    from iprime.data.sources import DataError, read_records
     from iprime.train.prime import PrimeTrainer
 
     try:  # every row is read and checked before the model loads
@@ -394,11 +388,11 @@ def sft(
 # Evaluation and the implicit PRM as a tool (their options live beside their code). Re-ranking
 # samples with a PRM is evaluation: its command lives in iprime.eval and joins the prm group here.
 from iprime.config_show import config_app  # noqa: E402
-from iprime.data.commands import data_app  # noqa: E402
+from iprime.data_check import data_app  # noqa: E402
 from iprime.eval.commands import EVAL_EXAMPLES, RERANK_EXAMPLES, eval_command, rerank_command  # noqa: E402
 from iprime.plots import plot_command  # noqa: E402
 from iprime.prm.commands import prm_app  # noqa: E402
-from iprime.train.export import export_command  # noqa: E402
+from iprime.train.export import export_command, push_to_hub  # noqa: E402
 
 app.command("eval", epilog=EVAL_EXAMPLES)(eval_command)
 prm_app.command("rerank", epilog=RERANK_EXAMPLES)(rerank_command)

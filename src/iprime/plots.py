@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import typer
+from rich.console import Console
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -560,8 +561,6 @@ def plot_command(
     Faint dots are each step's value, lines an EMA over them; a step without a value breaks the
     line.
     """
-    from rich.console import Console
-
     console = Console()
     run = Path(run_dir)
     target = Path(out) if out else run / "plots.png"

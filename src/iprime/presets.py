@@ -49,7 +49,9 @@ from .data.arithmetic import (
     ArithmeticTask,
     held_out_rows,
 )
-from .train.sft import SFTConfig
+from .models import load_model, load_tokenizer, make_tiny_model
+from .train.evaluate import evaluate_accuracy
+from .train.sft import SFTConfig, run_sft
 
 
 @dataclass
@@ -147,10 +149,6 @@ def run_preset_sft(out: str | Path, preset: QuickstartPreset | None = None, *, l
     Returns ``{"accuracy", "sft_time_s", "eval_time_s", "total_time_s", "sft": {...},
     "model_dir"}`` and saves the SFT model and tokenizer to ``out/sft``.
     """
-    from .models import load_model, load_tokenizer, make_tiny_model
-    from .train.evaluate import evaluate_accuracy
-    from .train.sft import run_sft
-
     preset = preset or QUICKSTART
     torch.set_num_threads(preset.threads)
     t0 = time.perf_counter()

@@ -23,10 +23,13 @@ import torch
 import yaml
 
 from iprime.config import load_config
+from iprime.models import load_model, load_tokenizer
 from iprime.numerics import describe, numerics_in_effect
 from iprime.plots import QUICKSTART_PANELS, save_panels
 from iprime.presets import QuickstartPreset, run_preset_sft
-from iprime.train.progress import format_metrics
+from iprime.progress import format_metrics
+from iprime.train.evaluate import evaluate_accuracy
+from iprime.train.prime import PrimeTrainer
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -91,10 +94,6 @@ def _flatten(data: dict, prefix: str = "") -> Iterator[str]:
 def run_quickstart(
     out: str | Path, qc: QuickstartConfig | None = None, extra_overrides: tuple[str, ...] = (), log=print
 ) -> dict:
-    from iprime.models import load_model, load_tokenizer
-    from iprime.train.evaluate import evaluate_accuracy
-    from iprime.train.prime import PrimeTrainer
-
     qc = qc or QuickstartConfig()
     preset = qc.preset
     out = Path(out)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ._checks import (
+    check_2d,
     check_choice,
     check_finite,
     check_gamma,
@@ -155,8 +156,6 @@ def advantage_estimator_names() -> list[str]:
 
 
 def _check_outcome_inputs(outcome: Tensor, mask: Tensor) -> None:
-    from ._checks import check_2d
-
     check_2d("mask", mask)
     check_per_sequence("outcome", outcome, mask.shape[0])
     check_finite("outcome", outcome)

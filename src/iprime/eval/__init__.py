@@ -1,4 +1,5 @@
 """Evaluation: shipped benchmarks, metrics (pass@k, maj@k, best-of-N, PRM-weighted voting), the
+evaluation loop (sample, verify, score: ``iprime eval`` and evaluation during training), the
 resumable ``iprime eval`` runner, and re-ranking sampled responses with an implicit PRM.
 
 Attributes are imported on first use (PEP 562), so the command line (``iprime --help``) does not
@@ -23,6 +24,9 @@ _EXPORTS = {
     "summarize_rows": "metrics",
     "vote": "metrics",
     "vote_weights": "metrics",
+    "AccuracyTally": "loop",
+    "evaluate_accuracy": "loop",
+    "scored_chunks": "loop",
     "group_rows": "rerank",
     "rerank_groups": "rerank",
     "EvalConfig": "runner",

@@ -13,7 +13,7 @@ arithmetic task). The prompts follow the PRIME paper:
 - math: ``question + MATH_SUFFIX`` (``"\\n\\nPresent the answer in LaTex format: \\boxed{Your answer}"``)
 - code: ``question + CODE_SUFFIX`` (write Python, fenced ```python block at the end)
 - arithmetic: the task's own prompt unchanged, so the numbers agree with the trainer's
-  evaluation (:func:`iprime.train.evaluate.evaluate_accuracy`).
+  evaluation (:func:`iprime.eval.loop.evaluate_accuracy`).
 
 Names (:data:`BENCHMARKS`): ``math500`` (500), ``aime2024`` (30; ``aime`` = 2022-2024, 90;
 ``aimeYYYY`` any year in the file), ``amc`` (AMC 2022-2023, 83; ``amc2022``/``amc2023``),

@@ -7,6 +7,9 @@ Output directory::
     summary.json       {benchmark: metrics} (see iprime.eval.metrics)
     summary.md         the same as a markdown table
 
+Rows are sampled and scored by the evaluation loop (:mod:`iprime.eval.loop`), the one that
+evaluation during training runs too.
+
 Resuming: rows are processed in fixed chunks of ``batch_size`` rows of each benchmark (chunk
 ``c`` is sampled with seed ``seed + c``), and each chunk's lines are appended with one write,
 then flushed and fsync'ed. A kill therefore loses at most the chunk in flight; on
@@ -26,10 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from iprime.prm.metadata import DEFAULT_BETA, resolve_prm_settings
-from iprime.rollout.sampling import sample_rows
 
 from .answers import EQUIVALENCES, equality_for, extract_answer, group_answers
 from .benchmarks import load_benchmark
+from .loop import chunked, scored_chunks
 from .metrics import VOTE_WEIGHTS, summarize_rows
 
 __all__ = ["EvalConfig", "read_generations", "run_eval", "summary_markdown"]
@@ -326,6 +329,22 @@ def run_eval(
     needs_pool = config.verify_workers > 0 and any(
         r["verifier"] != "arithmetic" for rows in benchmarks.values() for r in rows
     )
+
+    def verify(rows: Sequence[dict], texts: Sequence[str]) -> list:
+        nonlocal pool
+        if pool is None and needs_pool:  # started on the first chunk to verify: none on a finished run
+            from iprime.verifiers import VerifierPool
+
+            pool = VerifierPool(config.verify_workers)
+        return _verify(rows, texts, pool, config)
+
+    params = SamplingParams(
+        n=config.n,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+    )
     t0 = time.perf_counter()
     try:
         with Progress(
@@ -340,41 +359,27 @@ def run_eval(
             for rows in benchmarks.values():
                 name = rows[0]["benchmark"]
                 task = bar.add_task(name, total=len(rows), completed=sum((name, r["id"]) in done for r in rows))
-                for c, start in enumerate(range(0, len(rows), config.batch_size)):
-                    chunk = [r for r in rows[start : start + config.batch_size] if (name, r["id"]) not in done]
-                    if not chunk:
-                        continue
-                    if pool is None and needs_pool:
-                        from iprime.verifiers import VerifierPool
-
-                        pool = VerifierPool(config.verify_workers)
-                    params = SamplingParams(
-                        n=config.n,
-                        temperature=config.temperature,
-                        top_p=config.top_p,
-                        max_new_tokens=config.max_new_tokens,
-                        seed=config.seed + c,
-                    )
-                    samples = sample_rows(generator, tokenizer, chunk, params)
-                    texts = [t for s in samples for t in s.texts]
-                    per_sample_rows = [s.row for s in samples for _ in s.texts]
-                    results = _verify(per_sample_rows, texts, pool, config)
+                # every chunk keeps its number (and so its seed); a resumed run samples only the rows it lacks
+                chunks = chunked(rows, config.batch_size)
+                todo = ((c, [r for r in part if (name, r["id"]) not in done]) for c, part in chunks)
+                for chunk in scored_chunks(generator, tokenizer, todo, params, verify):
+                    texts = chunk.texts
                     rewards = None
                     if prm is not None:
                         rewards = prm.sequence_rewards(
-                            [r["prompt"] for r in per_sample_rows],
+                            [s.row["prompt"] for s in chunk.samples for _ in s.texts],
                             texts,
-                            ended=[not t for s in samples for t in s.truncated],
+                            ended=[not t for s in chunk.samples for t in s.truncated],
                         )
                     records = []
-                    for i, s in enumerate(samples):  # flat samples [i*n, (i+1)*n) belong to row i
+                    for i, s in enumerate(chunk.samples):  # flat samples [i*n, (i+1)*n) belong to row i
                         part = slice(i * config.n, (i + 1) * config.n)
                         records.append(
                             _record(
                                 s.row,
                                 config.n,
                                 s.texts,
-                                results[part],
+                                chunk.row_results(i),
                                 s.truncated,
                                 s.num_tokens,
                                 None if rewards is None else rewards[part],
@@ -382,10 +387,10 @@ def run_eval(
                             )
                         )
                     _append_lines(gen_path, records)
-                    done.update((name, r["id"]) for r in chunk)
-                    bar.advance(task, len(chunk))
+                    done.update((name, s.row["id"]) for s in chunk.samples)
+                    bar.advance(task, len(chunk.samples))
                     if on_chunk is not None:
-                        on_chunk(name, c)
+                        on_chunk(name, chunk.index)
     finally:
         if pool is not None:
             pool.close()

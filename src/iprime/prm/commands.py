@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from iprime.data.jsonl import read_jsonl
+from iprime.prm.html import SampleView, render_html, render_samples_html
 from iprime.prm.metadata import (
     DEFAULT_BETA,
     DEFAULT_STEP_DELIMITER,
@@ -22,10 +24,10 @@ from iprime.prm.metadata import (
     resolve_prm_settings,
     save_prm_metadata,
 )
+from iprime.progress import format_duration, format_metrics
 from iprime.tables import format_cell, metrics_table
 
 if TYPE_CHECKING:  # torch loads only when a command runs, so `iprime --help` stays fast
-    from iprime.prm.html import SampleView
     from iprime.prm.scoring import ResponseScore
 
 prm_app = typer.Typer(
@@ -130,8 +132,6 @@ def _score_with_model(
     limit: int | None,
 ) -> None:
     """``prm score --prm --data``: score the rows with the PRM and write the page and the JSON."""
-    from iprime.data.jsonl import read_jsonl
-    from iprime.prm.html import render_html
     from iprime.prm.scoring import ImplicitPRM
 
     try:
@@ -247,8 +247,6 @@ def sample_view(
     """How a samples.jsonl row is drawn: a heat map from ``token_rewards``, a table from
     ``lowest_tokens`` (``[[position, token text, reward], ...]``), or ``None`` when the row has
     no token rewards (a run without a PRM)."""
-    from iprime.prm.html import SampleView
-
     prompt = _as_text(row.get("prompt", ""))
     reference = None if row.get("reference") is None else _as_text(row["reference"])
     common = {
@@ -294,9 +292,6 @@ def _score_samples(
     samples: str, *, step: int | None, out: str | None, step_delimiter: str | None, limit: int | None
 ) -> None:
     """``prm score --samples``: the page of the token rewards a run recorded."""
-    from iprime.data.jsonl import read_jsonl
-    from iprime.prm.html import render_samples_html
-
     path = Path(samples)
     try:
         rows = _select_rows(read_jsonl(path, required=("response",)), step, path)[:limit]
@@ -425,8 +420,6 @@ TRAIN_SUMMARY_KEYS = ("steps", "examples", "first_loss", "final_loss", "train_ti
 def _log_line(record: dict) -> None:
     """One plain line per training log record, as PRIME's and SFT's logs read:
     ``PRM step 20  loss 0.6931  elapsed 0:00:06``."""
-    from iprime.train.progress import format_duration, format_metrics
-
     parts = [f"PRM step {record['step']}", format_metrics(record)]
     if "elapsed_s" in record:
         parts.append(f"elapsed {format_duration(record['elapsed_s'])}")

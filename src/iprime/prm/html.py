@@ -19,8 +19,10 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .scoring import ResponseScore
+if TYPE_CHECKING:  # annotations only: the page is drawn without torch
+    from .scoring import ResponseScore
 
 __all__ = ["SampleView", "render_html", "render_samples_html", "reward_colour"]
 

@@ -7,7 +7,8 @@ these to ``iprime_prm.json`` in the PRM's directory, and the commands that load 
 (``iprime prm score``, ``iprime prm rerank``, ``iprime eval --prm``) read them back through
 :func:`resolve_prm_settings`: a value given explicitly wins, else the saved one, else the
 default here. The defaults are the one source of truth for ``beta`` and the step delimiter
-(:class:`iprime.config.PRMConfig` uses them too).
+(:class:`iprime.config.PRMConfig` uses them too). A PRIME run's PRM gets its metadata from
+:func:`run_prm_metadata`, whichever writes it: the trainer's ``final/`` or ``iprime export``.
 
 No torch import: :mod:`iprime.config` imports this module.
 """
@@ -27,7 +28,9 @@ __all__ = [
     "METADATA_FILE",
     "PRMMetadata",
     "load_prm_metadata",
+    "prm_reference",
     "resolve_prm_settings",
+    "run_prm_metadata",
     "save_prm_metadata",
 ]
 
@@ -140,4 +143,38 @@ def resolve_prm_settings(
         beta=meta.beta if beta is None else float(beta),
         reference=meta.reference if reference is None else str(reference),
         step_delimiter=meta.step_delimiter if step_delimiter is None else step_delimiter,
+    )
+
+
+def prm_reference(cfg, model_source: str | None, directory: str | Path) -> str | None:
+    """The model a PRIME run's saved PRM is read against (``iprime_prm.json``'s ``reference``),
+    by ``cfg.model.reference``: ``sft``, the policy's starting model ``model_source`` (a local
+    path made absolute, a hub id kept; ``None`` when unknown); ``policy``, the saved policy
+    beside the PRM (``directory/policy``); else the configured path."""
+    ref = cfg.model.reference
+    if ref == "sft":
+        if not model_source:
+            return None
+        source = Path(model_source)
+        return str(source.resolve()) if source.exists() else model_source
+    if ref == "policy":
+        return str((Path(directory) / "policy").resolve())
+    return ref
+
+
+def run_prm_metadata(cfg, model_source: str | None, directory: str | Path) -> PRMMetadata:
+    """The ``iprime_prm.json`` of the PRM a PRIME run trained, saved as ``directory/prm`` (beside
+    ``directory/policy``): the run's ``prm.beta``, ``prm.step_delimiter``, ``prm.granularity`` and
+    ``prm.loss``, and the reference its rewards are read against (:func:`prm_reference`).
+
+    ``cfg``: the run's :class:`iprime.config.PrimeConfig` (read, not imported: the config imports
+    this module). ``model_source``: where the policy started. The one builder for the trainer's
+    ``save_pretrained`` and ``iprime export``, so both write the same file."""
+    p = cfg.prm
+    return PRMMetadata(
+        beta=p.beta,
+        reference=prm_reference(cfg, model_source, directory),
+        step_delimiter=p.step_delimiter,
+        granularity=p.granularity,
+        loss=p.loss,
     )

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from iprime.algo import prm_ce_loss, prm_dpo_loss
+from iprime.data.jsonl import JsonlError, read_jsonl
 from iprime.models import response_logprobs
 from iprime.optim import fit
 
@@ -64,8 +65,6 @@ class OfflinePRMConfig:
 def load_labelled_rows(path) -> list[dict]:
     """Rows of a jsonl with string ``prompt``/``response`` and a numeric ``label`` in [0, 1]
     (booleans allowed); errors name the line."""
-    from iprime.data.jsonl import JsonlError, read_jsonl
-
     rows = read_jsonl(path, required=("prompt", "response"))
     for lineno, row in enumerate(rows, 1):
         label = row.get("label")

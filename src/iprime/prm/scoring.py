@@ -28,7 +28,7 @@ import torch
 
 from iprime.algo import implicit_process_rewards
 from iprime.data.chat import render_prompt
-from iprime.models import response_logprobs
+from iprime.models import load_model, load_tokenizer, response_logprobs
 
 from .metadata import DEFAULT_BETA, DEFAULT_STEP_DELIMITER, resolve_prm_settings
 
@@ -171,8 +171,6 @@ class ImplicitPRM:
         (:func:`iprime.prm.metadata.resolve_prm_settings`; ``beta`` falls back to
         :data:`~iprime.prm.metadata.DEFAULT_BETA`); a reference given nowhere is an error.
         """
-        from iprime.models import load_model, load_tokenizer
-
         settings = resolve_prm_settings(prm_path, beta=beta, reference=ref_path)
         if settings.reference is None:
             raise ValueError(

@@ -21,7 +21,7 @@ from torch import Tensor
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from iprime.models.logprobs import position_ids_from_mask
-from iprime.rollout.types import RolloutBatch, SamplingParams, encode_prompts
+from iprime.rollout.types import GeneratorBase, RolloutBatch, SamplingParams, encode_prompts
 
 
 def filter_logits(z: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -66,8 +66,12 @@ def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) 
     return torch.searchsorted(c, u, right=True).squeeze(-1)
 
 
-class HFGenerator:
+class HFGenerator(GeneratorBase):
     """Samples responses with a (optionally peft-wrapped) transformers causal LM.
+
+    It samples the live model it was given, so it declares no capability: there are no weights
+    of its own to sync (``Capability.SYNC_WEIGHTS``) and no memory of its own to release
+    (``Capability.SLEEP``).
 
     model: on `device` already (default: the device of its parameters).
     batch_size: rows (prompt x sample) per decoding batch; None = all rows at once.

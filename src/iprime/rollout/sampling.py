@@ -2,19 +2,9 @@
 
 :func:`sample_rows` renders each row's prompt with the chat template
 (:func:`iprime.data.chat.render_prompt`, exactly as SFT and rollouts do), generates ``params.n``
-responses per prompt in one call, and hands them back grouped by row. Two evaluators build on
-it, for two jobs:
-
-- :func:`iprime.eval.runner.run_eval` (``iprime eval``): named benchmarks, verifiers by name in
-  worker processes (code runs sandboxed), PRM scores, pass@k / maj@k / best-of-N, and
-  resumable files; chunk ``c`` is sampled with seed ``seed + c``, so a resumed run redoes
-  exactly what a kill lost.
-- :func:`iprime.train.evaluate.evaluate_accuracy`: in memory and quick, any
-  ``verifier(response, answer)`` callable, one accuracy; the training curves, SFT and the
-  quickstart. Every chunk is sampled with the same seed (greedy decoding ignores it).
-
-On the same rows, greedily, both give the same responses and scores
-(``tests/test_eval_runner.py::test_eval_agrees_with_the_trainers_evaluation``).
+responses per prompt in one call, and hands them back grouped by row. The evaluation loop
+(:mod:`iprime.eval.loop`: chunks, seeds, scoring) calls it for ``iprime eval``, evaluation during
+training and ``evaluate_accuracy``.
 """
 
 from __future__ import annotations

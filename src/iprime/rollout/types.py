@@ -1,10 +1,11 @@
 """Rollout data types: sampling settings, the batch every training step passes along, and
-the generator interface."""
+the generator interface (what a rollout engine is, and the capabilities it declares)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -250,11 +251,90 @@ class RolloutBatch:
         )
 
 
+class Capability(str, Enum):
+    """What a rollout engine can do beyond sampling, declared in its ``capabilities``.
+
+    ``SYNC_WEIGHTS``: the engine samples from its own copy of the policy's weights (vLLM), so the
+    trainer hands it the updated weights after every policy update (``sync_weights``). An engine
+    that samples the live policy module (:class:`~iprime.rollout.HFGenerator`) does not declare it.
+
+    ``SLEEP``: the engine can release its accelerator memory between rollouts (``sleep``) and
+    take it back (``wake_up``)."""
+
+    SYNC_WEIGHTS = "sync_weights"
+    SLEEP = "sleep"
+
+
 @runtime_checkable
 class Generator(Protocol):
-    """Anything that samples responses for prompts (HF loop today; vLLM later)."""
+    """A rollout engine: samples responses for prompts (:class:`~iprime.rollout.HFGenerator`,
+    :class:`~iprime.rollout.vllm.VLLMGenerator`, or your own).
+
+    - ``generate(prompts, params)``: ``params.n`` responses per prompt as a :class:`RolloutBatch`,
+      the ``n`` samples of a prompt consecutive rows (``prompt_index``), prompts left-padded,
+      responses right-padded, the EOS token inside the response mask.
+    - ``capabilities``: the optional :class:`Capability` members it has. The optional methods are
+      called only on an engine that declares their capability; callers never probe for them.
+    - ``sync_weights(state_dict)``: load the policy's full, Hugging Face-named weights
+      (``SYNC_WEIGHTS``).
+    - ``sleep()`` / ``wake_up()``: release / take back accelerator memory (``SLEEP``).
+
+    :class:`GeneratorBase` supplies ``capabilities = frozenset()`` and the optional methods
+    refusing to run, so an engine implements ``generate`` and what it declares."""
+
+    capabilities: frozenset[Capability]
 
     def generate(self, prompts: list[list[int]] | list[str], params: SamplingParams) -> RolloutBatch: ...
+
+    def sync_weights(self, state_dict: Mapping[str, Tensor]) -> None: ...
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
+
+
+class GeneratorBase:
+    """The :class:`Generator` protocol's defaults: no capabilities, and each optional method an
+    error naming the capability the engine would have to declare (a caller that asks an engine
+    for what it did not declare is a bug)."""
+
+    capabilities: frozenset[Capability] = frozenset()
+
+    def generate(self, prompts: list[list[int]] | list[str], params: SamplingParams) -> RolloutBatch:
+        raise NotImplementedError(f"{type(self).__name__} must implement generate")
+
+    def _undeclared(self, capability: Capability) -> NotImplementedError:
+        return NotImplementedError(
+            f"{type(self).__name__} does not declare Capability.{capability.name} (its capabilities: "
+            f"{sorted(c.value for c in self.capabilities)})"
+        )
+
+    def sync_weights(self, state_dict: Mapping[str, Tensor]) -> None:
+        raise self._undeclared(Capability.SYNC_WEIGHTS)
+
+    def sleep(self) -> None:
+        raise self._undeclared(Capability.SLEEP)
+
+    def wake_up(self) -> None:
+        raise self._undeclared(Capability.SLEEP)
+
+
+def check_generator(generator: object) -> Generator:
+    """``generator`` if it implements :class:`Generator`, else a ``TypeError`` naming what it lacks."""
+    missing = [
+        name
+        for name in ("capabilities", "generate", "sync_weights", "sleep", "wake_up")
+        if not hasattr(generator, name)
+    ]
+    if missing:
+        raise TypeError(
+            f"{type(generator).__name__} is not an iprime.rollout.Generator: it lacks {', '.join(missing)}; "
+            "subclass iprime.rollout.GeneratorBase and implement generate (and what its capabilities declare)"
+        )
+    unknown = [c for c in generator.capabilities if not isinstance(c, Capability)]
+    if unknown:
+        raise TypeError(f"{type(generator).__name__}.capabilities must hold Capability members, got {unknown}")
+    return generator
 
 
 def encode_prompts(tokenizer, prompts: Sequence[Sequence[int]] | Sequence[str]) -> tuple[list[list[int]], list[str]]:

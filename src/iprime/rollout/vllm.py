@@ -19,13 +19,14 @@ This module never imports vLLM at import time; only :meth:`VLLMGenerator.from_co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from iprime.rollout.types import RolloutBatch, SamplingParams, encode_prompts
+from iprime.rollout.types import Capability, GeneratorBase, RolloutBatch, SamplingParams, encode_prompts
 
 _INSTALL_HINT = (
     "rollout.engine='vllm' needs vLLM (CUDA): pip install 'iprime[vllm]'. Use rollout.engine='hf' without it."
@@ -66,13 +67,17 @@ def _top_logprob(entry: Any, token: int) -> float:
     return float(getattr(value, "logprob", value))
 
 
-class VLLMGenerator:
+class VLLMGenerator(GeneratorBase):
     """The :class:`~iprime.rollout.types.Generator` protocol on a ``vllm.LLM``.
 
     ``llm``: a ``vllm.LLM`` (or anything with the same ``generate`` / ``sleep`` / ``wake_up``).
     ``sleep``: sleep the engine between rollouts (it must have been built with
     ``enable_sleep_mode=True``). ``sampling_params_cls``: vLLM's ``SamplingParams`` (looked up
-    lazily; tests pass a stand-in)."""
+    lazily; tests pass a stand-in).
+
+    Capabilities: ``SYNC_WEIGHTS`` always (the engine holds its own copy of the weights), and
+    ``SLEEP`` with ``sleep=True``; ``generate`` and ``sync_weights`` then wake the engine for the
+    call and put it back to sleep."""
 
     def __init__(
         self,
@@ -91,8 +96,9 @@ class VLLMGenerator:
         self.eos_ids = [int(tokenizer.eos_token_id)]
         self._sampling_params_cls = sampling_params_cls
         self._asleep = False
+        self.capabilities = frozenset({Capability.SYNC_WEIGHTS} | ({Capability.SLEEP} if sleep else set()))
         if sleep:
-            self._sleep()
+            self.sleep()
 
     @classmethod
     def from_config(cls, model_path: str, tokenizer: PreTrainedTokenizerBase, cfg) -> VLLMGenerator:
@@ -119,23 +125,38 @@ class VLLMGenerator:
         )
 
     # ------------------------------------------------------------------ engine state
-    def _sleep(self) -> None:
-        if self.sleep_between and not self._asleep:
+    def sleep(self) -> None:
+        """Offload the weights to CPU memory and free the KV cache (vLLM's ``level=1``)."""
+        if Capability.SLEEP not in self.capabilities:
+            raise self._undeclared(Capability.SLEEP)
+        if not self._asleep:
             self.llm.sleep(level=1)
             self._asleep = True
 
-    def _wake(self) -> None:
+    def wake_up(self) -> None:
+        """Take the GPU memory back: weights onto the GPU, a fresh KV cache."""
+        if Capability.SLEEP not in self.capabilities:
+            raise self._undeclared(Capability.SLEEP)
         if self._asleep:
             self.llm.wake_up()
             self._asleep = False
 
+    @contextlib.contextmanager
+    def _awake(self) -> Iterator[None]:
+        """Awake for the body, asleep again after it (with sleep mode; else nothing to do)."""
+        if not self.sleep_between:
+            yield
+            return
+        self.wake_up()
+        try:
+            yield
+        finally:
+            self.sleep()
+
     def sync_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load the trainer's (full, Hugging Face-named) policy weights into the engine."""
-        self._wake()
-        try:
+        with self._awake():
             sync_vllm_weights(self.llm, state_dict.items())
-        finally:
-            self._sleep()
 
     # ------------------------------------------------------------------ sampling
     def vllm_sampling_params(self, params: SamplingParams):
@@ -159,13 +180,10 @@ class VLLMGenerator:
     def generate(self, prompts: list[list[int]] | list[str], params: SamplingParams) -> RolloutBatch:
         """Sample ``params.n`` responses per prompt; rows ``[i*n, (i+1)*n)`` belong to prompt ``i``."""
         prompt_ids, prompt_texts = encode_prompts(self.tokenizer, prompts)
-        self._wake()
-        try:
+        with self._awake():
             outputs = self.llm.generate(
                 [{"prompt_token_ids": p} for p in prompt_ids], self.vllm_sampling_params(params), use_tqdm=False
             )
-        finally:
-            self._sleep()
         return self.to_batch(prompt_ids, prompt_texts, outputs, params)
 
     def to_batch(

@@ -4,17 +4,24 @@ model, their optimizers and the learning-rate schedule."""
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from iprime.algo import get_advantage_estimator
 from iprime.config import PrimeConfig
+from iprime.data.sources import Record, prepare_rows
 from iprime.models import load_model, load_tokenizer
 from iprime.optim import lr_factor
+from iprime.rollout import HFGenerator, check_generator
+from iprime.rollout.vllm import VLLMGenerator
 from iprime.train.memory import attach_lora, enable_gradient_checkpointing
 from iprime.train.value import ValueModel
+from iprime.verifiers import check_row
 
 
 @dataclass
@@ -122,15 +129,12 @@ def build_optimizers(cfg: PrimeConfig, models: Models) -> Optimizers:
 
 
 def build_generator(cfg: PrimeConfig, model, models: Models, generator=None):
-    """The rollout engine: ``generator`` if given, vLLM (``rollout.engine=vllm``, loads the
+    """The rollout engine: ``generator`` if given (checked to implement
+    :class:`iprime.rollout.Generator`), vLLM (``rollout.engine=vllm``, loads the
     policy from its path), else the built-in HF sampler on the policy."""
-    from iprime.rollout import HFGenerator
-
     if generator is not None:
-        return generator
+        return check_generator(generator)
     if cfg.rollout.engine == "vllm":
-        from iprime.rollout.vllm import VLLMGenerator
-
         if not isinstance(model, (str, Path)):
             raise ValueError('rollout.engine="vllm" loads the policy from its path; pass model= as a path')
         return VLLMGenerator.from_config(str(model), models.tokenizer, cfg)
@@ -140,8 +144,6 @@ def build_generator(cfg: PrimeConfig, model, models: Models, generator=None):
 def reuses_sampling_logprobs(cfg: PrimeConfig, generator, policy) -> bool:
     """Whether PPO's old log-probs are the sampler's. The built-in sampler records exactly what a
     recompute would give (same model and temperature); another engine's log-probs are not ours."""
-    from iprime.rollout import HFGenerator
-
     own_sampler = isinstance(generator, HFGenerator) and generator.model is policy
     if cfg.rollout.old_logprobs == "sampling" and not own_sampler:
         raise ValueError('rollout.old_logprobs="sampling" needs the built-in HF sampler on the policy')
@@ -153,8 +155,6 @@ def reuses_sampling_logprobs(cfg: PrimeConfig, generator, policy) -> bool:
 def context_length(model) -> int | None:
     """The model's context window from its config (a path, a hub id, or a loaded model)."""
     if isinstance(model, (str, Path)):
-        from transformers import AutoConfig
-
         config = AutoConfig.from_pretrained(str(model))
     else:
         config = getattr(model, "config", None)
@@ -167,11 +167,6 @@ def prepare_training_data(cfg: PrimeConfig, dataset, tokenizer, model, scorer):
     rows), each row against its verifier (per-row dispatch only), prompt lengths against
     ``data.max_prompt_tokens`` (default: the context window minus ``rollout.max_new_tokens``).
     Every bad row is reported with its location in one error."""
-    from functools import partial
-
-    from iprime.data.sources import Record, prepare_rows
-    from iprime.verifiers import check_row
-
     records = [r if isinstance(r, Record) else Record(dict(r), f"train_dataset row {i}") for i, r in enumerate(dataset)]
     limit = cfg.data.max_prompt_tokens
     if limit is None and tokenizer is not None:
@@ -194,8 +189,6 @@ def prepare_training_data(cfg: PrimeConfig, dataset, tokenizer, model, scorer):
         overlong=cfg.data.overlong_prompts,
     )
     if data.dropped_overlong:
-        import warnings
-
         warnings.warn(
             f"{len(data.dropped_overlong)} rows have prompts over {limit} tokens and were left out "
             f"(data.overlong_prompts=drop); the first: {data.dropped_overlong[0]}",

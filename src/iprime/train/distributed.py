@@ -9,7 +9,8 @@ of the kept groups (groups never span ranks). The models are sharded with FSDP2
 (``fully_shard`` per decoder layer, then a root that runs :func:`response_logprobs`).
 
 In one process (no ``WORLD_SIZE`` > 1 in the environment) every helper here is a no-op: the
-trainer runs one code path for any world size.
+trainer runs one code path for any world size. Sharded checkpoints (DCP) are
+:mod:`iprime.train.checkpoint_dcp`, built on the collectives here.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from iprime.algo import get_advantage_estimator
 from iprime.models.logprobs import response_logprobs
+from iprime.rollout.types import RolloutBatch
 
 
 @dataclass
@@ -187,136 +188,7 @@ def to_float(x: torch.Tensor | float) -> float:
     return float(x)
 
 
-# ------------------------------------------------------------------------------ DCP checkpoints
-def _dcp_state(models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    state: dict[str, Any] = {}
-    for name, model in models.items():
-        reshard_all(model)
-        msd, osd = get_state_dict(model, optimizers[name])
-        state[name], state[f"{name}_optimizer"] = msd, osd
-    return state
-
-
-def _on_all_ranks(ctx: DistContext, fn, *args):
-    """``fn(*args)`` on this rank; if it failed on any rank, every rank raises (its own error, or
-    an ``OSError`` quoting the failing rank's), so no rank waits in a collective that never comes."""
-    import errno
-
-    result, error = None, None
-    try:
-        result = fn(*args)
-    except (OSError, RuntimeError, ValueError, TypeError) as err:
-        error = err
-    if not ctx.enabled:
-        if error is not None:
-            raise error
-        return result
-    failures = [f for f in all_gather_objects(None if error is None else (ctx.rank, str(error)), ctx) if f]
-    if error is not None:
-        raise error
-    if failures:
-        rank, message = failures[0]
-        code = errno.ENOSPC if "No space left on device" in message else errno.EIO
-        raise OSError(code, f"checkpoint failed on rank {rank}: {message}")
-    return result
-
-
-def _own_shards(tmp: Path, rank: int) -> list[str]:
-    """The shard files this rank wrote (DCP's ``FileSystemWriter`` names them ``__<rank>_<n>.distcp``)."""
-    return sorted(p.name for p in tmp.glob(f"__{rank}_*.distcp"))
-
-
-def save_dcp_checkpoint(
-    out_dir: str | Path,
-    step: int,
-    models: dict[str, nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-    meta: dict[str, Any],
-    ctx: DistContext,
-    keep: int = 2,
-) -> Path:
-    """Sharded checkpoint with ``torch.distributed.checkpoint``: every rank writes its shards,
-    rank 0 writes ``meta.pt`` (step, scheduler, stream, buffer, RNG, config; plain data, see
-    :func:`iprime.train.checkpoint.to_plain`) and ``manifest.json`` (SHA-256 of every file; each
-    rank hashes its own shards). Written into ``.tmp-step-*`` and renamed into place by rank 0,
-    then ``LATEST`` is replaced, so a crash leaves the previous checkpoint intact; leftovers of
-    an interrupted save are removed first. A full disk raises ``OSError(ENOSPC)`` naming the
-    path on every rank. Loadable at any world size."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    from iprime.train import checkpoint as C
-
-    root = Path(out_dir) / "checkpoints"
-    final, tmp = root / f"step-{step:06d}", root / f".tmp-step-{step:06d}-dcp"
-
-    def prepare() -> Any:  # rank 0: meta as plain data (a type error before anything is written), the directory
-        if not ctx.is_main:
-            return None
-        plain = C.to_plain(meta)
-        C.new_partial_dir(root, step, "dcp")
-        return plain
-
-    def write_shards() -> dict[str, dict[str, Any]]:
-        try:
-            dcp.save(_dcp_state(models, optimizers), checkpoint_id=str(tmp))
-        except (OSError, RuntimeError, CheckpointException) as err:
-            raise C.write_error(err, tmp, "checkpoint shards") from err
-        return C.file_digests(tmp, _own_shards(tmp, ctx.rank))
-
-    def finish(digests: dict[str, dict[str, Any]]) -> Path:
-        C.write_file(tmp / "meta.pt", lambda fh: torch.save(plain_meta, fh))
-        C.write_manifest(tmp, step, digests)
-        return C.publish_checkpoint(tmp, final, keep)
-
-    try:
-        plain_meta = _on_all_ranks(ctx, prepare)
-        own = _on_all_ranks(ctx, write_shards)
-        digests = {name: d for part in all_gather_objects(own, ctx) for name, d in part.items()}
-        _on_all_ranks(ctx, lambda: ctx.is_main and finish(digests))
-    except BaseException:
-        if ctx.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def is_dcp_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / ".metadata").is_file() and (Path(path) / "meta.pt").is_file()
-
-
-def load_dcp_checkpoint(
-    path: str | Path,
-    models: dict[str, nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-    *,
-    dist: DistContext | None = None,
-    verify: bool = True,
-) -> dict[str, Any]:
-    """Load shards (resharded to this world size, FSDP or plain modules) into ``models`` and
-    ``optimizers``; returns ``meta.pt``. With ``verify``, every file is first checked against
-    ``manifest.json`` (the ranks of ``dist`` share the hashing) and ``meta.pt`` is read as plain
-    data: a bad file raises :class:`~iprime.train.checkpoint.CheckpointError` naming it before
-    anything is loaded."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
-    from iprime.train import checkpoint as C
-
-    if verify:
-        C.verify_checkpoint(path, dist)
-    meta = C.load_torch_file(Path(path) / "meta.pt")
-    state = _dcp_state(models, optimizers)
-    dcp.load(state, checkpoint_id=str(path))
-    for name, model in models.items():
-        set_state_dict(
-            model, optimizers[name], model_state_dict=state[name], optim_state_dict=state[f"{name}_optimizer"]
-        )
-    return meta
-
-
+# ------------------------------------------------------------------------------ full state dicts, rollouts
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict on every rank, on the CPU (FSDP or plain model)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -334,8 +206,6 @@ def all_gather_rollouts(batch, starts: list[int], ctx: DistContext, device: torc
     ``prompt_index`` is shifted by it. A rank with no prompts passes ``None``."""
     if not ctx.enabled:
         return batch
-    from iprime.rollout import RolloutBatch
-
     parts = all_gather_objects(batch.to("cpu") if batch is not None else None, ctx)
     for part, start in zip(parts, starts):
         if part is not None:
@@ -346,8 +216,6 @@ def all_gather_rollouts(batch, starts: list[int], ctx: DistContext, device: torc
 # ------------------------------------------------------------------------------ run setup
 def check_config(cfg, ctx: DistContext) -> None:
     """What a data-parallel run needs of the config (nothing in one process)."""
-    from iprime.algo import get_advantage_estimator
-
     W = ctx.world_size
     if cfg.rollout.prompts_per_step % W:
         raise ValueError(

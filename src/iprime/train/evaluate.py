@@ -1,31 +1,20 @@
-"""Accuracy of a policy on verifiable rows: sample, verify, average.
+"""Evaluation during training, from the config: which sets, when, and their metrics.
 
-    accuracy = (1 / (N * n)) * sum_i sum_k verifier(response_ik, answer_i)
+The sets are ``eval_dataset=`` rows and ``data.eval_path`` (prepared like the training rows,
+each scored by its own verifier or the trainer's ``verifier=``) and ``train.eval_benchmarks``
+(shipped benchmarks or ``.jsonl`` files, :func:`iprime.eval.benchmarks.load_benchmark`, each row
+naming its verifier), ``train.eval_limit`` rows each (:func:`build_eval_sets`). Every set gives
+``eval/<name>/acc`` (mean score of ``train.eval_n`` samples per row at
+``train.eval_temperature``), ``eval/<name>/pass@<n>`` (``n > 1``: share of rows with a fully
+correct sample), ``eval/<name>/truncated_frac`` and ``eval/<name>/time_s`` (:func:`run_evals`).
 
-over ``N`` rows and ``n`` samples each; ``temperature=0`` is greedy decoding (then ``n``
-should be 1, since every sample would be the same).
-
-Two entry points:
-
-- :func:`evaluate_accuracy`: the in-memory sibling of ``iprime eval``; any verifier callable,
-  one number (the quickstart, SFT).
-- :func:`build_eval_sets` + :func:`run_evals`: evaluation *during training* from the config.
-  The sets are ``eval_dataset=`` rows and ``data.eval_path`` (prepared like the training rows,
-  each scored by its own verifier or the trainer's ``verifier=``) and ``train.eval_benchmarks``
-  (shipped benchmarks or ``.jsonl`` files, :func:`iprime.eval.benchmarks.load_benchmark`, each
-  row naming its verifier), ``train.eval_limit`` rows each. Every set gives
-  ``eval/<name>/acc`` (mean score of ``train.eval_n`` samples per row at
-  ``train.eval_temperature``), ``eval/<name>/pass@<n>`` (``n > 1``: share of rows with a fully
-  correct sample), ``eval/<name>/truncated_frac`` and ``eval/<name>/time_s``.
-
-Evaluation leaves training exactly as it was (:func:`preserved_training_state`: the RNG
-states and the models' train/eval modes), so a run with evaluation trains bitwise like one
-without. Under torchrun the rows are cut into fixed chunks (chunk ``c`` sampled with seed
-``train.seed + c``), rank ``r`` takes chunks ``r, r + W, ...`` and the sums are all-reduced:
-the numbers do not depend on the world size.
-
-Both sample through :func:`iprime.rollout.sampling.sample_rows`, as ``iprime eval`` does (see
-there for why two entry points exist).
+Sampling and scoring is the evaluation loop every accuracy goes through
+(:mod:`iprime.eval.loop`, which ``iprime eval`` runs too); :func:`evaluate_accuracy`, its
+in-memory entry point, lives there and is re-exported here. Evaluation leaves training exactly
+as it was (:func:`preserved_training_state`: the RNG states and the models' train/eval modes),
+so a run with evaluation trains bitwise like one without. Under torchrun the rows are cut into
+fixed chunks (chunk ``c`` sampled with seed ``train.seed + c``), rank ``r`` takes chunks
+``r, r + W, ...`` and the sums are all-reduced: the numbers do not depend on the world size.
 """
 
 from __future__ import annotations
@@ -35,85 +24,24 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..rollout.sampling import sample_rows
+from iprime.eval.loop import AccuracyTally, chunked, evaluate_accuracy, scored_chunks
 
-
-def evaluate_accuracy(
-    model,
-    tokenizer,
-    rows: Sequence[Mapping],
-    verifier: Callable[[str, str], float],
-    *,
-    n: int = 1,
-    temperature: float = 0.0,
-    max_new_tokens: int = 64,
-    batch_size: int = 64,
-    seed: int = 0,
-    return_samples: bool = False,
-) -> dict:
-    """Mean ``verifier(response, row["answer"])`` over ``n`` samples of every row.
-
-    Rows need ``prompt`` (a string or a list of chat messages) and ``answer``. Prompts are
-    rendered with the tokenizer's chat template (:func:`~iprime.data.chat.render_prompt`),
-    exactly as in SFT; every chunk of ``batch_size`` rows is sampled with ``seed``. Returns
-    ``accuracy``, ``pass_at_n`` (share of rows with at least one correct sample),
-    ``truncated_frac`` (responses cut at ``max_new_tokens``), ``n_rows``, ``n_samples``,
-    ``time_s``, and with ``return_samples`` the ``samples`` list of
-    ``{"prompt", "answer", "response", "score"}``.
-    """
-    from ..rollout import HFGenerator, SamplingParams
-
-    if n < 1 or batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"need n, batch_size, max_new_tokens >= 1, got {n}, {batch_size}, {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not rows:
-        raise ValueError("rows is empty")
-    for i, row in enumerate(rows):
-        if "prompt" not in row or "answer" not in row:
-            raise ValueError(f"row {i} needs 'prompt' and 'answer', has {sorted(row)}")
-
-    t0 = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    generator = HFGenerator(model, tokenizer)
-    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    scores: list[list[float]] = [[] for _ in rows]
-    samples, n_truncated, n_total = [], 0, 0
-    try:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            for offset, sampled in enumerate(sample_rows(generator, tokenizer, chunk, params)):
-                row = sampled.row
-                for text, truncated in zip(sampled.texts, sampled.truncated):
-                    score = float(verifier(text, row["answer"]))
-                    scores[start + offset].append(score)
-                    n_truncated += truncated
-                    n_total += 1
-                    if return_samples:
-                        samples.append(
-                            {"prompt": row["prompt"], "answer": row["answer"], "response": text, "score": score}
-                        )
-    finally:
-        model.train(was_training)
-    result = {
-        "accuracy": sum(sum(s) for s in scores) / n_total,
-        "pass_at_n": sum(max(s) > 0 for s in scores) / len(rows),
-        "truncated_frac": n_truncated / n_total,
-        "n_rows": len(rows),
-        "n_samples": n_total,
-        "time_s": time.perf_counter() - t0,
-    }
-    if return_samples:
-        result["samples"] = samples
-    return result
+__all__ = [
+    "EvalSet",
+    "build_eval_sets",
+    "eval_due",
+    "evaluate_accuracy",
+    "preserved_training_state",
+    "run_evals",
+    "set_metrics",
+]
 
 
 # ------------------------------------------------------------------ evaluation during training
@@ -273,60 +201,57 @@ def chunk_rows(cfg) -> int:
     return max(1, round_sequences // cfg.train.eval_n)
 
 
-def _score(eval_set: EvalSet, index: Sequence[int], texts: Sequence[str], scorer, n: int) -> list[float]:
-    """Scores of ``texts`` (``n`` consecutive samples per row of ``index``): each benchmark row
+def _score(eval_set: EvalSet, index: Sequence[int], texts: Sequence[str], scorer) -> list[float]:
+    """Scores of ``texts`` (``texts[j]`` answers row ``index[j]`` of the set): each benchmark row
     by its named verifier, other rows as the training rows are scored."""
-    per_sample = [i for i in index for _ in range(n)]
     if eval_set.verifiers is None:
-        rows = [eval_set.rows[i] for i in per_sample]
-        refs = [eval_set.references[i] for i in per_sample]
-        results, _ = scorer.verify(texts, rows, refs, per_sample)
+        rows = [eval_set.rows[i] for i in index]
+        refs = [eval_set.references[i] for i in index]
+        results, _ = scorer.verify(texts, rows, refs, index)
         return [float(r.score) for r in results]
     scores = [0.0] * len(texts)
     by_name: dict[str, list[int]] = {}
-    for j, i in enumerate(per_sample):
+    for j, i in enumerate(index):
         by_name.setdefault(eval_set.verifiers[i], []).append(j)
     for name, js in sorted(by_name.items()):
-        results = scorer.verify_named(name, [texts[j] for j in js], [eval_set.references[per_sample[j]] for j in js])
+        results = scorer.verify_named(name, [texts[j] for j in js], [eval_set.references[index[j]] for j in js])
         for j, r in zip(js, results):
             scores[j] = float(r.score)
     return scores
 
 
-def _set_sums(eval_set: EvalSet, generator, tokenizer, scorer, cfg, rank: int, world: int) -> list[float]:
-    """This rank's ``[score sum, samples, rows with a fully correct sample, truncated samples]``
-    over its chunks of ``eval_set`` (chunk ``c`` belongs to rank ``c % world``)."""
+def _set_tally(eval_set: EvalSet, generator, tokenizer, scorer, cfg, rank: int, world: int) -> AccuracyTally:
+    """This rank's sums over its chunks of ``eval_set`` (chunk ``c`` belongs to rank ``c % world``)."""
     from iprime.rollout import SamplingParams
 
-    t, size = cfg.train, chunk_rows(cfg)
-    sums = [0.0, 0.0, 0.0, 0.0]
-    for c, start in enumerate(range(0, len(eval_set), size)):
-        if c % world != rank:
-            continue
-        index = list(range(start, min(start + size, len(eval_set))))
-        params = SamplingParams(
-            n=t.eval_n, temperature=t.eval_temperature, max_new_tokens=eval_max_new_tokens(cfg), seed=t.seed + c
-        )
-        sampled = sample_rows(generator, tokenizer, [{"prompt": eval_set.prompts[i]} for i in index], params)
-        texts = [text for s in sampled for text in s.texts]
-        scores = _score(eval_set, index, texts, scorer, t.eval_n)
-        sums[0] += sum(scores)
-        sums[1] += len(scores)
-        sums[2] += sum(max(scores[k * t.eval_n : (k + 1) * t.eval_n]) >= 1.0 for k in range(len(index)))
-        sums[3] += sum(flag for s in sampled for flag in s.truncated)
-    return sums
+    t = cfg.train
+    params = SamplingParams(
+        n=t.eval_n, temperature=t.eval_temperature, max_new_tokens=eval_max_new_tokens(cfg), seed=t.seed
+    )
+    rows = [{"prompt": prompt, "index": i} for i, prompt in enumerate(eval_set.prompts)]
+    mine = ((c, part) for c, part in chunked(rows, chunk_rows(cfg)) if c % world == rank)
+
+    def score(rows: Sequence[Mapping], texts: Sequence[str]) -> list[float]:
+        return _score(eval_set, [row["index"] for row in rows], texts, scorer)
+
+    tally = AccuracyTally()
+    for chunk in scored_chunks(generator, tokenizer, mine, params, score):
+        tally.add(chunk)
+    return tally
 
 
-def set_metrics(name: str, sums: Sequence[float], n_rows: int, n: int, time_s: float) -> dict[str, float]:
+def set_metrics(name: str, tally: AccuracyTally, n_rows: int, n: int, time_s: float) -> dict[str, float]:
     """``eval/<name>/acc``, ``pass@<n>`` (``n > 1``), ``truncated_frac`` and ``time_s`` from the
-    summed ``[score sum, samples, rows with a correct sample, truncated samples]``."""
-    score, samples, solved, truncated = sums
-    if samples != n_rows * n:
-        raise RuntimeError(f"eval set {name!r}: {int(samples)} samples scored, expected {n_rows} rows x {n}")
-    out = {f"eval/{name}/acc": score / samples}
+    set's (all-reduced) :class:`~iprime.eval.loop.AccuracyTally`."""
+    if tally.samples != n_rows * n or tally.rows != n_rows:
+        raise RuntimeError(
+            f"eval set {name!r}: {int(tally.samples)} samples of {int(tally.rows)} rows scored, "
+            f"expected {n_rows} rows x {n}"
+        )
+    out = {f"eval/{name}/acc": tally.accuracy()}
     if n > 1:
-        out[f"eval/{name}/pass@{n}"] = solved / n_rows
-    out[f"eval/{name}/truncated_frac"] = truncated / samples
+        out[f"eval/{name}/pass@{n}"] = tally.pass_at_n()
+    out[f"eval/{name}/truncated_frac"] = tally.truncated_frac()
     out[f"eval/{name}/time_s"] = time_s
     return out
 
@@ -353,9 +278,13 @@ def run_evals(
     for eval_set in sets:
         t0 = time.perf_counter()
         with D.full_params(policy_root):
-            sums = _set_sums(eval_set, generator, tokenizer, scorer, cfg, rank, world)
-        total = D.all_reduce(torch.tensor(sums, dtype=torch.float64, device=device)).tolist()
-        metrics.update(set_metrics(eval_set.name, total, len(eval_set), cfg.train.eval_n, time.perf_counter() - t0))
+            tally = _set_tally(eval_set, generator, tokenizer, scorer, cfg, rank, world)
+        total = D.all_reduce(torch.tensor(tally.as_list(), dtype=torch.float64, device=device)).tolist()
+        metrics.update(
+            set_metrics(
+                eval_set.name, AccuracyTally.from_list(total), len(eval_set), cfg.train.eval_n, time.perf_counter() - t0
+            )
+        )
     return metrics
 
 

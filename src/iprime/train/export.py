@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from iprime.prm.metadata import run_prm_metadata, save_prm_metadata
+
 if TYPE_CHECKING:  # only an export itself needs torch
     import torch
 
@@ -128,7 +130,7 @@ def export_run_checkpoint(
             f"the weights in {directory} do not fit the architecture of {archs}: pass "
             f"--policy-source / --prm-source pointing at the models the run started from ({err})"
         ) from None
-    prm_meta = _prm_metadata(cfg, sources["policy"], Path(out))
+    prm_meta = run_prm_metadata(cfg, sources["policy"], Path(out))
     for role, model in models.items():
         meta = prm_meta if role == "prm" else None
         result.dirs[role] = _write_model(_plain(model, role, result.notes), tokenizer, targets[role], meta)
@@ -265,8 +267,6 @@ def _write_model(model: torch.nn.Module, tokenizer, target: Path, prm_meta=None)
     """``save_pretrained`` of the model and the tokenizer (and ``iprime_prm.json`` from
     ``prm_meta``) into ``target``: written into a temporary directory beside it, which then
     replaces ``target`` (a failed export leaves ``target`` as it was)."""
-    from iprime.prm.metadata import save_prm_metadata
-
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -281,36 +281,6 @@ def _write_model(model: torch.nn.Module, tokenizer, target: Path, prm_meta=None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def prm_reference(cfg, model_source: str | None, directory: str | Path) -> str | None:
-    """The model a saved PRM's rewards are read against (``iprime_prm.json``'s ``reference``):
-    the policy's starting model (``model.reference=sft``; a local path made absolute, a hub id
-    kept), the saved policy beside the PRM (``policy``), or the configured path."""
-    ref = cfg.model.reference
-    if ref == "sft":
-        if not model_source:
-            return None
-        source = Path(model_source)
-        return str(source.resolve()) if source.exists() else model_source
-    if ref == "policy":
-        return str((Path(directory) / "policy").resolve())
-    return ref
-
-
-def _prm_metadata(cfg, model_source: str, out: Path):
-    """The exported PRM's ``iprime_prm.json``: the run's beta, step delimiter, granularity and
-    loss, and the reference its rewards are read against (:func:`prm_reference`)."""
-    from iprime.prm.metadata import PRMMetadata
-
-    p = cfg.prm
-    return PRMMetadata(
-        beta=p.beta,
-        reference=prm_reference(cfg, model_source, out),
-        step_delimiter=p.step_delimiter,
-        granularity=p.granularity,
-        loss=p.loss,
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import contextlib
 import torch
 from torch import nn
 
+from iprime.models import LoraSettings
+
 
 def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
     """Non-reentrant activation checkpointing on a transformers causal LM (peft-wrapped or not),
@@ -33,7 +35,6 @@ def attach_lora(base: nn.Module, r: int, alpha: int, dropout: float = 0.0) -> nn
         from peft import LoraConfig, get_peft_model
     except ImportError as e:  # optional dependency
         raise ImportError("prm.lora needs peft: pip install 'iprime[lora]'") from e
-    from iprime.models import LoraSettings
 
     settings = LoraSettings(r=r, alpha=alpha, dropout=dropout)
     config = LoraConfig(

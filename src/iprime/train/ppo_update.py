@@ -1,13 +1,12 @@
 """The policy update (PPO's clipped surrogate over mini-batches) and the value-model update.
 
-Mini-batches are drawn from the global batch (the same permutation on every rank); each rank
-runs its own rows of a mini-batch in micro-batches (as many on every rank, padded with
-dummies). ``optim.loss_scope`` sets the normaliser of the aggregated loss: ``micro`` divides
-each micro-batch's summed loss by the total over the same-index micro-batches of all ranks and
-weighs it by their share of the mini-batch's rows (in one process: the micro-batch's own mean,
-weighted by its share of rows); ``mini_batch`` divides by the mini-batch's total, so gradients
-do not depend on how a mini-batch is split. A mini-batch whose loss or gradient is non-finite
-is skipped (no optimizer step).
+CleanRL's minibatch loop: ``optim.epochs`` passes over the step's global batch in shuffled
+mini-batches (the same permutation on every rank), one optimizer step per mini-batch, its
+gradient accumulated over micro-batches. Which rows this rank runs, the dummies that keep ranks
+in step and each micro-batch's weight come from :mod:`iprime.train.microbatches`
+(``optim.loss_scope`` sets the loss normaliser, see
+:func:`~iprime.train.microbatches.policy_micro_batches`). A mini-batch whose loss or gradient
+is non-finite is skipped (no optimizer step).
 """
 
 from __future__ import annotations
@@ -21,9 +20,12 @@ from iprime import algo
 from iprime.config import PrimeConfig
 from iprime.rollout import RolloutBatch
 from iprime.train import distributed as D
-from iprime.train.passes import ForwardPasses, agg_denominator, rank_rows
+from iprime.train.microbatches import MicroBatch, backward, dummy_loss, optimizer_step, policy_micro_batches
+from iprime.train.passes import ForwardPasses
+from iprime.train.record import StepRecord
 
 POLICY_METRICS = ("clip_frac", "dual_clip_frac", "approx_kl", "ratio_mean", "pg_loss", "entropy")
+AGG_METRICS = ("pg_loss", "kl_ref")  # weighted like the optim.agg terms; the rest like token means
 
 
 @dataclass
@@ -52,67 +54,35 @@ def micro_loss(cfg: PrimeConfig, logp, entropy, old_logp, advantages, ref_logp, 
     return MicroLoss(total, pg, ent, kl_term, metrics)
 
 
-def micro_weights(
-    cfg: PrimeConfig, m: torch.Tensor, union_mask: torch.Tensor, union_rows: int, mini_mask, mini_rows: int
-) -> tuple[float, float, float, float]:
-    """Normalisers of one micro-batch (mask ``m``) under ``optim.loss_scope``.
-
-    ``union_mask``: the mask of the same-index micro-batches of all ranks. Returns ``(f_agg,
-    f_tok, r_agg, r_tok)``: the factors applied to the ``optim.agg``-aggregated terms and to
-    the token means (entropy) in the loss, and the micro-batch's shares of the union, which
-    weigh its metrics."""
-    agg = cfg.optim.agg
-    r_agg = agg_denominator(m, agg) / max(agg_denominator(union_mask, agg), 1.0)
-    r_tok = float(m.sum()) / max(float(union_mask.sum()), 1.0)
-    if cfg.optim.loss_scope == "micro":
-        return r_agg * union_rows / mini_rows, r_tok * union_rows / mini_rows, r_agg, r_tok
-    f_agg = agg_denominator(m, agg) / max(agg_denominator(mini_mask, agg), 1.0)
-    f_tok = float(m.sum()) / max(float(mini_mask.sum()), 1.0)
-    return f_agg, f_tok, r_agg, r_tok
-
-
-def scaled_loss(cfg: PrimeConfig, loss: MicroLoss, f_agg: float, f_tok: float) -> torch.Tensor:
-    """The micro-batch's share of the mini-batch loss: the entropy bonus is a token mean, the rest
-    follows ``optim.agg``."""
-    if f_agg == f_tok:
-        return loss.total * f_agg
+def scaled_loss(cfg: PrimeConfig, loss: MicroLoss, scale: float, token_scale: float) -> torch.Tensor:
+    """The micro-batch's share of the mini-batch loss: the entropy bonus is a token mean
+    (``token_scale``), the rest follows ``optim.agg`` (``scale``)."""
+    if scale == token_scale:
+        return loss.total * scale
     a = cfg.algo
-    scaled = loss.pg * f_agg
+    scaled = loss.pg * scale
     if a.entropy_coef:
-        scaled = scaled - a.entropy_coef * loss.entropy * f_tok
+        scaled = scaled - a.entropy_coef * loss.entropy * token_scale
     if loss.kl is not None and a.kl_mode == "loss":
-        scaled = scaled + a.kl_coef * loss.kl * f_agg
+        scaled = scaled + a.kl_coef * loss.kl * scale
     return scaled
 
 
 class PolicyUpdate:
-    """PPO epochs over shuffled mini-batches of one step's global batch; gradients accumulate
-    over micro-batches. ``batch`` is this rank's share of ``global_batch``; per-token tensors
-    (``advantages``, ``old_logp``, ``ref_logp``) are this rank's rows."""
+    """PPO epochs over shuffled mini-batches of one step (:meth:`run`). Reads the step record:
+    the global batch ``rollouts`` (the mini-batches' rows), this rank's share ``batch`` and its
+    per-token ``old_logp``, ``kl_ref_logp`` and ``advantages``."""
 
-    def __init__(
-        self,
-        passes: ForwardPasses,
-        policy,
-        optimizer,
-        global_batch: RolloutBatch,
-        batch: RolloutBatch,
-        advantages,
-        old_logp,
-        ref_logp,
-    ) -> None:
-        self.passes, self.cfg, self.policy, self.optimizer = passes, passes.cfg, policy, optimizer
-        self.global_batch, self.batch = global_batch, batch
-        self.advantages, self.old_logp, self.ref_logp = advantages, old_logp, ref_logp
-        self.gmask, self.mask = global_batch.response_mask.bool(), batch.response_mask.bool()
-        self.shares = rank_rows(len(global_batch), self.cfg.rollout.n, passes.dist.world_size)
+    def __init__(self, passes: ForwardPasses, policy, optimizer, step: StepRecord) -> None:
+        self.passes, self.cfg, self.policy, self.optimizer, self.record = passes, passes.cfg, policy, optimizer, step
         self.sums: dict[str, float] = {}
         self.metric_count = 0  # micro-batches ("micro" scope) or mini-batches ("mini_batch") the sums are over
 
-    def run(self, step: int) -> dict[str, float]:
-        o, n = self.cfg.optim, len(self.global_batch)
+    def run(self) -> dict[str, float]:
+        o, n = self.cfg.optim, len(self.record.rollouts)
         grad_norms, skipped = [], 0
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + step)
+        steps_before = self.record.index - 1
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + steps_before)
         for _ in range(o.epochs):
             order = torch.randperm(n, generator=g)
             for start in range(0, n, o.mini_batch_size):
@@ -125,65 +95,40 @@ class PolicyUpdate:
 
     def mini_batch(self, mini: list[int]) -> float | None:
         """Accumulate one mini-batch's gradient and step; the gradient norm, ``None`` if skipped."""
-        o, rank, W = self.cfg.optim, self.passes.dist.rank, self.passes.dist.world_size
         self.optimizer.zero_grad(set_to_none=True)
-        plans = [
-            self.passes.plan(self.global_batch, [i for i in mini if s <= i < e], o.micro_batch_size)
-            for s, e in self.shares
-        ]
-        finite = True
-        for j in range(max(len(p) for p in plans)):
-            mine = plans[rank][j] if j < len(plans[rank]) else None
-            union = [i for p in plans if j < len(p) for i in p[j]]
-            finite = self.micro_batch(mine, union, mini, W)
-            if not finite:
-                break
-        if o.loss_scope == "mini_batch":
+        finite = all(self.micro_batch(mb) for mb in policy_micro_batches(self.passes, self.record.rollouts, mini))
+        if self.cfg.optim.loss_scope == "mini_batch":
             self.metric_count += 1
-        grad_norm = (
-            D.to_float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), o.grad_clip)) if finite else None
-        )
-        if grad_norm is None or not math.isfinite(grad_norm):
+        if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        self.optimizer.step()
-        return grad_norm
+        grad_norm = optimizer_step(self.policy, self.optimizer, self.cfg.optim.grad_clip)
+        return grad_norm if math.isfinite(grad_norm) else None
 
-    def micro_batch(self, mine: list[int] | None, union: list[int], mini: list[int], W: int) -> bool:
-        """Forward and backward of this rank's rows ``mine`` (global ids; ``None``: a dummy that
-        keeps this rank in step with the others' collectives). False when the loss is non-finite."""
-        by_mini = self.cfg.optim.loss_scope == "mini_batch"
-        lo = self.shares[self.passes.dist.rank][0]
-        rows = torch.tensor([i - lo for i in mine] if mine else [0])
-        logp, entropy = self.passes.logprobs(self.policy, self.batch, rows, entropy=True)
-        if mine is None:
-            if not self.passes.all_finite(True):
-                return False
-            (logp.nan_to_num() * 0.0).sum().backward()
-            self.metric_count += 0 if by_mini else 1
-            return True
-        m = self.mask[rows]
-        ref = self.ref_logp[rows] if self.ref_logp is not None else None
-        loss = micro_loss(self.cfg, logp, entropy, self.old_logp[rows], self.advantages[rows], ref, m)
-        f_agg, f_tok, r_agg, r_tok = micro_weights(
-            self.cfg, m, self.gmask[union], len(union), self.gmask[mini], len(mini)
-        )
-        scaled = scaled_loss(self.cfg, loss, f_agg, f_tok)
-        if not self.passes.all_finite(bool(torch.isfinite(loss.total))):
+    def micro_batch(self, mb: MicroBatch) -> bool:
+        """Forward and backward of one micro-batch; False when a rank's loss is non-finite."""
+        s, rows = self.record, mb.rows
+        logp, entropy = self.passes.logprobs(self.policy, s.batch, rows, entropy=True)
+        if mb.dummy:
+            loss, scaled = None, dummy_loss(logp)
+        else:
+            ref = s.kl_ref_logp[rows] if s.kl_ref_logp is not None else None
+            loss = micro_loss(self.cfg, logp, entropy, s.old_logp[rows], s.advantages[rows], ref, s.mask[rows])
+            scaled = scaled_loss(self.cfg, loss, mb.scale, mb.token_scale)
+        if not backward(self.passes, scaled, finite=loss is None or bool(torch.isfinite(loss.total))):
             return False
-        (scaled * W).backward()  # FSDP averages gradients over ranks; the factors already make global shares
-        values = {**loss.metrics, "pg_loss": loss.pg.item(), "entropy": loss.entropy.item()}
-        for key, value in values.items():
-            if key in ("pg_loss", "kl_ref"):
-                ratio = f_agg if by_mini else r_agg
-            else:
-                ratio = f_tok if by_mini else r_tok
-            self.sums[key] = self.sums.get(key, 0.0) + (value * ratio if ratio != 1.0 else value)
-        self.metric_count += 0 if by_mini else 1
+        if loss is not None:
+            values = {**loss.metrics, "pg_loss": loss.pg.item(), "entropy": loss.entropy.item()}
+            for key, value in values.items():
+                weight = mb.metric_weight if key in AGG_METRICS else mb.metric_token_weight
+                self.sums[key] = self.sums.get(key, 0.0) + value * weight
+        if self.cfg.optim.loss_scope == "micro":
+            self.metric_count += 1
         return True
 
     def metrics(self, grad_norms: list[float], skipped: int) -> dict[str, float]:
-        keys = sorted(set(self.sums) | set(POLICY_METRICS) | ({"kl_ref"} if self.ref_logp is not None else set()))
+        with_kl = {"kl_ref"} if self.record.kl_ref_logp is not None else set()
+        keys = sorted(set(self.sums) | set(POLICY_METRICS) | with_kl)
         t = D.all_reduce(
             torch.tensor([self.sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.passes.device)
         )
@@ -194,17 +139,17 @@ class PolicyUpdate:
         return out
 
 
-def update_value(passes: ForwardPasses, value, optimizer, batch: RolloutBatch, returns, old_values) -> dict[str, float]:
-    """One pass of the clipped value loss over micro-batches (one optimizer step each)."""
-    o = passes.cfg.optim
-    mask = batch.response_mask.bool()
+def update_value(passes: ForwardPasses, value, optimizer, step: StepRecord) -> dict[str, float]:
+    """One pass of the clipped value loss over micro-batches (one optimizer step each), toward
+    ``step.returns`` from ``step.values``. Single-process only (the value model is not sharded)."""
+    o, batch, mask = passes.cfg.optim, step.batch, step.mask
     losses = []
     T = batch.response_ids.shape[1]
     for plan in passes.plan(batch, list(range(len(batch))), o.micro_batch_size):
         rows = torch.tensor(plan)
         optimizer.zero_grad(set_to_none=True)
         values = value(batch.input_ids[rows], batch.attention_mask[rows], T)
-        loss, _ = algo.ppo_value_loss(values, old_values[rows], returns[rows], mask[rows], o.value_clip)
+        loss, _ = algo.ppo_value_loss(values, step.values[rows], step.returns[rows], mask[rows], o.value_clip)
         if not torch.isfinite(loss):
             continue
         loss.backward()

@@ -1,18 +1,24 @@
 """The PRIME training loop: an orchestrator. Each stage is a call into a module with one job.
 
-One step::
+One step (:meth:`PrimeTrainer.train_step`), each stage filling in the step's record
+(:class:`~iprime.train.record.StepRecord`)::
 
     collect      generate K per prompt, verify, filter and refill, buffer      (train/collect.py)
     log-probs    policy (PPO's old), reference                                   (train/passes.py)
-    rewards      implicit process rewards from the PRM before its update         (train/prm_update.py)
-    PRM update   cross-entropy on the outcome labels                             (train/prm_update.py)
+    PRM          implicit process rewards from the PRM before its update,
+                 then its update on the outcome labels                           (train/prm_update.py)
     advantages   the configured estimator from iprime.algo's registry           (train/advantages.py)
     policy       PPO's clipped loss over mini-batches (and the value model)      (train/ppo_update.py)
+    sync         an external sampling engine (vLLM) gets the new weights
+    observe      PRM ranking, process share, first-error localisation, samples  (train/diagnostics.py)
+    review       the update guard, evaluation when due, the log                  (train/guards.py, evaluate.py)
+    checkpoint   when due, unless the guard rejected the update                  (train/checkpoint.py)
 
 The same code runs in one process and under ``torchrun``: every rank sees the same global batch,
 trains on a contiguous share of its groups, and the collectives do nothing in one process (see
-:mod:`iprime.train.distributed`). Models and optimizers are built in ``train/build.py``,
-checkpoints written and resumed by ``train/checkpoint.py``.
+:mod:`iprime.train.distributed`); the updates' micro-batches, dummies and weights under
+data parallelism come from :mod:`iprime.train.microbatches`. Models and optimizers are built in
+``train/build.py``, checkpoints written and resumed by ``train/checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -29,10 +35,10 @@ import torch
 from iprime.config import PrimeConfig, save_config
 from iprime.data.chat import render_prompt
 from iprime.models import load_tokenizer
-from iprime.prm.metadata import PRMMetadata, save_prm_metadata
-from iprime.rollout import RolloutBatch
+from iprime.prm.metadata import run_prm_metadata, save_prm_metadata
+from iprime.rollout import Capability, RolloutBatch
 from iprime.train import distributed as D
-from iprime.train.advantages import compute_advantages
+from iprime.train.advantages import compute_advantages, importance_corrected
 from iprime.train.build import (
     build_generator,
     build_models,
@@ -42,14 +48,15 @@ from iprime.train.build import (
 )
 from iprime.train.checkpoint import load_run_checkpoint, rng_state, save_run_checkpoint, set_rng_state
 from iprime.train.collect import RolloutCollector, sample_records
+from iprime.train.diagnostics import step_diagnostics
 from iprime.train.evaluate import build_eval_sets, eval_due, preserved_training_state, run_evals
-from iprime.train.export import prm_reference
 from iprime.train.guards import UpdateGuard
 from iprime.train.logging import MetricsLogger
 from iprime.train.passes import ForwardPasses
 from iprime.train.ppo_update import PolicyUpdate, update_value, value_estimates
-from iprime.train.prm_update import prm_metrics, process_rewards, step_delimiter_ids, update_prm
+from iprime.train.prm_update import process_rewards, score_and_update, step_delimiter_ids
 from iprime.train.progress import batch_metrics, progress_bar
+from iprime.train.record import StepRecord
 from iprime.train.scoring import RolloutScorer
 
 
@@ -136,8 +143,6 @@ class PrimeTrainer:
         self.out_dir = Path(cfg.train.out_dir)
         self.checkpoint_format = D.checkpoint_format(cfg.train.checkpoint_format, self.dist)
         self.logger: MetricsLogger | None = None
-        self._samples: list[dict] | None = None
-        self._halt: Exception | None = None  # why the run must stop, raised once the step is logged
         # an update far outside the run's history (a loss, gradient or weight-norm spike) is not checkpointed
         self.guard = UpdateGuard()
 
@@ -155,123 +160,61 @@ class PrimeTrainer:
         return self.collector.collect(self.step)
 
     def train_step(self) -> dict[str, Any]:
-        """One step; raises :class:`NonFiniteError` / :class:`EmptyStepsError` when the run must stop."""
-        metrics = self._step()
-        self._raise_halt()
-        return metrics
-
-    def _step(self) -> dict[str, Any]:
-        t_step = time.perf_counter()
-        batch, stats = self.collect()
-        return self._train_on(batch, stats, t_step)
-
-    def _raise_halt(self) -> None:
-        """Raise the reason to stop found by the last step, if any (after its metrics are logged)."""
-        halt, self._halt = self._halt, None
-        if halt is not None:
-            raise halt
+        """One step: the stages of the table at the top of this module, on a :class:`StepRecord`
+        each fills in; then the step's review (update guard, evaluation when due, log) and its
+        checkpoint when due. Returns the step's metrics; raises :class:`NonFiniteError` /
+        :class:`EmptyStepsError` when the run must stop (after the step is logged)."""
+        step = self._new_step()
+        self._take_rollouts(step, *self.collect())  # generate K per prompt, verify, filter, refill
+        if step.rollouts is not None:
+            self._logprobs(step)  # the policy's (PPO's old) and the reference's
+            self._prm(step)  # token rewards from the PRM before its update, then the update
+            self._advantages(step)  # the configured estimator (and the importance correction)
+            self._policy_update(step)  # PPO's clipped loss over mini-batches (and the value model)
+            self._sync_weights(step)  # an external engine (vLLM) samples the next step
+            self._observe(step)  # diagnostics: PRM ranking, process share, first error; samples
+        self._end(step)  # the schedule, the step counter, the stop counters
+        self._review(step)  # the update guard, evaluation, the log; a stop is raised here
+        self._checkpoint()  # when due, unless the guard rejected the update
+        return step.metrics
 
     def train_on_batch(self, batch: RolloutBatch) -> dict[str, Any]:
-        """One step (log-probs, PRM update, advantages, policy update) on a given global batch
-        with ``tensors["outcome"]``: no sampling. Under torchrun pass the same batch on every rank;
-        each trains on its share. Used to compare world sizes on identical data."""
-        metrics = self._train_on(batch.to(self.device), {"generated_tokens": 0}, time.perf_counter())
-        self._raise_halt()
-        return metrics
+        """:meth:`train_step`'s learning stages on a given global batch with
+        ``tensors["outcome"]``: no sampling, no review or checkpoint. Under torchrun pass the same
+        batch on every rank; each trains on its share. Used to compare world sizes on identical data."""
+        step = self._new_step()
+        self._take_rollouts(step, batch.to(self.device), {"generated_tokens": 0})
+        for stage in (self._logprobs, self._prm, self._advantages, self._policy_update, self._sync_weights):
+            stage(step)
+        self._observe(step)
+        self._end(step)
+        if step.stop is not None:
+            raise step.stop
+        return step.metrics
 
-    def _train_on(self, global_batch: RolloutBatch | None, stats: dict[str, Any], t_step: float) -> dict[str, Any]:
-        metrics: dict[str, Any] = {"step": self.step + 1, **stats, "lr": self.optimizers.scheduler.get_last_lr()[0]}
-        if global_batch is None:
-            metrics["skipped"] = "no group passed the filter"
-        else:
-            metrics.update(self._update(global_batch))
-        self.optimizers.scheduler.step()
-        self.step += 1
-        metrics["time/step"] = time.perf_counter() - t_step
-        self._check_not_blind(metrics, global_batch is None)
-        if global_batch is None:
-            return metrics
-        metrics["tokens_per_s"] = stats["generated_tokens"] / max(1e-9, metrics["time/step"])
-        bad = metrics.get("policy/skipped_updates", 0) > 0 or metrics.get("prm/skipped", 0) > 0
-        self.bad_steps = self.bad_steps + 1 if bad else 0
-        if self.bad_steps >= self.cfg.train.max_bad_steps:
-            self._halt = NonFiniteError(
-                f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (train.max_bad_steps="
-                f"{self.cfg.train.max_bad_steps}); the last checkpoint is in {self.out_dir / 'checkpoints'}"
-            )
-        return metrics
+    # the stages, in the order train_step runs them; each reads and fills in the step record
+    def _new_step(self) -> StepRecord:
+        return StepRecord(index=self.step + 1, metrics={"step": self.step + 1})
 
-    def _check_not_blind(self, metrics: dict[str, Any], skipped: bool) -> None:
-        """Count steps with nothing to learn from (no group passed the filter, or every sampled
-        reward 0); stop after ``train.max_empty_steps`` in a row and say what to check."""
-        all_zero = metrics.get("rollout/acc_before_filter") == 0.0
-        if not (skipped or all_zero):
-            self.empty_steps = 0
+    def _take_rollouts(self, step: StepRecord, rollouts: RolloutBatch | None, stats: dict[str, Any]) -> None:
+        """The step's global batch (``None``: nothing passed the filter), this rank's share, and
+        the rollout metrics."""
+        step.metrics.update({**stats, "lr": self.optimizers.scheduler.get_last_lr()[0]})
+        step.rollouts = rollouts
+        if rollouts is None:
+            step.metrics["skipped"] = "no group passed the filter"
             return
-        self.empty_steps += 1
-        metrics["empty"] = "every reward was 0" if all_zero else "no group passed the filter"
-        if self.empty_steps < self.cfg.train.max_empty_steps:
-            return
-        c = self.cfg
-        self._halt = EmptyStepsError(
-            f"{self.empty_steps} steps in a row had nothing to learn from (train.max_empty_steps="
-            f"{c.train.max_empty_steps}); the last: {metrics['empty']}, sampled accuracy "
-            f"{metrics.get('rollout/acc_before_filter', float('nan')):.3f}, truncated "
-            f"{metrics.get('rollout/truncated_frac', float('nan')):.0%}, verifier timeouts "
-            f"{metrics.get('verify/timeouts', 0)}, failures {metrics.get('verify/failed', 0)}. Check: that each row's "
-            f"reference is what its verifier expects (data.reference_key={c.data.reference_key!r}; run "
-            "`iprime data check` on the data); that responses have room to finish (rollout.max_new_tokens="
-            f"{c.rollout.max_new_tokens}); the accuracy band (filter.low={c.filter.low}, filter.high={c.filter.high}); "
-            f"and the responses in {self.out_dir / 'samples.jsonl'}."
-        )
+        step.batch = self.passes.local_share(rollouts)
+        step.metrics.update(batch_metrics(rollouts))
 
-    def _update(self, global_batch: RolloutBatch) -> dict[str, Any]:
-        """The learning stages on one global batch; this rank works on its share."""
-        cfg, passes = self.cfg, self.passes
-        batch = passes.local_share(global_batch)
-        mask, outcome = batch.response_mask.bool(), batch.tensors["outcome"]
-        metrics = batch_metrics(global_batch)
-
-        t0 = time.perf_counter()
-        old_logp = self._old_logprobs(batch, mask)
-        ref_logp = self._reference_logprobs(batch, old_logp)
-        metrics["time/logprobs"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        token_rewards = None
-        if self.prm is not None:
-            prm_logp, prm_stats = self._prm_stage(batch, ref_logp, len(global_batch))
-            token_rewards = process_rewards(cfg, batch, prm_logp, ref_logp, mask, self.delimiter_ids)
-            metrics.update(
-                prm_metrics(passes, token_rewards, mask, outcome, cfg.rollout.n, batch=batch, tokenizer=self.tokenizer)
-            )
-            metrics.update(prm_stats)
-        metrics["time/prm"] = time.perf_counter() - t0
-
-        values = value_estimates(passes, self.value, batch) if self.value is not None else None
-        reference = ref_logp if self.has_reference else None
-        adv = compute_advantages(cfg, outcome, mask, token_rewards, old_logp, reference, values)
-        advantages = adv.advantages
-        metrics.update({f"adv/{k}": v for k, v in passes.global_stats(advantages, mask).items()})
-        if cfg.rollout.is_correction:
-            advantages = self._importance_correct(batch, mask, advantages, old_logp, metrics)
-
-        t0 = time.perf_counter()
-        update = PolicyUpdate(
-            passes, self.policy, self.optimizers.policy, global_batch, batch, advantages, old_logp, reference
-        )
-        metrics.update(update.run(self.step))
-        if self.value is not None:
-            metrics.update(update_value(passes, self.value, self.optimizers.value, batch, adv.returns, values))
-        metrics["time/policy"] = time.perf_counter() - t0
-        if hasattr(self.generator, "sync_weights"):  # an external engine (vLLM) samples next step
-            t0 = time.perf_counter()
-            self.generator.sync_weights(D.full_state_dict(self.policy))
-            metrics["time/sync_weights"] = time.perf_counter() - t0
-        self._keep_samples(batch, token_rewards)
-        return metrics
+    def _logprobs(self, step: StepRecord) -> None:
+        with step.timed("time/logprobs"):
+            step.old_logp = self._old_logprobs(step.batch, step.mask)
+            step.ref_logp = self._reference_logprobs(step.batch, step.old_logp)
+        step.kl_ref_logp = step.ref_logp if self.has_reference else None  # no KL to the policy itself
 
     def _old_logprobs(self, batch: RolloutBatch, mask: torch.Tensor) -> torch.Tensor:
+        """The policy's log-probs before the update: the sampler's own where they can be reused."""
         if self.reuse_sampling_logprobs:
             return torch.where(mask, batch.sampling_logprobs.to(torch.float32), torch.zeros((), device=mask.device))
         return self.passes.all_logprobs(self.policy, batch, self.cfg.optim.micro_batch_size)
@@ -286,49 +229,124 @@ class PrimeTrainer:
                 return self.passes.all_logprobs(self.prm, batch, micro)
         return old_logp
 
-    def _prm_stage(self, batch: RolloutBatch, ref_logp: torch.Tensor, n_global: int):
-        """The PRM's log-probs for the rewards, and its update per ``prm.update``: ``after`` scores
-        in the update's own (pre-update) forward pass, ``before`` updates first, ``none`` only scores."""
-        when, metrics, prm_logp = self.cfg.prm.update, {}, None
-        if when != "none":
-            metrics, scored = update_prm(
-                self.passes, self.prm, self.optimizers.prm, batch, ref_logp, n_global, return_logp=when == "after"
+    def _prm(self, step: StepRecord) -> None:
+        with step.timed("time/prm"):
+            if self.prm is None:
+                return
+            step.prm_logp, metrics = score_and_update(
+                self.passes, self.prm, self.optimizers.prm, step.batch, step.ref_logp, len(step.rollouts)
             )
-            prm_logp = scored if when == "after" else None
-        if prm_logp is None:  # "before", "none", or an "after" update that was skipped
-            prm_logp = self.passes.all_logprobs(self.prm, batch, self.cfg.optim.micro_batch_size)
-        return prm_logp, metrics
+            step.token_rewards = process_rewards(
+                self.cfg, step.batch, step.prm_logp, step.ref_logp, step.mask, self.delimiter_ids
+            )
+            step.metrics.update(metrics)
 
-    def _importance_correct(self, batch, mask, advantages, old_logp, metrics) -> torch.Tensor:
-        """Truncated importance weights between the engine's and the trainer's log-probs."""
-        from iprime import algo
+    def _advantages(self, step: StepRecord) -> None:
+        if self.value is not None:
+            step.values = value_estimates(self.passes, self.value, step.batch)
+        inputs = (step.outcome, step.mask, step.token_rewards, step.old_logp, step.kl_ref_logp, step.values)
+        out = compute_advantages(self.cfg, *inputs)
+        step.advantages, step.returns = out.advantages, out.returns
+        step.metrics.update({f"adv/{k}": v for k, v in self.passes.global_stats(step.advantages, step.mask).items()})
+        if self.cfg.rollout.is_correction:  # toward the engine's log-probs
+            sampled = step.batch.sampling_logprobs
+            step.advantages, metrics = importance_corrected(
+                self.passes, step.advantages, step.old_logp, sampled, step.mask, self.cfg.rollout.is_cap
+            )
+            step.metrics.update(metrics)
 
-        weights = algo.truncated_is_weights(old_logp, batch.sampling_logprobs, mask, self.cfg.rollout.is_cap)
-        w = self.passes.global_stats(weights, mask)
-        d = self.passes.global_stats((old_logp - batch.sampling_logprobs).abs(), mask)
-        metrics.update(
-            {
-                "rollout/is_weight_mean": w["mean"],
-                "rollout/is_weight_min": w["min"],
-                "rollout/logp_abs_diff_mean": d["mean"],
-                "rollout/logp_abs_diff_max": d["max"],
-            }
-        )
-        return algo.apply_is_weights(advantages, weights)
+    def _policy_update(self, step: StepRecord) -> None:
+        with step.timed("time/policy"):
+            step.metrics.update(PolicyUpdate(self.passes, self.policy, self.optimizers.policy, step).run())
+            if self.value is not None:
+                step.metrics.update(update_value(self.passes, self.value, self.optimizers.value, step))
 
-    def _keep_samples(self, batch: RolloutBatch, token_rewards: torch.Tensor | None) -> None:
-        """Every ``train.log_samples_every`` steps, ``train.log_sample_groups`` groups of this rank's share."""
+    def _sync_weights(self, step: StepRecord) -> None:
+        if Capability.SYNC_WEIGHTS in self.generator.capabilities:  # its own copy of the weights (vLLM)
+            with step.timed("time/sync_weights"):
+                self.generator.sync_weights(D.full_state_dict(self.policy))
+
+    def _observe(self, step: StepRecord) -> None:
+        """The diagnostics (:mod:`iprime.train.diagnostics`), and every ``train.log_samples_every``
+        steps ``train.log_sample_groups`` groups of this rank's share as sample rows."""
+        step.metrics.update(step_diagnostics(self.passes, step, self.tokenizer))
         t = self.cfg.train
-        if t.log_samples_every and t.log_sample_groups and (self.step + 1) % t.log_samples_every == 0:
-            self._samples = sample_records(
-                batch,
+        if t.log_samples_every and t.log_sample_groups and step.index % t.log_samples_every == 0:
+            step.samples = sample_records(
+                step.batch,
                 self.collector.references,
                 self.tokenizer,
                 groups=t.log_sample_groups,
                 group_size=self.cfg.rollout.n,
-                token_rewards=token_rewards,
+                token_rewards=step.token_rewards,
                 lowest_tokens=t.log_sample_tokens,
             )
+
+    def _end(self, step: StepRecord) -> None:
+        """Advance the schedule and the step counter; count bad and empty steps in a row, and
+        note a stop (``step.stop``) when either run reaches its limit."""
+        self.optimizers.scheduler.step()
+        self.step += 1
+        m = step.metrics
+        m["time/step"] = time.perf_counter() - step.started
+        self._check_not_blind(step)
+        if step.rollouts is None:
+            return
+        m["tokens_per_s"] = m["generated_tokens"] / max(1e-9, m["time/step"])
+        bad = m.get("policy/skipped_updates", 0) > 0 or m.get("prm/skipped", 0) > 0
+        self.bad_steps = self.bad_steps + 1 if bad else 0
+        if self.bad_steps >= self.cfg.train.max_bad_steps:
+            step.stop = NonFiniteError(
+                f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (train.max_bad_steps="
+                f"{self.cfg.train.max_bad_steps}); the last checkpoint is in {self.out_dir / 'checkpoints'}"
+            )
+
+    def _check_not_blind(self, step: StepRecord) -> None:
+        """Count steps with nothing to learn from (no group passed the filter, or every sampled
+        reward 0); stop after ``train.max_empty_steps`` in a row and say what to check."""
+        metrics = step.metrics
+        all_zero = metrics.get("rollout/acc_before_filter") == 0.0
+        if not (step.rollouts is None or all_zero):
+            self.empty_steps = 0
+            return
+        self.empty_steps += 1
+        metrics["empty"] = "every reward was 0" if all_zero else "no group passed the filter"
+        if self.empty_steps < self.cfg.train.max_empty_steps:
+            return
+        c = self.cfg
+        step.stop = EmptyStepsError(
+            f"{self.empty_steps} steps in a row had nothing to learn from (train.max_empty_steps="
+            f"{c.train.max_empty_steps}); the last: {metrics['empty']}, sampled accuracy "
+            f"{metrics.get('rollout/acc_before_filter', float('nan')):.3f}, truncated "
+            f"{metrics.get('rollout/truncated_frac', float('nan')):.0%}, verifier timeouts "
+            f"{metrics.get('verify/timeouts', 0)}, failures {metrics.get('verify/failed', 0)}. Check: that each row's "
+            f"reference is what its verifier expects (data.reference_key={c.data.reference_key!r}; run "
+            "`iprime data check` on the data); that responses have room to finish (rollout.max_new_tokens="
+            f"{c.rollout.max_new_tokens}); the accuracy band (filter.low={c.filter.low}, filter.high={c.filter.high}); "
+            f"and the responses in {self.out_dir / 'samples.jsonl'}."
+        )
+
+    def _review(self, step: StepRecord) -> None:
+        """The update guard, evaluation when due, and the log; then raise the step's stop, if any
+        (logged first: the step that stops the run is in metrics.jsonl)."""
+        cfg, m = self.cfg, step.metrics
+        m.update(self.guard.measure(self._parts()[0]))  # collective under torchrun
+        if reason := self.guard.check(m):
+            m["guard/rejected"] = reason
+        if self.guard.rejected_in_a_row >= cfg.train.max_bad_steps and step.stop is None:
+            step.stop = NonFiniteError(
+                f"{self.guard.rejected_in_a_row} updates in a row were far outside the run's history ({reason}); "
+                f"the last good checkpoint is in {self.out_dir / 'checkpoints'}"
+            )
+        if eval_due(self.step, cfg.train.steps, cfg.train.eval_every):
+            m.update(self.evaluate())
+        self._log(m, step.samples)
+        if step.stop is not None:
+            raise step.stop
+
+    def _checkpoint(self) -> None:
+        if self.cfg.train.save_every and self.step % self.cfg.train.save_every == 0:
+            self._save_unless_rejected()
 
     # ------------------------------------------------------------------ checkpoints
     def _parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
@@ -403,7 +421,7 @@ class PrimeTrainer:
                     self._log(start)
                     advance(0, start)
                 while self.step < cfg.train.steps:
-                    metrics = self._run_step()
+                    metrics = self.train_step()
                     history.append(metrics)
                     advance(self.step, metrics)
             if self.step and (not cfg.train.save_every or self.step % cfg.train.save_every):
@@ -412,28 +430,8 @@ class PrimeTrainer:
             self.scorer.close()  # the verifier workers; a later call starts them again
             if self.logger is not None:
                 self.logger.close()
+                self.logger = None  # a train_step after train() logs nowhere, as one before it
         return history
-
-    def _run_step(self) -> dict[str, Any]:
-        """One step, its evaluation, logging and checkpoint."""
-        cfg = self.cfg
-        self._samples = None
-        metrics = self._step()
-        metrics.update(self.guard.measure(self._parts()[0]))  # collective under torchrun
-        if reason := self.guard.check(metrics):
-            metrics["guard/rejected"] = reason
-        if self.guard.rejected_in_a_row >= cfg.train.max_bad_steps and self._halt is None:
-            self._halt = NonFiniteError(
-                f"{self.guard.rejected_in_a_row} updates in a row were far outside the run's history ({reason}); "
-                f"the last good checkpoint is in {self.out_dir / 'checkpoints'}"
-            )
-        if eval_due(self.step, cfg.train.steps, cfg.train.eval_every):
-            metrics.update(self.evaluate())
-        self._log(metrics, self._samples)
-        self._raise_halt()  # logged first: the step that stops the run is in metrics.jsonl
-        if cfg.train.save_every and self.step % cfg.train.save_every == 0:
-            self._save_unless_rejected()
-        return metrics
 
     def evaluate(self, *, eval_fn: bool = True) -> dict[str, float]:
         """The policy's metrics on the eval sets (``eval/<name>/...``) and ``eval_fn``'s (``eval/<key>``).
@@ -480,16 +478,6 @@ class PrimeTrainer:
                 model.save_pretrained(d / name, state_dict=state)
                 self.tokenizer.save_pretrained(d / name)
         if self.prm is not None and self.dist.is_main:
-            p = self.cfg.prm
-            save_prm_metadata(
-                d / "prm",
-                PRMMetadata(
-                    beta=p.beta,
-                    reference=prm_reference(self.cfg, self.model_source, final),
-                    step_delimiter=p.step_delimiter,
-                    granularity=p.granularity,
-                    loss=p.loss,
-                ),
-            )
+            save_prm_metadata(d / "prm", run_prm_metadata(self.cfg, self.model_source, final))
         D.barrier(self.dist)
         return d

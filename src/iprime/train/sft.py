@@ -24,7 +24,7 @@ import torch
 from ..data.chat import render_prompt
 from ..data.jsonl import JsonlError, read_jsonl
 from ..optim import fit, lr_factor
-from .progress import ProgressMode, progress_bar
+from ..progress import ProgressMode, progress_bar
 
 IGNORE_INDEX = -100
 
@@ -177,7 +177,7 @@ def run_sft(
 
     ``log`` (if given) receives ``{"step", "loss", "lr", "tokens_per_s", "elapsed_s"}`` every
     ``config.log_every`` steps and at the last step; ``loss`` is the mean over that window.
-    ``progress`` shows the same records (:func:`iprime.train.progress.progress_bar`, label
+    ``progress`` shows the same records (:func:`iprime.progress.progress_bar`, label
     ``SFT``): ``"lines"`` prints ``SFT step 20/100  loss 1.2345  lr 1.0e-05  812 tok/s  elapsed
     0:00:06`` to stdout, ``"bar"`` a rich bar, ``"auto"`` the bar on a terminal and lines
     elsewhere, ``"none"`` (the default) nothing.

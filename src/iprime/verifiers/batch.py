@@ -1,12 +1,12 @@
-"""Verifier protocol, registry by name, and batch verification over a process pool.
+"""Batch verification over a process pool: one verifier for all samples, or each row its own.
 
 The trainer picks a verifier by name (``"math"``, ``"code"``,
-``"gym:<dataset>"``) with :func:`get_verifier` and scores a whole rollout
-batch with :func:`verify_batch` (or a long-lived :class:`VerifierPool`). One
-sample's crash or timeout scores 0 with a reason (``VerifyResult.timed_out``
-marks timeouts); it never fails the batch. Per-row dispatch (each row its own
-verifier, by ability / data source) is :mod:`iprime.verifiers.dispatch`, run in
-the same pool by :meth:`VerifierPool.score_rows`.
+``"gym:<dataset>"``; :mod:`iprime.verifiers.registry`) and scores a whole
+rollout batch with :func:`verify_batch` (or a long-lived :class:`VerifierPool`).
+One sample's crash or timeout scores 0 with a reason (``VerifyResult.timed_out``
+marks timeouts); it never fails the batch. :func:`score_rows` scores each
+sample by its own row's verifier (by ability / data source, decided by
+:mod:`iprime.verifiers.dispatch`), in the same pool (:meth:`VerifierPool.score_rows`).
 """
 
 from __future__ import annotations
@@ -16,149 +16,29 @@ import functools
 import importlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
 from ._pool import DeadlinePool, TaskOutcome
+from .dispatch import (
+    _MISSING,
+    RowScoring,
+    _Plan,
+    _plan,
+    _Refused,
+    _reward_functions,
+    _RowProblem,
+    _score_planned,
+    _score_task,
+)
+from .registry import SandboxRefusal, Verifier, _resolve, _verify_one
 from .result import VerifyResult, reason_says_timed_out
 from .sandbox import SandboxUnavailable
 
-if TYPE_CHECKING:
-    from .dispatch import RowScoring
-
 __all__ = [
-    "Verifier",
-    "MathVerifier",
-    "CodeVerifier",
-    "register_verifier",
-    "get_verifier",
-    "available_verifiers",
     "VerifierPool",
     "verify_batch",
-    "mark_timeout",
+    "score_rows",
 ]
-
-
-@runtime_checkable
-class Verifier(Protocol):
-    """Anything callable as ``verifier(response, reference) -> float`` in [0, 1].
-
-    Verifiers may also define ``detailed(response, reference) ->
-    VerifyResult`` to report reasons; :func:`verify_batch` uses it when
-    present. To run in worker processes a verifier must be picklable (a
-    module-level function or an instance of a module-level class).
-    """
-
-    def __call__(self, response: str, reference: Any) -> float: ...
-
-
-class MathVerifier:
-    """Registry entry ``"math"``: :func:`iprime.verifiers.math.verify_math`."""
-
-    def __init__(self, timeout_s: float = 5.0) -> None:
-        self.timeout_s = timeout_s
-
-    def __call__(self, response: str, reference: Any) -> float:
-        return self.detailed(response, reference).score
-
-    def detailed(self, response: str, reference: Any) -> VerifyResult:
-        from .math import verify_math_detailed
-
-        return verify_math_detailed(response, reference, self.timeout_s)
-
-
-class CodeVerifier:
-    """Registry entry ``"code"``: :func:`iprime.verifiers.code.verify_code`."""
-
-    def __init__(self, timeout_s: float = 10.0, all_or_nothing: bool = True) -> None:
-        self.timeout_s = timeout_s
-        self.all_or_nothing = all_or_nothing
-
-    def __call__(self, response: str, reference: Any) -> float:
-        return self.detailed(response, reference).score
-
-    def detailed(self, response: str, reference: Any) -> VerifyResult:
-        from .code import verify_code_detailed
-
-        return verify_code_detailed(response, reference, self.timeout_s, self.all_or_nothing)
-
-
-def _gym_factory(dataset: str, **kwargs: Any) -> Verifier:
-    from .gym import GymVerifier
-
-    return GymVerifier(dataset, **kwargs)
-
-
-def _arithmetic_factory() -> Verifier:
-    """Registry entry ``"arithmetic"``: the built-in task's exact boxed-integer check."""
-    from iprime.data.boxed import boxed_int_score
-
-    return boxed_int_score
-
-
-# name -> factory(**kwargs) -> Verifier. "gym:" is a prefix family.
-_REGISTRY: dict[str, Callable[..., Verifier]] = {
-    "math": MathVerifier,
-    "code": CodeVerifier,
-    "arithmetic": _arithmetic_factory,
-}
-
-
-def register_verifier(name: str, factory: Callable[..., Verifier]) -> None:
-    """Register ``factory(**kwargs) -> Verifier`` under ``name``.
-
-    The factory's verifiers must be picklable to run in :func:`verify_batch`
-    workers. Re-registering a name replaces it; ``gym:`` names are reserved.
-    """
-    if name.startswith("gym:"):
-        raise ValueError("names starting with 'gym:' are reserved for reasoning-gym datasets")
-    _REGISTRY[name] = factory
-
-
-def available_verifiers() -> list[str]:
-    """Registered names (plus the ``gym:<dataset>`` family)."""
-    return sorted(_REGISTRY) + ["gym:<dataset>"]
-
-
-def get_verifier(name: str, **kwargs: Any) -> Verifier:
-    """The verifier registered as ``name``; ``kwargs`` go to its factory.
-
-    ``"gym:basic_arithmetic"`` gives a reasoning-gym verifier for that dataset.
-    """
-    if name.startswith("gym:"):
-        dataset = name[len("gym:") :]
-        if not dataset:
-            raise ValueError("'gym:' needs a dataset name, e.g. 'gym:basic_arithmetic'")
-        return _gym_factory(dataset, **kwargs)
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown verifier {name!r}; available: {available_verifiers()}") from None
-    return factory(**kwargs)
-
-
-def _resolve(kind_or_fn: str | Verifier, timeout_s: float | None) -> Verifier:
-    if isinstance(kind_or_fn, str):
-        kwargs = {"timeout_s": timeout_s} if timeout_s is not None and kind_or_fn in ("math", "code") else {}
-        return get_verifier(kind_or_fn, **kwargs)
-    if not callable(kind_or_fn):
-        raise TypeError(f"expected a verifier name or a callable, got {type(kind_or_fn).__name__}")
-    return kind_or_fn
-
-
-def mark_timeout(result: VerifyResult) -> VerifyResult:
-    """``result`` with ``timed_out`` set when its reason reports a timeout (math's deadline, the sandbox's)."""
-    if not result.timed_out and reason_says_timed_out(result.reason):
-        return dataclasses.replace(result, timed_out=True)
-    return result
-
-
-@dataclass(frozen=True)
-class SandboxRefusal:
-    """A worker's report that the code sandbox cannot run here: raised as
-    :class:`SandboxUnavailable` in the parent, never scored as a silent 0."""
-
-    message: str
 
 
 def _pool_verify_one(verifier: Verifier, response: str, reference: Any) -> VerifyResult | SandboxRefusal:
@@ -166,22 +46,6 @@ def _pool_verify_one(verifier: Verifier, response: str, reference: Any) -> Verif
         return _verify_one(verifier, response, reference)
     except SandboxUnavailable as err:
         return SandboxRefusal(str(err))
-
-
-def _verify_one(verifier: Verifier, response: str, reference: Any) -> VerifyResult:
-    """Run one sample (inside a worker, or inline when workers=0)."""
-    start = time.monotonic()
-    detailed = getattr(verifier, "detailed", None)
-    if detailed is not None:
-        result = detailed(response, reference)
-        if not isinstance(result, VerifyResult):
-            raise TypeError(f"{type(verifier).__name__}.detailed returned {type(result).__name__}, not VerifyResult")
-        return mark_timeout(result)
-    score = float(verifier(response, reference))
-    # a plain callable gives a number only: say what the number means, for samples.jsonl readers
-    name = getattr(verifier, "__qualname__", type(verifier).__name__)
-    verdict = "correct" if score >= 1.0 else "wrong" if score <= 0.0 else f"partial credit {score:g}"
-    return VerifyResult(score, int(score >= 1.0), 1, f"{verdict} ({name})", time.monotonic() - start)
 
 
 def _warm_worker(preload: tuple[str, ...] = ()) -> None:
@@ -279,9 +143,7 @@ class VerifierPool:
         *,
         timeout_s: float | None = None,
     ) -> list[VerifyResult]:
-        """Each response scored by its own row's verifier: :func:`iprime.verifiers.dispatch.score_rows`."""
-        from .dispatch import score_rows
-
+        """Each response scored by its own row's verifier: :func:`score_rows`."""
         return score_rows(responses, rows, scoring, pool=self, timeout_s=timeout_s)
 
     def close(self) -> None:
@@ -340,3 +202,90 @@ def verify_batch(
         raise ValueError(f"workers must be >= 0, got {workers}")
     with VerifierPool(min(workers, max(1, len(responses)))) as tmp:
         return tmp.verify(kind_or_fn, responses, references, timeout_s=timeout_s)
+
+
+def score_rows(
+    responses: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    scoring: RowScoring | None = None,
+    *,
+    pool: VerifierPool | None = None,
+    workers: int = 2,
+    timeout_s: float | None = None,
+    references: Sequence[Any] | None = None,
+) -> list[VerifyResult]:
+    """:func:`score_row_detailed` for each ``(response, row)``, in worker processes; input order.
+
+    Args:
+        responses, rows: equally long; ``rows[i]`` is the row ``responses[i]``
+            answers (the same row object may repeat, K times per prompt).
+        scoring: dispatch settings (default :class:`RowScoring()`).
+        pool: a running :class:`VerifierPool` to reuse (a trainer keeps one
+            for the whole run); else ``workers`` processes are started for
+            this call, and ``workers=0`` scores inline in this process (no
+            hard deadline, no isolation from a crashing verifier).
+        timeout_s: per-sample limit, replacing ``scoring.timeout_s``: the
+            verifiers' own timeout; the worker is killed at
+            ``timeout_s + max(3, timeout_s / 4)``.
+        references: the rows' references if already read (the loader's
+            ``data.reference_key``); else read with ``scoring.reference_key``.
+
+    Every row is checked here, before any sample is sent: a row that cannot
+    be scored raises ``ValueError`` naming its index, and so does a reward
+    function's bad return value. A sample whose verifier raises, crashes its
+    worker or overruns scores 0 with the reason, ``timed_out`` set for
+    overruns; the other samples are unaffected.
+    """
+    if len(responses) != len(rows):
+        raise ValueError(f"{len(responses)} responses but {len(rows)} rows")
+    if references is not None and len(references) != len(rows):
+        raise ValueError(f"{len(references)} references but {len(rows)} rows")
+    scoring = scoring or RowScoring()
+    if timeout_s is not None and timeout_s != scoring.timeout_s:
+        scoring = dataclasses.replace(scoring, timeout_s=timeout_s)
+    if not responses:
+        return []
+    _reward_functions(scoring)  # import errors surface here, not in every worker
+    plans: dict[tuple[int, int], _Plan] = {}  # K samples of a row share one plan (code tests parse once)
+    tasks = []
+    for i, (response, row) in enumerate(zip(responses, rows)):
+        reference = _MISSING if references is None else references[i]
+        plan = plans.get((id(row), id(reference)))
+        if plan is None:
+            try:
+                plan = _plan(row, scoring, reference)
+            except ValueError as err:
+                raise ValueError(f"row {i}: {err}") from None
+            plans[(id(row), id(reference))] = plan
+        send_row = row if scoring.reward_functions else None  # big code rows travel only when needed
+        tasks.append((response, send_row, scoring, plan.name, plan.verifier, plan.reference))
+
+    if pool is None and workers == 0:
+        results = []
+        for i, task in enumerate(tasks):
+            start = time.monotonic()
+            try:
+                results.append(_score_planned(*task))
+            except _RowProblem as err:
+                raise ValueError(f"sample {i}: {err}") from err
+            except SandboxUnavailable:  # no sandbox here: one loud refusal, never a silent 0
+                raise
+            except Exception as err:  # a verifier's failure on one sample is that sample's 0
+                results.append(VerifyResult(0.0, 0, 0, f"verifier failed: {err!r}", time.monotonic() - start))
+        return results
+    if pool is None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        with VerifierPool(min(workers, len(tasks))) as own:
+            return _run_in_pool(own, tasks, scoring)
+    return _run_in_pool(pool, tasks, scoring)
+
+
+def _run_in_pool(pool: VerifierPool, tasks: list[tuple], scoring: RowScoring) -> list[VerifyResult]:
+    outcomes = pool._map(_score_task, tasks, _hard_deadline(None, scoring.timeout_s))
+    results = []
+    for i, outcome in enumerate(outcomes):
+        if outcome.ok and isinstance(outcome.value, _Refused):
+            raise ValueError(f"sample {i}: {outcome.value.message}")
+        results.append(_to_result(outcome))
+    return results

@@ -40,11 +40,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._sandbox_runner import PlainDataError, _stub_names, encode_plain
 from .extract import extract_code
 from .result import VerifyResult
-from .rows import LEETCODE_PRELUDE
-from .sandbox import SandboxLimits, SandboxRun, check_isolation_available, run_checked
+from .sandbox import (
+    PlainDataError,
+    SandboxLimits,
+    SandboxRun,
+    check_isolation_available,
+    encode_plain,
+    run_checked,
+    stub_names,
+)
 
 __all__ = [
     "parse_tests",
@@ -53,8 +59,22 @@ __all__ = [
     "outputs_match",
     "call_output_matches",
     "CALL_PRELUDE",
+    "LEETCODE_PRELUDE",
 ]
 
+# LeetCode solutions assume these names are already imported.
+LEETCODE_PRELUDE = "\n".join(
+    [
+        "from typing import *",
+        "from collections import *",
+        "from functools import *",
+        "from itertools import *",
+        "from heapq import *",
+        "from bisect import *",
+        "from math import *",
+        "import math, heapq, bisect, collections, itertools, functools, string, re",
+    ]
+)
 # What APPS's evaluator puts before call-based solutions (they assume these imports).
 CALL_PRELUDE = LEETCODE_PRELUDE + "\nimport sys, time, random, fractions"
 
@@ -473,7 +493,7 @@ def plan_assert(source: str, setup: str = "", code: str = "") -> _HostAssert | N
         return None
     test = tree.body[0].test
     setup_names, setup_star = _bound_names(setup)
-    setup_names -= _stub_names(setup)
+    setup_names -= stub_names(setup)
     code_names, code_star = _bound_names(code)
     shadowed = frozenset(setup_names | code_names)
     if setup_star or code_star:  # a star import may bind any of them

@@ -7,8 +7,9 @@ One run can mix math, code and reasoning-gym rows (Eurus-2-RL-Data, verl-style r
      "reward_model": {"ground_truth": '{"inputs": ["1 2\\n"], "outputs": ["3\\n"]}'}, ...}
 
 :func:`score_row` is exactly what the trainer applies to one sample, and
-:func:`score_rows` the same over a batch in the :class:`VerifierPool`'s worker
-processes, each sample with a hard deadline.
+:func:`~iprime.verifiers.batch.score_rows` the same over a batch in the
+:class:`~iprime.verifiers.VerifierPool`'s worker processes, each sample with a
+hard deadline.
 
 **Which verifier.** With ``RowScoring.verifier="auto"`` a row's verifier comes
 from the rules of :func:`register_row_verifier`. The row's **data source is
@@ -49,7 +50,7 @@ it, or a reference mapping with ``answer``, or a bare answer plus the row's
 dict because ``reference_key`` points at ``reward_model`` instead of
 ``reward_model.ground_truth``, tests that do not parse, an unknown ability) is
 reported by :func:`check_row` before training and raises ``ValueError`` from
-:func:`score_row` / :func:`score_rows`; so does a reward function that returns
+:func:`score_row` / :func:`~iprime.verifiers.batch.score_rows`; so does a reward function that returns
 anything but a finite number. Only the response decides a 0: no answer, a wrong
 answer, failing code, a timeout, or a verifier that crashes on this sample.
 
@@ -73,22 +74,11 @@ import json
 import math
 import numbers
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .batch import (
-    _REGISTRY,
-    SandboxRefusal,
-    Verifier,
-    VerifierPool,
-    _hard_deadline,
-    _resolve,
-    _to_result,
-    _verify_one,
-    available_verifiers,
-)
+from .registry import _REGISTRY, SandboxRefusal, Verifier, _resolve, _verify_one, available_verifiers
 from .result import VerifyResult
 from .sandbox import SandboxUnavailable
 
@@ -100,7 +90,6 @@ __all__ = [
     "row_verifier_keys",
     "score_row",
     "score_row_detailed",
-    "score_rows",
     "verifier_for_row",
 ]
 
@@ -683,93 +672,6 @@ def score_row(response: str, row: Mapping[str, Any], scoring: RowScoring | None 
     A row that cannot be scored (no rule matches, a bad reference, a reward
     function returning a non-finite value) raises ``ValueError``; a wrong,
     missing or timed-out answer scores 0. An exception of the verifier itself
-    propagates here (:func:`score_rows` scores that sample 0 with the reason).
+    propagates here (:func:`~iprime.verifiers.batch.score_rows` scores that sample 0 with the reason).
     """
     return score_row_detailed(response, row, scoring).score
-
-
-def score_rows(
-    responses: Sequence[str],
-    rows: Sequence[Mapping[str, Any]],
-    scoring: RowScoring | None = None,
-    *,
-    pool: VerifierPool | None = None,
-    workers: int = 2,
-    timeout_s: float | None = None,
-    references: Sequence[Any] | None = None,
-) -> list[VerifyResult]:
-    """:func:`score_row_detailed` for each ``(response, row)``, in worker processes; input order.
-
-    Args:
-        responses, rows: equally long; ``rows[i]`` is the row ``responses[i]``
-            answers (the same row object may repeat, K times per prompt).
-        scoring: dispatch settings (default :class:`RowScoring()`).
-        pool: a running :class:`VerifierPool` to reuse (a trainer keeps one
-            for the whole run); else ``workers`` processes are started for
-            this call, and ``workers=0`` scores inline in this process (no
-            hard deadline, no isolation from a crashing verifier).
-        timeout_s: per-sample limit, replacing ``scoring.timeout_s``: the
-            verifiers' own timeout; the worker is killed at
-            ``timeout_s + max(3, timeout_s / 4)``.
-        references: the rows' references if already read (the loader's
-            ``data.reference_key``); else read with ``scoring.reference_key``.
-
-    Every row is checked here, before any sample is sent: a row that cannot
-    be scored raises ``ValueError`` naming its index, and so does a reward
-    function's bad return value. A sample whose verifier raises, crashes its
-    worker or overruns scores 0 with the reason, ``timed_out`` set for
-    overruns; the other samples are unaffected.
-    """
-    if len(responses) != len(rows):
-        raise ValueError(f"{len(responses)} responses but {len(rows)} rows")
-    if references is not None and len(references) != len(rows):
-        raise ValueError(f"{len(references)} references but {len(rows)} rows")
-    scoring = scoring or RowScoring()
-    if timeout_s is not None and timeout_s != scoring.timeout_s:
-        scoring = dataclasses.replace(scoring, timeout_s=timeout_s)
-    if not responses:
-        return []
-    _reward_functions(scoring)  # import errors surface here, not in every worker
-    plans: dict[tuple[int, int], _Plan] = {}  # K samples of a row share one plan (code tests parse once)
-    tasks = []
-    for i, (response, row) in enumerate(zip(responses, rows)):
-        reference = _MISSING if references is None else references[i]
-        plan = plans.get((id(row), id(reference)))
-        if plan is None:
-            try:
-                plan = _plan(row, scoring, reference)
-            except ValueError as err:
-                raise ValueError(f"row {i}: {err}") from None
-            plans[(id(row), id(reference))] = plan
-        send_row = row if scoring.reward_functions else None  # big code rows travel only when needed
-        tasks.append((response, send_row, scoring, plan.name, plan.verifier, plan.reference))
-
-    if pool is None and workers == 0:
-        results = []
-        for i, task in enumerate(tasks):
-            start = time.monotonic()
-            try:
-                results.append(_score_planned(*task))
-            except _RowProblem as err:
-                raise ValueError(f"sample {i}: {err}") from err
-            except SandboxUnavailable:  # no sandbox here: one loud refusal, never a silent 0
-                raise
-            except Exception as err:  # a verifier's failure on one sample is that sample's 0
-                results.append(VerifyResult(0.0, 0, 0, f"verifier failed: {err!r}", time.monotonic() - start))
-        return results
-    if pool is None:
-        if workers < 0:
-            raise ValueError(f"workers must be >= 0, got {workers}")
-        with VerifierPool(min(workers, len(tasks))) as own:
-            return _run_in_pool(own, tasks, scoring)
-    return _run_in_pool(pool, tasks, scoring)
-
-
-def _run_in_pool(pool: VerifierPool, tasks: list[tuple], scoring: RowScoring) -> list[VerifyResult]:
-    outcomes = pool._map(_score_task, tasks, _hard_deadline(None, scoring.timeout_s))
-    results = []
-    for i, outcome in enumerate(outcomes):
-        if outcome.ok and isinstance(outcome.value, _Refused):
-            raise ValueError(f"sample {i}: {outcome.value.message}")
-        results.append(_to_result(outcome))
-    return results

@@ -19,6 +19,8 @@ from typing import Any
 
 from iprime.data.boxed import last_boxed
 
+from .code import LEETCODE_PRELUDE, parse_tests
+
 __all__ = [
     "math500_golds",
     "minerva_golds",
@@ -149,21 +151,6 @@ def leetcode_tests(row: Mapping[str, Any]) -> dict:
     return {"setup": LEETCODE_PRELUDE, "asserts": [test]}
 
 
-# LeetCode solutions assume these names are already imported.
-LEETCODE_PRELUDE = "\n".join(
-    [
-        "from typing import *",
-        "from collections import *",
-        "from functools import *",
-        "from itertools import *",
-        "from heapq import *",
-        "from bisect import *",
-        "from math import *",
-        "import math, heapq, bisect, collections, itertools, functools, string, re",
-    ]
-)
-
-
 def stdio_tests(inputs: list[str], outputs: list[str]) -> dict:
     """APPS/CodeContests style: pairs of stdin text and expected stdout."""
     if len(inputs) != len(outputs):
@@ -179,8 +166,6 @@ def apps_tests(row: Mapping[str, Any]) -> dict:
     the canonical tests of :func:`iprime.verifiers.code.parse_tests`; ``ValueError`` says
     what is wrong with a malformed row.
     """
-    from .code import parse_tests  # code imports this module
-
     for key in ("input_output", "tests", "ground_truth"):
         if row.get(key):
             try:

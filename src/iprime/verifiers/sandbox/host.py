@@ -1,14 +1,14 @@
-"""Run untrusted Python code and its tests in an isolated child process.
+"""The host side of the sandbox: start the runner, feed it its job, read what comes back.
 
-The host (this module) starts :mod:`iprime.verifiers._sandbox_runner` and reads what
-comes back on three kinds of channel: the runner's stdout/stderr (capped), the
-*report* pipe (events of the runner itself: started, verdicts of judged tests, done),
-and the *values* pipe (what the candidate's code computed: call results as plain data,
-program outputs). The host never opens a path the sandbox could have touched: the job
-goes in on an unnamed file, results come back on pipes, and in the namespace modes the
-sandbox writes only to a tmpfs that vanishes with its mount namespace. The caller
-(:mod:`iprime.verifiers.code`) compares the values with the expected ones, which never
-enter the sandbox. See ``docs/security.md`` for the threat model.
+:func:`run_tests` starts :mod:`iprime.verifiers.sandbox.runner` and reads what comes back
+on three kinds of channel: the runner's stdout/stderr (capped), the *report* pipe (events
+of the runner itself: started, verdicts of judged tests, done), and the *values* pipe
+(what the candidate's code computed: call results as plain data, program outputs). The
+host never opens a path the sandbox could have touched: the job goes in on an unnamed
+file, results come back on pipes, and in the namespace modes the sandbox writes only to a
+tmpfs that vanishes with its mount namespace. The caller (:mod:`iprime.verifiers.code`)
+compares the values with the expected ones, which never enter the sandbox. See
+``docs/security.md`` for the threat model.
 
 Isolation (``isolation=`` or the ``IPRIME_SANDBOX`` environment variable):
 
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ._sandbox_runner import PlainDataError, encode_plain, loads_plain
+from .runner import PlainDataError, encode_plain, loads_plain
 
 __all__ = [
     "SandboxLimits",
@@ -60,7 +60,9 @@ __all__ = [
     "resolve_isolation",
 ]
 
-_RUNNER = Path(__file__).with_name("_sandbox_runner.py")
+# Executed by path with ``python -I`` (its own directory is not on sys.path), so the runner
+# stays one stdlib-only file.
+_RUNNER = Path(__file__).with_name("runner.py")
 # Sandbox uids/gids are drawn from here: far above any real account, so the
 # sandbox owns nothing on the host and two concurrent sandboxes (almost
 # surely) get different ids. The kernel accepts any 32-bit id for setuid.

@@ -1,6 +1,6 @@
 """The program that runs *inside* the sandbox (stdlib only; executed as a script).
 
-:mod:`iprime.verifiers.sandbox` starts it as ``python -I _sandbox_runner.py`` with its
+:mod:`iprime.verifiers.sandbox.host` starts it as ``python -I runner.py`` with its
 job (JSON) on stdin: as real root inside fresh network, PID, mount, IPC and UTS
 namespaces (isolation ``"namespaces"``), as root of a fresh user namespace that maps
 only the caller's uid (``"userns"``, for non-root users), or as a plain child process
@@ -455,6 +455,11 @@ def _python_paths() -> list[str]:
     return sorted(paths)
 
 
+def iprime_package_dir() -> str:
+    """The installed ``iprime`` package's directory: this file is ``iprime/verifiers/sandbox/runner.py``."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+
+
 def build_root(boot: dict) -> None:
     """Build the sandbox's root file system on ``boot["root"]`` and pivot into it."""
     root = boot["root"]
@@ -488,7 +493,7 @@ def build_root(boot: dict) -> None:
         bound.append(path)
     # This package (benchmark data with answers among it) stays out of sight even when
     # it is installed inside a bound directory.
-    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    package = iprime_package_dir()
     if covered(package) and os.path.isdir(inside(package)):
         _mount("tmpfs", inside(package), "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_RDONLY, "size=4k,mode=0755")
 
@@ -960,7 +965,7 @@ class _RpcClient:
         return self._decode(answer.get("value"))
 
 
-def _stub_names(setup: str) -> set[str]:
+def stub_names(setup: str) -> set[str]:
     """Top-level functions and classes of ``setup`` that are only a signature and a docstring.
 
     HumanEval's prompt declares the entry point that way (some with an ``import`` before
@@ -1007,7 +1012,7 @@ def judge_process(job: dict, tests_fd: int, index: int, req_fd: int, resp_fd: in
             return
         namespace: dict = {"__name__": "__solution__", "__builtins__": builtins}
         exec(compile(setup or "", "<setup>", "exec"), namespace)
-        stubs = _stub_names(setup)
+        stubs = stub_names(setup)
         names = hello.get("names")
         modules = hello.get("modules")
         if type(names) is not dict or type(modules) is not dict:

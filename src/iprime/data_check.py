@@ -6,14 +6,13 @@ rows per verifier, per ability and per data source, prompt lengths, and every ba
 location and problem. Exit code 0 when every row is usable, 2 when any row is bad or the data
 cannot be read.
 
-The verifiers' row check is ``iprime.verifiers.check_row(reference, row) -> list[str]``, looked
-up when the command runs (``getattr(import_module("iprime.verifiers"), "check_row", None)``) and
-given the command's keys through ``iprime.verifiers.RowScoring`` when that exists; each row's
-verifier name comes from ``iprime.verifiers.verifier_for_row`` likewise. Without them (an older
-``iprime.verifiers``) prompts and references are still checked, the command says that the
-verifier check was skipped, and a row's verifier is shown as its ability (``math`` when it has
-none). Heavy imports (the tokenizer, the verifiers) happen inside the command, so
-``iprime --help`` stays fast.
+It sits at the top of the import map, beside :mod:`iprime.cli`, because it uses both
+:mod:`iprime.data` and :mod:`iprime.verifiers` (which is built on :mod:`iprime.data`): the
+verifiers' row check is :func:`iprime.verifiers.check_row` with the command's keys
+(:class:`iprime.verifiers.RowScoring`), and each row's verifier name is
+:func:`iprime.verifiers.verifier_for_row`'s. Both are imported when the check runs, as is the
+tokenizer (transformers, only with ``--tokenizer``), so ``iprime --help`` stays fast: the
+verifiers' sandbox and process-pool modules would add a quarter to it.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from importlib import import_module
 from typing import Any, NoReturn
 
 import typer
@@ -63,11 +61,11 @@ def _data() -> None:
 
 @dataclass
 class VerifierHooks:
-    """What ``iprime.verifiers`` offers the check: ``check_row(reference, row) -> list[str]`` and
-    ``name_of(row) -> str`` (the verifier that would score the row); ``None`` where missing."""
+    """The verifiers' part of the check: ``check_row(reference, row) -> list[str]`` (``None``:
+    no per-row check) and ``name_of(row) -> str``, the verifier that would score the row."""
 
     check_row: Callable[[Any, Mapping], list[str]] | None
-    name_of: Callable[[Mapping], str] | None
+    name_of: Callable[[Mapping], str]
 
 
 def verifier_hooks(
@@ -77,31 +75,19 @@ def verifier_hooks(
     source_key: str = "data_source",
     verifier: str = "auto",
 ) -> VerifierHooks:
-    """The verifiers' row check and per-row verifier lookup, bound to these keys when
-    ``iprime.verifiers.RowScoring`` exists. With one ``verifier`` for every row there is no
-    per-row check (as in training)."""
-    try:
-        mod = import_module("iprime.verifiers")
-    except ImportError:
-        return VerifierHooks(None, None)
-    check, lookup, scoring_cls = (getattr(mod, n, None) for n in ("check_row", "verifier_for_row", "RowScoring"))
-    scoring = None
-    if scoring_cls is not None:
-        scoring = scoring_cls(
-            reference_key=reference_key, ability_key=ability_key, source_key=source_key, verifier=verifier
-        )
-    if check is not None and scoring is not None:
-        check = partial(check, scoring=scoring)
-    name_of = None
-    if lookup is not None:
+    """The verifiers' row check and per-row verifier lookup, bound to these keys. With one
+    ``verifier`` for every row there is no per-row check (as in training)."""
+    from iprime.verifiers import RowScoring, check_row, verifier_for_row
 
-        def name_of(row: Mapping) -> str:
-            try:
-                return lookup(row, scoring)[0]
-            except ValueError:
-                return "(no verifier)"
+    scoring = RowScoring(reference_key=reference_key, ability_key=ability_key, source_key=source_key, verifier=verifier)
 
-    return VerifierHooks(check if verifier == "auto" else None, name_of)
+    def name_of(row: Mapping) -> str:
+        try:
+            return verifier_for_row(row, scoring)[0]
+        except ValueError:
+            return "(no verifier)"
+
+    return VerifierHooks(partial(check_row, scoring=scoring) if verifier == "auto" else None, name_of)
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:
@@ -186,10 +172,7 @@ def check(
         first_of.setdefault((_label(r, source_key), _label(r, ability_key)), r)
     verifiers: Counter = Counter()
     for pair, n in kinds.items():
-        if hooks.name_of is not None:
-            verifiers[hooks.name_of(first_of[pair])] += n
-        else:
-            verifiers[verifier if verifier != "auto" else pair[1] or "math"] += n
+        verifiers[hooks.name_of(first_of[pair])] += n
     console.print(_count_table("rows per verifier", "verifier", verifiers))
     console.print(_count_table(f"rows per {ability_key}", ability_key, Counter(a for _, a in kinds.elements())))
     console.print(_count_table(f"rows per {source_key}", source_key, Counter(s for s, _ in kinds.elements())))
@@ -216,10 +199,7 @@ def check(
     n_str = sum(isinstance(p, str) for p in found.prompts)
     console.print(Text(f"prompts: {n_str} strings, {len(found.prompts) - n_str} message lists"))
     if hooks.check_row is None:
-        why = (
-            f"--verifier {verifier} scores every row" if verifier != "auto" else "iprime.verifiers.check_row is missing"
-        )
-        console.print(Text(f"note: references not checked by a verifier ({why})"))
+        console.print(Text(f"note: references not checked by a verifier (--verifier {verifier} scores every row)"))
 
     if counts is not None:
         lengths, unit = sorted(c for c in counts if c is not None), "tokens"
