@@ -12,19 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from sandbox_available import needs_sandbox
 
 import iprime
 from iprime.verifiers import SandboxLimits, SandboxUnavailable, verify_code, verify_code_detailed
-from iprime.verifiers.sandbox import check_isolation_available, runner
+from iprime.verifiers.sandbox import runner
 from iprime.verifiers.sandbox.host import _RUNNER, _UID_RANGE
-
-try:
-    check_isolation_available("namespaces")
-    HAVE_NAMESPACES = True
-except Exception:  # noqa: BLE001 - any reason means the isolation tests cannot run
-    HAVE_NAMESPACES = False
-
-needs_sandbox = pytest.mark.skipif(not HAVE_NAMESPACES, reason="namespace sandbox needs root + unshare")
 
 TIMEOUT = 3.0
 # Python startup, namespace setup and cleanup on top of the sample's limit.

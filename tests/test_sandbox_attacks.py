@@ -26,18 +26,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+from sandbox_available import needs_sandbox
 
 import iprime
 from iprime.verifiers import verify_code, verify_code_detailed
-from iprime.verifiers.sandbox import check_isolation_available
-
-try:
-    check_isolation_available("namespaces")
-    HAVE_NAMESPACES = True
-except Exception:  # noqa: BLE001 - any reason means these tests cannot run
-    HAVE_NAMESPACES = False
-
-needs_sandbox = pytest.mark.skipif(not HAVE_NAMESPACES, reason="namespace sandbox needs root + unshare")
 
 TIMEOUT = 3.0
 REPO = Path(__file__).resolve().parents[1]

@@ -10,20 +10,12 @@ import re
 from pathlib import Path
 
 import pytest
+from sandbox_available import needs_sandbox
 
 from iprime.verifiers import verify_code, verify_code_detailed
 from iprime.verifiers.code import CALL_PRELUDE, call_output_matches, parse_tests, plan_assert
 from iprime.verifiers.extract import extract_code
 from iprime.verifiers.rows import LEETCODE_PRELUDE, apps_tests, humaneval_tests, mbpp_tests
-from iprime.verifiers.sandbox import check_isolation_available
-
-try:
-    check_isolation_available("namespaces")
-    HAVE_NAMESPACES = True
-except Exception:  # noqa: BLE001 - any reason means the isolation tests cannot run
-    HAVE_NAMESPACES = False
-
-needs_sandbox = pytest.mark.skipif(not HAVE_NAMESPACES, reason="namespace sandbox needs root + unshare")
 
 TIMEOUT = 3.0
 
