@@ -156,6 +156,14 @@ def test_mixed_math_and_code_rows_train_with_per_row_rewards(tiny_model_dir, tmp
     finally:
         trainer.scorer.close()
     assert [m["batch/acc"] for m in history] == [0.5, 0.5]
+    # accuracy by ability and source (rows unshuffled: step 1 samples the math rows, step 2 the code rows)
+    assert {k: v for k, v in history[0].items() if k.startswith(("rollout/acc/", "rollout/count/"))} == {
+        "rollout/acc/math": 0.5,
+        "rollout/count/math": 16.0,
+        "rollout/acc/source/numina_synthetic_math": 0.5,
+        "rollout/count/source/numina_synthetic_math": 16.0,
+    }
+    assert history[1]["rollout/acc/code"] == 0.5 and history[1]["rollout/count/source/codecontests"] == 16.0
     assert all(m["policy/updates"] >= 1 and "empty" not in m for m in history)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from iprime.data.boxed import last_boxed
 from iprime.verifiers import verify_math, verify_math_detailed
-from iprime.verifiers.extract import answer_is_fallback, extract_final_answer
+from iprime.verifiers.extract import answer_is_fallback, extract_final_answer, final_statement_answer
 from iprime.verifiers.rows import aime_golds, amc_golds, math500_golds, minerva_golds, olympiadbench_golds
 
 
@@ -106,3 +106,72 @@ def test_row_adapters() -> None:
     assert olympiadbench_golds({"final_answer": ["$69$,$84$"]}) == ["$69$,$84$"]
     with pytest.raises(KeyError):
         aime_golds({"question": "?"})
+
+
+# ------------------------------------------------------------------ PRIME's math reward, cause by cause
+# PRIME scores math with evaluate_math (training/verl/utils/reward_score/evaluation_utils/math_util/
+# __init__.py:376): match_answer reads the answer (:333), grade_answer (:240) then math_equal
+# (grader.py:163) compare it. Each case: (response, gold, PRIME's reward by its logic at the cited
+# line, ours). Where they differ it is a decision of docs/fidelity.md, named in the comment.
+M = "training/verl/utils/reward_score/evaluation_utils/math_util/"
+PRIME_CASES = [
+    # an exact answer in terms of pi for a decimal gold: pi = 3.14 or math.pi within 1e-4 (__init__.py:396-400,
+    # grader.py:136-161 put the number in, :201 compares); kept
+    (r"so the answer is \boxed{2\pi}", "6.28", 1, 1),  # 2 * 3.14 = 6.28
+    (r"\boxed{25\pi}", "78.54", 1, 1),  # 78.5398..., 2.5e-6 off
+    (r"\boxed{9\pi}", "28.26", 1, 1),  # "use pi = 3.14": 9 * 3.14
+    (r"\boxed{x = 2\pi}", "6.28", 1, 1),
+    (r"\boxed{\pi^2}", "9.87", 1, 1),
+    (r"\boxed{\frac{\pi}{2}}", "1.57", 0, 1),  # PRIME's eval() cannot read \frac: the same rule, applied
+    (r"\boxed{4\pi}", "12.57", 0, 0),  # 12.566 is 3e-4 off and 4 * 3.14 = 12.56: outside the tolerance
+    (r"\boxed{2\pi}", "6.3", 0, 0),
+    (r"\boxed{2\pi r}", "6.28", 0, 0),  # not a number
+    (r"\boxed{\pi - 3.14}", "0", 1, 0),  # not copied: 3.14 only for a rational multiple of pi, no cancellation
+    (r"\boxed{6.28}", "2\\pi", 1, 0),  # not copied: a decimal for an exact pi gold (PRIME puts 3.14 in the gold)
+    # an unboxed final statement (match_answer's markers, __init__.py:362; a digit required, :370); kept
+    ("Since 2x = 10, x = 5.", "5", 1, 1),
+    ("We get 2x = 10.\nSo x = 5.", "5", 1, 1),
+    ("The area is 25.", "25", 1, 1),
+    ("x = 5", "5", 1, 1),
+    ("So x = 5 and y = 3.", "5", 0, 0),  # the last value stated is 3
+    ("First, 2x = 10. So x = 5.", "5", 0, 1),  # PRIME cuts at the last ". " and grades 10 (:357-360)
+    ("Thus $x = \\frac{1}{2}$.", "\\frac{1}{2}", 0, 1),  # PRIME grades "\frac{1}{2}$." with its dollar
+    ("The area is 25 square units.", "25", 0, 1),  # PRIME's "are " matches inside "square": it grades "units."
+    ("Let me check: 2 + 3 = 5. Now I need to multiply by 4", "20", 0, 0),  # stopped mid-way: no answer
+    ("I don't know", "4", 0, 0),
+    # percentages: PRIME also accepts the gold / 100 and * 100 (grader.py:195-196); not copied
+    (r"\boxed{0.25}", "25", 1, 0),
+    (r"\boxed{2500}", "25", 1, 0),
+    (r"\boxed{25\%}", "25", 1, 1),
+    (r"\boxed{0.25}", r"25\%", 1, 1),  # 25% is 0.25: equal values, both accept
+    # interval brackets: PRIME strips them when the reference does not open with the other bracket
+    # (grader.py:220-228); not copied
+    (r"\boxed{(1,2)}", "(1,2]", 1, 0),
+    (r"\boxed{(1,2)}", "[1,2]", 0, 0),
+    # sets: PRIME compares comma-separated elements in order (__init__.py:280, grader.py:251-264); not copied
+    (r"\boxed{\{2,1\}}", r"\{1,2\}", 0, 1),
+    (r"\boxed{3, 1}", "1, 3", 0, 1),
+    (r"\boxed{(2,1)}", "(1,2)", 0, 0),  # a tuple stays ordered
+]
+
+
+@pytest.mark.parametrize("response,gold,prime,ours", PRIME_CASES)
+def test_prime_math_reward_cause_by_cause(response: str, gold: str, prime: int, ours: int) -> None:
+    assert verify_math(response, gold) == float(ours), verify_math_detailed(response, gold).reason
+
+
+def test_final_statement_reading() -> None:
+    assert final_statement_answer("Since 2x = 10, x = 5.") == "5"
+    assert final_statement_answer("Thus $x = \\frac{1}{2}$.") == "\\frac{1}{2}"
+    assert final_statement_answer("So the sum is \\(12\\).") == "12"
+    assert final_statement_answer("Therefore\n\\[\nx = 5\n\\]\n") == "5"  # a trailing display block
+    assert final_statement_answer("$$\n\\frac{1}{2}\n$$") == "\\frac{1}{2}"
+    assert final_statement_answer("$-3$.") == "-3" and final_statement_answer("5") == "5"
+    assert final_statement_answer("The ratio is 3:4.") == "3:4"  # ":" marks a value only before a space
+    assert final_statement_answer("This is the sum, 7.") == "the sum, 7"  # "is" the word, not inside "This"
+    assert final_statement_answer("2x = 10. Now divide by 2.") is None  # the last sentence states nothing
+    assert final_statement_answer("so x = \\pi") is None  # a digit is required (PRIME __init__.py:370)
+    assert final_statement_answer("") is None and final_statement_answer("Hope this helps") is None
+    # a box or "the answer is" comes first
+    assert extract_final_answer("The answer is 4. So x = 5.") == "4"
+    assert extract_final_answer("\\boxed{3} and x = 5.") == "3"

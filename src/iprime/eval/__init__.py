@@ -25,6 +25,7 @@ _EXPORTS = {
     "vote": "metrics",
     "vote_weights": "metrics",
     "AccuracyTally": "loop",
+    "GroupTally": "loop",
     "evaluate_accuracy": "loop",
     "scored_chunks": "loop",
     "group_rows": "rerank",

@@ -59,9 +59,9 @@ def normalize_answer(answer: str) -> str:
 def extract_answer(response: str, verifier: str) -> str | None:
     """The normalized final answer a response votes for, or ``None`` (it does not vote).
 
-    verifier: ``"math"`` (last box, else "The answer is" sentence, as :func:`verify_math`
-    reads it), ``"arithmetic"`` (the built-in task: the last box as an integer, as its
-    verifier reads it). ``"code"`` has no comparable final answer: always ``None``.
+    verifier: ``"math"`` (last box, else "The answer is" sentence, else the value the last
+    sentence states, as :func:`verify_math` reads it), ``"arithmetic"`` (the built-in task:
+    the last box as an integer, as its verifier reads it). ``"code"`` has no comparable final answer: always ``None``.
     """
     if verifier == "math":
         raw = extract_final_answer(response)

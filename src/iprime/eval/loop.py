@@ -21,6 +21,10 @@ a scored chunk:
 - :func:`evaluate_accuracy`: in memory, any ``verifier(response, answer)`` callable, one
   accuracy (the quickstart, SFT, the benchmarks scripts).
 
+:class:`GroupTally` splits the same sums by a row's ability and data source (``.../acc/<ability>``,
+``.../acc/source/<data_source>``): evaluation during training logs it per set, and the trainer
+per step over the responses it sampled (``rollout/acc/<ability>``).
+
 On the same rows, greedily, all three give the same responses and scores
 (``tests/test_eval_runner.py``).
 """
@@ -29,13 +33,28 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from iprime.data.sources import MissingField, get_field
 from iprime.rollout import HFGenerator, SamplingParams
 from iprime.rollout.sampling import RowSamples, sample_rows
 
-__all__ = ["AccuracyTally", "ScoredChunk", "chunked", "evaluate_accuracy", "scored_chunks"]
+__all__ = [
+    "MAX_SOURCE_GROUPS",
+    "AccuracyTally",
+    "GroupTally",
+    "ScoredChunk",
+    "chunked",
+    "evaluate_accuracy",
+    "row_label",
+    "scored_chunks",
+]
+
+MAX_SOURCE_GROUPS = 8
+"""Accuracy by data source is reported only where the rows have at most this many distinct
+sources (a step's sampled rows, an eval set): a mix of a few datasets is worth a curve each, a
+corpus of hundreds of sources is not (its abilities still are)."""
 
 Score = Callable[[Sequence[Mapping], Sequence[str]], Sequence[Any]]
 """``score(rows, texts)``: one result per response ``texts[j]`` to ``rows[j]`` (a row repeated
@@ -145,6 +164,104 @@ class AccuracyTally:
 
     def truncated_frac(self) -> float:
         return self.truncated / self.samples
+
+
+def row_label(row: Mapping, key: str) -> str | None:
+    """The value of ``row``'s field ``key`` (dotted keys reach nested fields) as a metric name:
+    its ``str``; ``None`` when the row has no such field or it is ``None`` or empty (the row
+    then counts in no group of that kind)."""
+    try:
+        value = get_field(row, key)
+    except MissingField:
+        return None
+    return None if value is None or str(value) == "" else str(value)
+
+
+@dataclass
+class GroupTally:
+    """Score sums and response counts by group, for per-ability and per-source accuracy.
+
+    A row belongs to the group ``<ability>`` (its ``ability_key`` field) and, where the tally
+    has source groups, ``source/<data_source>`` (its ``source_key`` field). ``names`` is fixed
+    when the tally is made (:meth:`for_rows`) from every row it will count, so ranks that each
+    count a part of the same rows hold their sums in the same order and can all-reduce
+    :meth:`as_list` even when a rank saw none of a group's rows. For group ``g`` with responses
+    scored ``s_1..s_m``: ``score[g] = sum_j s_j`` and ``samples[g] = m``; :meth:`metrics` gives
+
+        <prefix>/acc/<g> = score[g] / samples[g]      <prefix>/count/<g> = samples[g]
+
+    for the groups with at least one response."""
+
+    names: list[str]
+    ability_key: str = "ability"
+    source_key: str = "data_source"
+    score: list[float] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"group names must be distinct, got {self.names}")
+        self.score = self.score or [0.0] * len(self.names)
+        self.samples = self.samples or [0.0] * len(self.names)
+        if not len(self.score) == len(self.samples) == len(self.names):
+            raise ValueError(f"{len(self.names)} groups but {len(self.score)} score and {len(self.samples)} count sums")
+
+    @classmethod
+    def for_rows(
+        cls,
+        rows: Iterable[Mapping],
+        ability_key: str = "ability",
+        source_key: str = "data_source",
+        max_sources: int = MAX_SOURCE_GROUPS,
+    ) -> GroupTally:
+        """An empty tally with a group per distinct ability of ``rows`` and, when they have at
+        most ``max_sources`` distinct sources, a group per source; names sorted, abilities
+        first. Give it every row it will count (the same rows on every rank)."""
+        abilities, sources = set(), set()
+        for row in rows:
+            abilities.add(row_label(row, ability_key))
+            sources.add(row_label(row, source_key))
+        abilities.discard(None)
+        sources.discard(None)
+        names = sorted(abilities) + ([f"source/{s}" for s in sorted(sources)] if len(sources) <= max_sources else [])
+        return cls(names, ability_key, source_key)
+
+    def add(self, rows: Sequence[Mapping], scores: Sequence[float]) -> None:
+        """Count response ``j`` (score ``scores[j]``, to row ``rows[j]``) in its row's groups."""
+        if len(rows) != len(scores):
+            raise ValueError(f"{len(rows)} rows for {len(scores)} scores")
+        index = {name: i for i, name in enumerate(self.names)}
+        by_source = any(name.startswith("source/") for name in self.names)
+        for row, score in zip(rows, scores):
+            ability, source = row_label(row, self.ability_key), row_label(row, self.source_key)
+            for name, counted in ((ability, True), (None if source is None else f"source/{source}", by_source)):
+                if name is None or not counted:
+                    continue
+                if name not in index:  # the rows counted must be the rows the names came from
+                    raise ValueError(f"group {name!r} is not one of this tally's groups {self.names}")
+                self.score[index[name]] += float(score)
+                self.samples[index[name]] += 1.0
+
+    def as_list(self) -> list[float]:
+        """``score`` then ``samples``, in ``names`` order: what ranks all-reduce."""
+        return [*self.score, *self.samples]
+
+    def with_sums(self, sums: Sequence[float]) -> GroupTally:
+        """This tally's groups with the sums ``sums`` (an all-reduced :meth:`as_list`)."""
+        n = len(self.names)
+        if len(sums) != 2 * n:
+            raise ValueError(f"{len(sums)} sums for {n} groups (need {2 * n})")
+        values = [float(x) for x in sums]
+        return GroupTally(list(self.names), self.ability_key, self.source_key, values[:n], values[n:])
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """``<prefix>/acc/<group>`` and ``<prefix>/count/<group>`` of every group with responses."""
+        out: dict[str, float] = {}
+        for name, score, samples in zip(self.names, self.score, self.samples):
+            if samples:
+                out[f"{prefix}/acc/{name}"] = score / samples
+                out[f"{prefix}/count/{name}"] = samples
+        return out
 
 
 def evaluate_accuracy(

@@ -23,6 +23,7 @@ import torch
 from iprime import algo
 from iprime.config import PrimeConfig
 from iprime.data.prompts import PromptStream
+from iprime.eval.loop import GroupTally
 from iprime.rollout import RolloutBatch, SamplingParams
 from iprime.train import distributed as D
 from iprime.train.scoring import RolloutScorer
@@ -42,6 +43,28 @@ def rollout_stats(generated: list[RolloutBatch], groups_seen: int, groups_kept: 
         "rollout/response_length": float(every.response_mask.sum(-1).float().mean()),
         "rollout/truncated_frac": float(every.truncated.float().mean()),
     }
+
+
+def group_stats(
+    generated: list[RolloutBatch], rows: Sequence[Mapping[str, Any]], ability_key: str, source_key: str
+) -> dict[str, float]:
+    """Accuracy and response count by ability and by data source of what a step sampled, before
+    the filter (like ``rollout/acc_before_filter``): ``rollout/acc/<ability>``,
+    ``rollout/count/<ability>`` and, when the step's rows have at most
+    :data:`~iprime.eval.loop.MAX_SOURCE_GROUPS` sources, ``rollout/acc/source/<data_source>`` and
+    ``rollout/count/source/<data_source>`` (:class:`~iprime.eval.loop.GroupTally`).
+
+    ``generated``: the step's global rounds, whose ``meta["row"]`` indexes ``rows``. Under
+    torchrun every rank holds the same all-gathered rounds, so these are sums over all ranks'
+    samples and every rank logs the same names, a rank that sampled no row of an ability
+    included."""
+    if not generated:
+        return {}
+    every = RolloutBatch.cat(generated)
+    sampled = [rows[int(r)] for r in every.meta["row"]]
+    tally = GroupTally.for_rows(sampled, ability_key, source_key)
+    tally.add(sampled, every.tensors["outcome"].tolist())
+    return tally.metrics("rollout")
 
 
 def _json_safe(value: Any) -> Any:
@@ -202,6 +225,7 @@ class RolloutCollector:
             rounds += 1
         stats["rollout/rounds"] = rounds
         stats.update(rollout_stats(generated, seen, passed))
+        stats.update(group_stats(generated, self.rows, self.cfg.data.ability_key, self.cfg.data.source_key))
         return self._take(kept, n_kept, stats)
 
     def _take(self, kept: list[RolloutBatch], n_kept: int, stats: dict[str, float]):

@@ -6,7 +6,10 @@ each scored by its own verifier or the trainer's ``verifier=``) and ``train.eval
 naming its verifier), ``train.eval_limit`` rows each (:func:`build_eval_sets`). Every set gives
 ``eval/<name>/acc`` (mean score of ``train.eval_n`` samples per row at
 ``train.eval_temperature``), ``eval/<name>/pass@<n>`` (``n > 1``: share of rows with a fully
-correct sample), ``eval/<name>/truncated_frac`` and ``eval/<name>/time_s`` (:func:`run_evals`).
+correct sample), ``eval/<name>/truncated_frac`` and ``eval/<name>/time_s`` (:func:`run_evals`),
+and, for rows with an ability / data source (``data.ability_key``, ``data.source_key``),
+``eval/<name>/acc/<ability>`` and ``eval/<name>/count/<ability>`` (responses scored), and the same
+by ``source/<data_source>`` for a set of at most 8 sources.
 
 Sampling and scoring is the evaluation loop every accuracy goes through
 (:mod:`iprime.eval.loop`, which ``iprime eval`` runs too); :func:`evaluate_accuracy`, its
@@ -31,7 +34,7 @@ from typing import Any
 
 import torch
 
-from iprime.eval.loop import AccuracyTally, chunked, evaluate_accuracy, scored_chunks
+from iprime.eval.loop import AccuracyTally, GroupTally, chunked, evaluate_accuracy, scored_chunks
 
 __all__ = [
     "EvalSet",
@@ -220,8 +223,12 @@ def _score(eval_set: EvalSet, index: Sequence[int], texts: Sequence[str], scorer
     return scores
 
 
-def _set_tally(eval_set: EvalSet, generator, tokenizer, scorer, cfg, rank: int, world: int) -> AccuracyTally:
-    """This rank's sums over its chunks of ``eval_set`` (chunk ``c`` belongs to rank ``c % world``)."""
+def _set_tally(
+    eval_set: EvalSet, generator, tokenizer, scorer, cfg, rank: int, world: int
+) -> tuple[AccuracyTally, GroupTally]:
+    """This rank's sums over its chunks of ``eval_set`` (chunk ``c`` belongs to rank ``c % world``),
+    in all and by ability / data source. The groups come from every row of the set, so each rank
+    holds the same names in the same order whichever chunks it drew."""
     from iprime.rollout import SamplingParams
 
     t = cfg.train
@@ -234,15 +241,22 @@ def _set_tally(eval_set: EvalSet, generator, tokenizer, scorer, cfg, rank: int, 
     def score(rows: Sequence[Mapping], texts: Sequence[str]) -> list[float]:
         return _score(eval_set, [row["index"] for row in rows], texts, scorer)
 
-    tally = AccuracyTally()
+    d = cfg.data
+    tally, groups = AccuracyTally(), GroupTally.for_rows(eval_set.rows, d.ability_key, d.source_key)
     for chunk in scored_chunks(generator, tokenizer, mine, params, score):
         tally.add(chunk)
-    return tally
+        groups.add([eval_set.rows[s.row["index"]] for s in chunk.samples for _ in s.texts], chunk.scores)
+    return tally, groups
 
 
-def set_metrics(name: str, tally: AccuracyTally, n_rows: int, n: int, time_s: float) -> dict[str, float]:
+def set_metrics(
+    name: str, tally: AccuracyTally, n_rows: int, n: int, time_s: float, groups: GroupTally | None = None
+) -> dict[str, float]:
     """``eval/<name>/acc``, ``pass@<n>`` (``n > 1``), ``truncated_frac`` and ``time_s`` from the
-    set's (all-reduced) :class:`~iprime.eval.loop.AccuracyTally`."""
+    set's (all-reduced) :class:`~iprime.eval.loop.AccuracyTally`; with its (all-reduced)
+    :class:`~iprime.eval.loop.GroupTally`, ``eval/<name>/acc/<ability>``,
+    ``eval/<name>/count/<ability>`` and the same by ``source/<data_source>`` (sets of at most
+    :data:`~iprime.eval.loop.MAX_SOURCE_GROUPS` sources)."""
     if tally.samples != n_rows * n or tally.rows != n_rows:
         raise RuntimeError(
             f"eval set {name!r}: {int(tally.samples)} samples of {int(tally.rows)} rows scored, "
@@ -253,6 +267,8 @@ def set_metrics(name: str, tally: AccuracyTally, n_rows: int, n: int, time_s: fl
         out[f"eval/{name}/pass@{n}"] = tally.pass_at_n()
     out[f"eval/{name}/truncated_frac"] = tally.truncated_frac()
     out[f"eval/{name}/time_s"] = time_s
+    if groups is not None:
+        out.update(groups.metrics(f"eval/{name}"))
     return out
 
 
@@ -278,11 +294,18 @@ def run_evals(
     for eval_set in sets:
         t0 = time.perf_counter()
         with D.full_params(policy_root):
-            tally = _set_tally(eval_set, generator, tokenizer, scorer, cfg, rank, world)
-        total = D.all_reduce(torch.tensor(tally.as_list(), dtype=torch.float64, device=device)).tolist()
+            tally, groups = _set_tally(eval_set, generator, tokenizer, scorer, cfg, rank, world)
+        sums = torch.tensor(tally.as_list() + groups.as_list(), dtype=torch.float64, device=device)
+        total = D.all_reduce(sums).tolist()
+        n = len(tally.as_list())
         metrics.update(
             set_metrics(
-                eval_set.name, AccuracyTally.from_list(total), len(eval_set), cfg.train.eval_n, time.perf_counter() - t0
+                eval_set.name,
+                AccuracyTally.from_list(total[:n]),
+                len(eval_set),
+                cfg.train.eval_n,
+                time.perf_counter() - t0,
+                groups.with_sums(total[n:]),
             )
         )
     return metrics

@@ -18,6 +18,7 @@ __all__ = [
     "answer_tag",
     "extract_final_answer",
     "extract_code",
+    "final_statement_answer",
     "strip_math_delimiters",
 ]
 
@@ -49,16 +50,85 @@ def answer_tag(text: str) -> str | None:
     return matches[-1].strip()
 
 
-def extract_final_answer(text: str) -> str | None:
-    """Final math answer: last box first, else the "The answer is" sentence.
+# Where a final statement gives its value: its last "=", ": ", or "is" / "are" / "be" / "get" as
+# words (PRIME's match_answer, math_util/__init__.py:362, looks for the same markers, but as
+# substrings: its "are " matches inside "square", so "The area is 25 square units." gives "units.").
+_STATEMENT_MARKER_RE = re.compile(r"=|:(?=\s)|\b(?:is|are|be|get)\b")
+# A sentence ends at ". ", "! " or "? "; "3.5" has no space after its point.
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
+_PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)")
+# A response ending in a display block, "\[ x = 5 \]" or "$$ x = 5 $$" over several lines.
+_TRAILING_DISPLAY_RE = re.compile(r"(?:\\\[((?:(?!\\\[|\\\]).)*)\\\]|\$\$([^$]*)\$\$)[\s.]*$", re.DOTALL)
 
-    Boxes win because they are the format the prompts ask for; the phrase
-    fallback only rescues responses that forgot to box.
+
+def _drop_unpaired_delimiters(s: str) -> str:
+    """``\\frac{1}{2}$`` -> ``\\frac{1}{2}``: a marker split ``$x = \\frac{1}{2}$`` inside its
+    math delimiters, leaving the closing one without its opener."""
+    s = s.strip()
+    if s.count("$") % 2 == 1:
+        s = s[1:] if s.startswith("$") else s[:-1] if s.endswith("$") else s
+    for left, right in (("\\(", "\\)"), ("\\[", "\\]")):
+        if s.endswith(right) and left not in s:
+            s = s[: -len(right)]
+    return s.strip()
+
+
+def _final_statement(text: str) -> tuple[str, bool] | None:
+    """``(the last statement, whether it is all math)``: a trailing display block's content,
+    else the last sentence of the last non-empty line; ``None`` for an empty text."""
+    display = _TRAILING_DISPLAY_RE.search(text)
+    if display is not None:
+        return " ".join((display.group(1) if display.group(1) is not None else display.group(2)).split()), True
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    return _SENTENCE_END_RE.split(lines[-1])[-1].strip(), False
+
+
+def final_statement_answer(text: str) -> str | None:
+    """The value a response's last statement gives, for responses that neither box their
+    answer nor say "the answer is": ``"... so x = 5."`` -> ``"5"``.
+
+    The statement is a trailing display block (``\\[ ... \\]``, ``$$ ... $$``), else the last
+    sentence of the last non-empty line. It is read after its last marker (``=``, ``: ``, or
+    the words ``is``, ``are``, ``be``, ``get``); a statement without a marker counts only when
+    it is all math (a display block, a plain number, or wholly inside ``$...$`` /
+    ``\\(...\\)``). The value must contain a digit, as PRIME's ``match_answer`` requires
+    (math_util/__init__.py:370). Only the last statement is read, so a response that stops on
+    an intermediate step ("2x = 10. Now divide by 2.") has no answer rather than its
+    penultimate value (PRIME's reader keeps the text before the last ". ": for
+    ``"2x = 10. So x = 5."`` it grades ``10``)."""
+    found = _final_statement(text)
+    if found is None:
+        return None
+    statement, all_math = found
+    markers = list(_STATEMENT_MARKER_RE.finditer(statement))
+    if markers:
+        value = strip_math_delimiters(_drop_unpaired_delimiters(statement[markers[-1].end() :].rstrip(".,;!")))
+    else:
+        value = strip_math_delimiters(statement)
+        delimited = value != statement.rstrip(".").rstrip()
+        if not (all_math or delimited or _PLAIN_NUMBER_RE.fullmatch(value)):
+            return None  # words, not a stated value
+    value = value.rstrip(",;").strip()
+    return value if any(ch.isdigit() for ch in value) else None
+
+
+def extract_final_answer(text: str) -> str | None:
+    """Final math answer: last box first, else the "The answer is" sentence, else the value
+    the last sentence states (:func:`final_statement_answer`: ``"... so x = 5."``).
+
+    Boxes win because they are the format the prompts ask for; the fallbacks only rescue
+    responses that forgot to box (PRIME's reward reads them too: ``match_answer``,
+    ``training/verl/utils/reward_score/evaluation_utils/math_util/__init__.py:333``).
     """
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed
-    return answer_is_fallback(text)
+    phrase = answer_is_fallback(text)
+    if phrase is not None:
+        return phrase
+    return final_statement_answer(text)
 
 
 def strip_math_delimiters(text: str) -> str:

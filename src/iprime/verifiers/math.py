@@ -1,11 +1,22 @@
 """Math answer verification: extract the final answer, compare with math-verify.
 
 ``verify_math(response, gold)`` returns 1.0 when the response's final answer
-(last ``\\boxed{}``/``\\fbox{}``, else the "The answer is ..." sentence) is
-mathematically equivalent to the gold answer, else 0.0. Equivalence is
-math-verify's: fractions vs decimals, symbolic simplification, intervals,
-sets/tuples, matrices, with units, ``\\text{}`` and degree signs normalized
-away.
+(last ``\\boxed{}``/``\\fbox{}``, else the "The answer is ..." sentence, else
+the value its last sentence states, "... so x = 5.") is mathematically
+equivalent to the gold answer, else 0.0. Equivalence is math-verify's:
+fractions vs decimals, symbolic simplification, intervals, sets/tuples,
+matrices, with units, ``\\text{}`` and degree signs normalized away; and an
+exact answer in terms of pi equals a decimal gold it rounds to (``2\\pi`` for
+``6.28``, as PRIME's reward has it: ``_pi_verdict``).
+
+Where this differs from PRIME's math reward (``training/verl/utils/reward_score/
+evaluation_utils/math_util``) on purpose: a percentage's number is not its
+fraction (PRIME gives ``0.25`` and ``2500`` full credit for a gold ``25``,
+grader.py:195-196), interval brackets count (PRIME accepts ``(1,2)`` for
+``(1,2]``, grader.py:220-228), sets are unordered (PRIME compares
+``\\{2,1\\}`` with ``\\{1,2\\}`` element by element, grader.py:251-264), and a
+decimal is no answer to a gold in terms of pi (PRIME substitutes pi = 3.14
+in the gold as well, __init__.py:396). docs/fidelity.md has the table.
 
 Timeouts. math-verify's own timeout uses ``signal.alarm``, which only works in
 the main thread, has whole-second granularity and applies per step. We turn
@@ -26,6 +37,7 @@ the deadline.
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import threading
@@ -138,6 +150,37 @@ def _small_number_verdict(gold, pred) -> bool | None:
     return abs(a - b) <= _REL_TOL * max(abs(a), abs(b))
 
 
+# An exact answer in terms of pi against a decimal gold (PRIME's math_util/__init__.py:396-400
+# and grader.py:136-161, 195-201): the response's value with pi = math.pi, or, for a rational
+# multiple of pi, with pi = 3.14 (golds computed with "use pi = 3.14"), within a relative 1e-4 of
+# the gold. Only this direction: a decimal response to a gold in terms of pi is an approximation
+# where the exact value was asked for, and stays wrong (PRIME accepts it).
+_PI_REL_TOL = 1e-4
+_SCHOOL_PI = 3.14
+
+
+def _pi_verdict(gold, pred) -> bool:
+    """Whether ``pred`` (an exact expression with pi, or ``x = ...`` of one) equals the plain
+    number ``gold`` at PRIME's pi tolerance (see above); ``False`` for anything else."""
+    import sympy
+
+    if isinstance(pred, sympy.Equality) and isinstance(pred.lhs, sympy.Symbol):
+        pred = pred.rhs
+    if not (isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr)):
+        return False
+    if not (pred.is_number and pred.has(sympy.pi)) or not gold.is_number or gold.has(sympy.pi):
+        return False
+    try:
+        target = float(gold)
+        values = [float(pred.evalf())]
+        multiple = sympy.simplify(pred / sympy.pi)
+        if multiple.is_Rational:  # 2*pi, pi/2: never a cancellation such as pi - 3.14
+            values.append(float(multiple) * _SCHOOL_PI)
+    except (TypeError, ValueError, OverflowError):  # complex, or not a finite real
+        return False
+    return any(math.isclose(v, target, rel_tol=_PI_REL_TOL) for v in values)
+
+
 def _compare(pred_answer: str, golds: Sequence[str]) -> bool:
     mv = _math_verify()
     pred = _parse_answer(pred_answer, mv)
@@ -150,7 +193,7 @@ def _compare(pred_answer: str, golds: Sequence[str]) -> bool:
         verdict = _small_number_verdict(gold_parsed[0], pred[0])
         if verdict is None:
             verdict = mv.verify(gold_parsed, pred, timeout_seconds=None)
-        if verdict:
+        if verdict or _pi_verdict(gold_parsed[0], pred[0]):
             return True
     return False
 
