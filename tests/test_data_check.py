@@ -153,6 +153,25 @@ def test_with_the_real_verifier_check(tmp_path):
     assert f"{path} line 2" in result.output and f"{path} line 1 " not in result.output
 
 
+def test_primes_call_based_form_passes_the_real_check(tmp_path):
+    # PRIME's own call-based form (testing_util.py:236-237 in its verl fork): each input a string
+    # of JSON values, one per line, each output a JSON string.
+    rows = eurus_rows()
+    prime_form = {"fn_name": "add", "inputs": ["1\n2", "3\n4"], "outputs": ["3", "7"]}
+    rows[3]["reward_model"]["ground_truth"] = json.dumps(prime_form)
+    result = run(write_jsonl(tmp_path / "prime.jsonl", rows))
+    assert result.exit_code == 0, result.output
+    assert "OK: 4 of 4 rows usable" in result.output
+    # a row in neither form: the problem names both accepted forms
+    rows[3]["reward_model"]["ground_truth"] = json.dumps({"fn_name": "add", "inputs": [5], "outputs": ["3"]})
+    path = write_jsonl(tmp_path / "neither.jsonl", rows)
+    result = run(path)
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())  # the table may wrap the message
+    assert f"{path} line 4" in out
+    assert "list of the call's positional arguments" in out and "one JSON value per line" in out
+
+
 def test_percentile_nearest_rank():
     values = list(range(1, 101))
     assert [percentile(values, p) for p in (50, 90, 99, 100)] == [50, 90, 99, 100]

@@ -36,7 +36,10 @@ def test_extract_code_prefers_last_python_block() -> None:
     assert extract_code(text) == "c = 3\n"
     assert extract_code("```\nonly = 1\n```") == "only = 1\n"
     assert extract_code("no code here") is None
-    assert extract_code("```python\nunterminated") is None
+    # A final block whose closing fence was cut off runs to the end (PRIME's scorer does,
+    # code_util/__init__.py:8), less what the cut left of the closing fence.
+    assert extract_code("```python\nunterminated") == "unterminated"
+    assert extract_code("text\n```python\nprint(1)\n``") == "print(1)\n"
 
 
 @needs_sandbox
@@ -51,7 +54,8 @@ def test_correct_wrong_and_partial() -> None:
 
 @needs_sandbox
 def test_no_code_block_and_syntax_error() -> None:
-    assert verify_code_detailed("def add(a, b): return a + b", ADD_TESTS).reason == "no code block found"
+    assert verify_code_detailed("Use a plus sign, I think.", ADD_TESTS).reason == "no code block found"
+    assert verify_code("def add(a, b): return a + b", ADD_TESTS) == 1.0  # no fence: the response is the code
     result = verify_code_detailed(py("def add(a, b) return a"), ADD_TESTS)
     assert result.score == 0.0 and "SyntaxError" in result.reason
 

@@ -243,7 +243,20 @@ class VerifyConfig:
     no deadline and no isolation from a crashing verifier: for debugging and unpicklable verifiers."""
     timeout_s: float = 10.0
     """Per-sample time limit; a worker still busy at ``timeout_s + max(3, timeout_s / 4)`` is killed,
-    the sample scores 0 and counts in ``verify/timeouts``."""
+    the sample scores 0 and counts in ``verify/timeouts``. PRIME's scorer: 300 s (``prime.py``)."""
+    code_reward: Literal["pass_all", "prime"] = "pass_all"
+    """Reward of a code row. ``pass_all``: 1.0 when every test passes, else 0.0. ``prime``: PRIME's
+    scorer (``verl/utils/reward_score/prime.py``, ``code_util``): 1.0 when every test passes, else
+    the share of the first min(#tests, 10) tests that pass, each run on its own (a solution failing
+    only tests past the tenth gets 0.9, not the original's 1.0)."""
+    code_test_timeout_s: float | None = None
+    """Time limit of each code test (``null``: the sample's ``timeout_s``). A test that runs out
+    fails alone; under ``pass_all`` that fails the sample. PRIME's scorer: 5 s."""
+    stdout_compare: Literal["tokens", "lines"] = "tokens"
+    """How a stdin/stdout program's output is compared with the expected one. ``tokens``: the
+    whitespace-separated tokens, whatever the layout (contest judges' usual checker). ``lines``:
+    the non-blank lines one to one (PRIME's). In both, a number written with a fraction or an
+    exponent in the expected output matches any number within 1e-5 relative of it."""
     memory_limit_mb: int | None = 4096
     """Address-space cap of each verifier worker (the code sandbox has its own limits)."""
 
@@ -422,6 +435,13 @@ def validate(cfg: PrimeConfig) -> None:
     need(cfg.train.max_empty_steps >= 1, "train.max_empty_steps", "must be >= 1")
     need(cfg.verify.workers >= 0, "verify.workers", "must be >= 0")
     need(cfg.verify.timeout_s > 0, "verify.timeout_s", "must be > 0")
+    need(cfg.verify.code_reward in ("pass_all", "prime"), "verify.code_reward", 'must be "pass_all" or "prime"')
+    need(
+        cfg.verify.code_test_timeout_s is None or cfg.verify.code_test_timeout_s > 0,
+        "verify.code_test_timeout_s",
+        "must be > 0 (or null)",
+    )
+    need(cfg.verify.stdout_compare in ("tokens", "lines"), "verify.stdout_compare", 'must be "tokens" or "lines"')
     need(
         not cfg.data.reward_weights or len(cfg.data.reward_weights) == len(cfg.data.reward_functions),
         "data.reward_weights",

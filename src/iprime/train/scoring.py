@@ -29,6 +29,9 @@ def row_scoring(cfg: PrimeConfig) -> RowScoring:
         reward_functions=tuple(d.reward_functions),
         reward_weights=tuple(d.reward_weights),
         timeout_s=cfg.verify.timeout_s,
+        code_reward=cfg.verify.code_reward,
+        code_test_timeout_s=cfg.verify.code_test_timeout_s,
+        stdout_compare=cfg.verify.stdout_compare,
     )
 
 

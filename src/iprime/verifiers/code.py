@@ -9,7 +9,10 @@ LeetCode; see :mod:`iprime.verifiers.rows` for adapters from benchmark rows).
 passed:
 
 * stdin/stdout: the program runs once per input in the sandbox; its stdout comes back
-  and is compared here, token by token (whitespace-insensitive).
+  and is compared here (:func:`outputs_match`): token by token (``"tokens"``, whitespace
+  layout ignored) or line by line (``"lines"``, PRIME's), a number written with a
+  fractional part or an exponent in the expected output matching any number within
+  ``1e-5`` relative (+ ``1e-8`` absolute) of it.
 * call-based: the function (or ``Solution().<fn_name>``) is called in the sandbox with
   each input; its return value comes back as plain data (:func:`encode_plain`: None,
   bool, numbers, str, bytes, lists, tuples, dicts, sets; any other object fails) and is
@@ -25,6 +28,15 @@ passed:
   runs in a separate judge process that holds the test but never the candidate's code;
   the candidate's functions and objects are remote handles that answer with plain data.
 
+**The reward** (``reward=``, the config's ``verify.code_reward``): ``"pass_all"`` is 1.0
+when every test passes, else 0.0; ``"prime"`` is PRIME's scorer's (``prime.py`` and
+``code_util/__init__.py`` in the PRIME repository's ``training/verl/utils/reward_score``):
+1.0 when every test passes, else the share of the first ``min(#tests, 10)`` tests that
+pass, each run on its own (:func:`prime_code_reward`); ``"fraction"`` (``all_or_nothing=False``)
+is the share of all tests that pass. Each test runs in a process of its own with
+``test_timeout_s``; a test that times out fails alone, and under ``"pass_all"`` that fails
+the sample.
+
 All execution happens in :mod:`iprime.verifiers.sandbox`; ``docs/security.md`` states
 the guarantees and their limits.
 """
@@ -35,6 +47,7 @@ import ast
 import json
 import keyword
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,7 +66,11 @@ from .sandbox import (
 )
 
 __all__ = [
+    "CODE_REWARDS",
+    "PRIME_TESTS",
+    "STDOUT_COMPARES",
     "parse_tests",
+    "prime_code_reward",
     "verify_code",
     "verify_code_detailed",
     "outputs_match",
@@ -79,9 +96,78 @@ LEETCODE_PRELUDE = "\n".join(
 CALL_PRELUDE = LEETCODE_PRELUDE + "\nimport sys, time, random, fractions"
 
 
-def outputs_match(got: str, expected: str) -> bool:
-    """Whitespace-insensitive output comparison (APPS/CodeContests convention)."""
-    return got.split() == expected.split()
+CODE_REWARDS = ("pass_all", "prime", "fraction")
+STDOUT_COMPARES = ("tokens", "lines")
+# PRIME's scorer reruns at most the first 10 tests one by one (code_util/__init__.py:60-61) and
+# divides by min(#tests, 10) (prime.py:71-73).
+PRIME_TESTS = 10
+# numpy.allclose's defaults, which PRIME's stdout comparison uses (testing_util.py:518-523):
+# |got - expected| <= FLOAT_ATOL + FLOAT_RTOL * |expected|.
+FLOAT_RTOL = 1e-5
+FLOAT_ATOL = 1e-8
+# A decimal number as a program prints it (no "_", "inf" or "nan": float() reads those too).
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _token_matches(got: str, expected: str) -> bool:
+    """Two output tokens agree: the same text, or ``expected`` is a number written with a
+    fractional part or an exponent (``0.50000``, ``1e-3``) and ``got`` a number within
+    ``FLOAT_ATOL + FLOAT_RTOL * |expected|`` of it. An expected integer is matched exactly, so
+    ``1000001`` or ``5.0`` never pass for ``1000000`` or ``5``."""
+    if got == expected:
+        return True
+    if not (_NUMBER.fullmatch(expected) and _NUMBER.fullmatch(got)) or not any(c in expected for c in ".eE"):
+        return False
+    g, e = float(got), float(expected)
+    return math.isfinite(g) and math.isfinite(e) and abs(g - e) <= FLOAT_ATOL + FLOAT_RTOL * abs(e)
+
+
+def _tokens_match(got: Sequence[str], expected: Sequence[str]) -> bool:
+    return len(got) == len(expected) and all(_token_matches(g, e) for g, e in zip(got, expected))
+
+
+def _nonblank_lines(text: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines() if line.strip()]
+
+
+def outputs_match(got: str, expected: str, compare: str = "tokens") -> bool:
+    """Whether a program's stdout ``got`` is the ``expected`` output.
+
+    ``compare="tokens"`` (the default; the competitive-programming judges' usual checker):
+    the two whitespace-separated token sequences agree, whatever the layout (``"1 2"``
+    matches ``"1\\n2"``). ``compare="lines"`` (PRIME's, ``testing_util.py:415-548``): the
+    non-blank lines agree one to one, each line's tokens as above (spaces around and between
+    tokens and blank lines ignored). In both, tokens agree by :func:`_token_matches`: equal
+    text, or numbers within ``1e-5`` relative of an expected number written with a fraction
+    or an exponent (``0.5`` and ``0.50000000`` match ``0.50000``).
+    """
+    if compare == "tokens":
+        return _tokens_match(got.split(), expected.split())
+    if compare == "lines":
+        got_lines, expected_lines = _nonblank_lines(got), _nonblank_lines(expected)
+        return len(got_lines) == len(expected_lines) and all(
+            _tokens_match(g, e) for g, e in zip(got_lines, expected_lines)
+        )
+    raise ValueError(f"compare must be one of {STDOUT_COMPARES}, got {compare!r}")
+
+
+def prime_code_reward(passed: Sequence[bool]) -> float:
+    """PRIME's code reward from the outcome of each test, in the tests' order.
+
+    1.0 when every test passes (``code_util/__init__.py:18-27``); otherwise the share of the
+    first ``k = min(#tests, 10)`` tests that pass, each run on its own
+    (``code_util/__init__.py:31-61``, ``prime.py:69-77``). One change: the original gives a
+    solution that fails only tests past the tenth ``k / k = 1.0``, the reward of a correct
+    one; here it gets at most ``(k - 1) / k``, as if one of its counted tests had failed, so
+    1.0 always means "every test passed".
+    """
+    n = len(passed)
+    if n == 0:
+        raise ValueError("no test outcomes: PRIME's reward needs at least one test")
+    if all(passed):
+        return 1.0
+    k = min(n, PRIME_TESTS)
+    return min(sum(1 for ok in passed[:k] if ok) / k, (k - 1) / k)
 
 
 def call_output_matches(got: Any, expected: Any) -> bool:
@@ -135,7 +221,9 @@ def parse_tests(tests: Mapping[str, Any] | Sequence[str] | str) -> dict:
       code defines a class ``Solution``) is called with each input's positional
       arguments and its return value compared with the expected one; an expected value
       that is a one-element list is also compared unwrapped, as the APPS/TACO
-      evaluators do (the datasets wrap some return values);
+      evaluators do (the datasets wrap some return values). PRIME's own form is read too:
+      ``{"fn_name": "f", "inputs": ["1\\n2", ...], "outputs": ["3", ...]}``, each input a
+      string of JSON values, one per line (the arguments), each output a JSON string;
     * asserts (HumanEval, MBPP, LeetCode): ``{"asserts": [...], "setup": "..."}``, or a
       plain list of assert snippets.
 
@@ -188,29 +276,84 @@ def parse_tests(tests: Mapping[str, Any] | Sequence[str] | str) -> dict:
         _check_kind(kind, "call")
         if not isinstance(fn_name, str) or not fn_name.isidentifier() or keyword.iskeyword(fn_name):
             raise ValueError(f"tests['fn_name'] must be a Python identifier, got {fn_name!r}")
-        args = []
-        for i, x in enumerate(inputs):
-            if not isinstance(x, (list, tuple)):
-                raise ValueError(
-                    f"tests['inputs'][{i}] must be the list of the call's positional arguments, "
-                    f"got {type(x).__name__} {_short(x)}"
-                )
-            _plain(x, f"tests['inputs'][{i}]")
-            args.append(list(x))
-        for i, x in enumerate(outputs):
-            _plain(x, f"tests['outputs'][{i}]")
+        if all(isinstance(x, str) for x in inputs):
+            args, expected = _prime_call_tests(inputs, outputs)
+        else:
+            args, expected = [], list(outputs)
+            for i, x in enumerate(inputs):
+                if not isinstance(x, (list, tuple)):
+                    raise ValueError(
+                        f"tests['inputs'][{i}] is {type(x).__name__} {_short(x)}; {_CALL_FORMS}"
+                        + (" (every input in the same form)" if isinstance(x, str) else "")
+                    )
+                _plain(x, f"tests['inputs'][{i}]")
+                args.append(list(x))
+            for i, x in enumerate(outputs):
+                _plain(x, f"tests['outputs'][{i}]")
         setup = tests.get("setup")
         return {
             "kind": "call",
             "fn_name": fn_name,
             "inputs": args,
-            "outputs": list(outputs),
+            "outputs": expected,
             "setup": CALL_PRELUDE if setup is None else _setup(tests),
         }
     raise ValueError(
         f"code tests have keys {sorted(map(str, keys))}; expected 'inputs' and 'outputs' (and 'fn_name' for "
         "call-based tests), or 'asserts' (and 'setup')"
     )
+
+
+_CALL_FORMS = (
+    "a call-based test's input is either the list of the call's positional arguments (its output "
+    "the expected value) or, PRIME's form, a string with one JSON value per line, one line per "
+    "argument (its output the expected value as a JSON string)"
+)
+
+
+def _int_keyed(value: Any) -> Any:
+    """A dict whose keys all read as integers, with int keys (JSON made them strings)."""
+    if isinstance(value, dict) and value and all(isinstance(k, str) and k.lstrip("-").isdigit() for k in value):
+        return {int(k): v for k, v in value.items()}
+    return value
+
+
+def _prime_call_tests(inputs: list[str], outputs: list) -> tuple[list[list], list]:
+    """PRIME's call-based tests (``testing_util.py:236-237``, LiveCodeBench's format): each
+    input a string of JSON values, one per line (the call's arguments), each output a JSON
+    string (the expected value). As the original does (``testing_util.py:251-255``), a first
+    argument that is a dict with integer-like keys gets int keys back; unlike it, the other
+    arguments are kept (it passed the converted dict alone)."""
+    args = []
+    for i, text in enumerate(inputs):
+        call = []
+        for line_no, line in enumerate(text.split("\n"), 1):
+            try:
+                call.append(json.loads(line))
+            except ValueError as err:
+                raise ValueError(
+                    f"tests['inputs'][{i}] line {line_no} ({_short(line)}) is not a JSON value ({err}); {_CALL_FORMS}"
+                ) from None
+        _plain(call, f"tests['inputs'][{i}]")
+        if call:
+            call[0] = _int_keyed(call[0])
+        args.append(call)
+    expected = []
+    for i, text in enumerate(outputs):
+        if not isinstance(text, str):
+            raise ValueError(
+                f"tests['outputs'][{i}] is {type(text).__name__} {_short(text)}, but the inputs are strings "
+                f"(PRIME's form), whose outputs are JSON strings; {_CALL_FORMS}"
+            )
+        try:
+            value = json.loads(text)
+        except ValueError as err:
+            raise ValueError(
+                f"tests['outputs'][{i}] ({_short(text)}) is not a JSON string ({err}); {_CALL_FORMS}"
+            ) from None
+        _plain(value, f"tests['outputs'][{i}]")
+        expected.append(value)
+    return args, expected
 
 
 def _check_kind(kind: Any, actual: str) -> None:
@@ -553,24 +696,43 @@ def verify_code_detailed(
     *,
     limits: SandboxLimits | None = None,
     isolation: str | None = None,
+    reward: str | None = None,
+    test_timeout_s: float | None = None,
+    stdout_compare: str = "tokens",
 ) -> VerifyResult:
     """Run the response's code against ``tests``; see :func:`verify_code`.
 
-    ``timeout_s`` is the wall limit for the whole sample (all tests).
-    ``limits`` overrides the other sandbox limits (its ``wall_s`` is replaced
-    by ``timeout_s``). With ``all_or_nothing`` the remaining judged tests are
-    skipped after the first failure, since they cannot change the score.
-    ``isolation``: ``"auto"`` (``None``: ``$IPRIME_SANDBOX``, else ``"auto"``), ``"namespaces"``,
-    ``"userns"`` or ``"rlimits"`` (see :mod:`iprime.verifiers.sandbox`).
+    ``timeout_s`` is the wall limit for the whole sample (all tests), ``test_timeout_s``
+    the limit of each test (``None``: the sample's). ``reward``: ``"pass_all"``,
+    ``"prime"`` or ``"fraction"`` (module docstring); ``None`` takes it from
+    ``all_or_nothing`` (``True``: ``"pass_all"``, ``False``: ``"fraction"``). Under
+    ``"pass_all"`` the remaining judged tests are skipped after the first failure, since
+    they cannot change the score. ``stdout_compare``: ``"tokens"`` or ``"lines"``
+    (:func:`outputs_match`). ``limits`` overrides the other sandbox limits (its ``wall_s``
+    is replaced by ``timeout_s``). ``isolation``: ``"auto"`` (``None``: ``$IPRIME_SANDBOX``,
+    else ``"auto"``), ``"namespaces"``, ``"userns"`` or ``"rlimits"`` (see
+    :mod:`iprime.verifiers.sandbox`).
 
-    Bad tests raise ``ValueError``; a machine where the sandbox cannot isolate raises
-    :class:`~iprime.verifiers.sandbox.SandboxUnavailable` (whatever the response, even
+    A sample that exceeds the output limit scores 0. One that runs out of its own time
+    (``timeout_s``) scores 0 under ``"pass_all"`` and ``"fraction"``; under ``"prime"`` the
+    tests it left unrun fail and the others count, as a test's own timeout does.
+
+    Bad tests or settings raise ``ValueError``; a machine where the sandbox cannot isolate
+    raises :class:`~iprime.verifiers.sandbox.SandboxUnavailable` (whatever the response, even
     one without code: never a silent 0); bad code never raises.
     """
     start = time.monotonic()
     tests = parse_tests(tests)
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if test_timeout_s is not None and not test_timeout_s > 0:
+        raise ValueError(f"test_timeout_s must be > 0 (or None), got {test_timeout_s}")
+    if reward is None:
+        reward = "pass_all" if all_or_nothing else "fraction"
+    if reward not in CODE_REWARDS:
+        raise ValueError(f"reward must be one of {CODE_REWARDS}, got {reward!r}")
+    if stdout_compare not in STDOUT_COMPARES:
+        raise ValueError(f"stdout_compare must be one of {STDOUT_COMPARES}, got {stdout_compare!r}")
     concrete = check_isolation_available(isolation)
     code = extract_code(response)
     if code is None or not code.strip():
@@ -580,25 +742,26 @@ def verify_code_detailed(
     setup = tests["setup"]
     kind = tests["kind"]
     outcomes: dict[int, tuple[bool, str]] = {}
+    sandbox = {"isolation": concrete, "setup": setup, "limits": limits, "test_timeout_s": test_timeout_s}
 
     if kind == "stdio":
         inputs, expected = tests["inputs"], tests["outputs"]
         total = len(inputs)
-        run = run_checked(code, isolation=concrete, setup=setup, stdin_inputs=inputs, limits=limits)
+        run = run_checked(code, stdin_inputs=inputs, **sandbox)
         for i in range(total):
             got = run.outputs[i] if i < len(run.outputs) else None
             if got is None:
                 outcomes[i] = (False, run.output_reasons[i] if i < len(run.output_reasons) else "not run")
             elif not run.output_ok[i]:
                 outcomes[i] = (False, run.output_reasons[i])
-            elif outputs_match(got, expected[i]):
+            elif outputs_match(got, expected[i], stdout_compare):
                 outcomes[i] = (True, "passed")
             else:
                 outcomes[i] = (False, f"wrong output: got {_short(got)}, expected {_short(expected[i])}")
     elif kind == "call":
         total = len(tests["inputs"])
         calls = [{"i": i, "fn": tests["fn_name"], "args": args} for i, args in enumerate(tests["inputs"])]
-        run = run_checked(code, isolation=concrete, setup=setup, calls=calls, limits=limits)
+        run = run_checked(code, calls=calls, **sandbox)
         for i, expected in enumerate(tests["outputs"]):
             outcome = run.calls.get(i)
             if outcome is None:
@@ -620,12 +783,10 @@ def verify_code_detailed(
         judged_index = [i for i, p in enumerate(plans) if p is None]
         run = run_checked(
             code,
-            isolation=concrete,
-            setup=setup,
             calls=calls or None,
             judged=[asserts[i] for i in judged_index] or None,
-            limits=limits,
-            stop_on_failure=all_or_nothing,
+            stop_on_failure=reward == "pass_all",
+            **sandbox,
         )
         for i, plan in enumerate(plans):
             if plan is None:
@@ -643,13 +804,34 @@ def verify_code_detailed(
         for i in judged_index:
             outcomes.setdefault(i, (False, "not run"))
 
-    passed = sum(1 for ok, _ in outcomes.values() if ok)
-    # A run that was cut off (time or output limit) earns nothing: its
-    # reported passes may be from before it misbehaved.
-    if run.timed_out or run.output_limit_exceeded:
-        passed = 0
-    score = (1.0 if passed == total else 0.0) if all_or_nothing else passed / total
-    return VerifyResult(score, passed, total, _reason(run, outcomes, total, passed), time.monotonic() - start)
+    passed_list = [outcomes.get(i, (False, "not run"))[0] for i in range(total)]
+    passed = sum(passed_list)
+    # The sample ran out of its own time: the runner was stopped, or tests were left unrun.
+    out_of_time = run.timed_out or any(r.startswith(_SAMPLE_LIMIT) for _, r in outcomes.values())
+    if run.output_limit_exceeded:
+        # A flood of output earns nothing: its reported passes may be from before it misbehaved.
+        score, passed = 0.0, 0
+    elif reward == "prime":
+        # Each test ran in a process of its own, judged here: a pass before a later test ran out
+        # of time stands (PRIME fails only the test that timed out, code_util/__init__.py:42-58).
+        score = prime_code_reward(passed_list)
+    else:
+        if run.timed_out:  # a run cut off by the sample's limit earns nothing
+            passed = 0
+        score = (1.0 if passed == total else 0.0) if reward == "pass_all" else passed / total
+    reason = _reason(run, outcomes, total, passed)
+    if reward == "prime" and not run.output_limit_exceeded:
+        if out_of_time and not run.timed_out:
+            reason = f"timed out after {timeout_s:g}s; {reason}"
+        elif run.timed_out:
+            reason = f"{reason}; passed {passed}/{total}"
+        if 0.0 < score < 1.0:
+            reason += f"; PRIME credit {score:.4g} (first {min(total, PRIME_TESTS)} tests)"
+    return VerifyResult(score, passed, total, reason, time.monotonic() - start)
+
+
+# How the runner marks tests that the sample's time limit left unrun (sandbox/runner.py).
+_SAMPLE_LIMIT = "not run: sample time limit reached"
 
 
 def _judge_assert(plan: _HostAssert, values: list) -> tuple[bool, str]:
@@ -690,14 +872,29 @@ def verify_code(
     *,
     limits: SandboxLimits | None = None,
     isolation: str | None = None,
+    reward: str | None = None,
+    test_timeout_s: float | None = None,
+    stdout_compare: str = "tokens",
 ) -> float:
-    """Score a response's last ```python block against ``tests`` in the sandbox.
+    """Score a response's program (:func:`~iprime.verifiers.extract.extract_code`) against
+    ``tests`` in the sandbox.
 
-    Returns 1.0/0.0 (all tests pass or not) with ``all_or_nothing`` (PRIME's
-    pass-all reward), else the fraction of tests passed. No code block, a
-    syntax error, a crash, a timeout or exceeding a limit all score 0.
-    ``tests``: any shape :func:`parse_tests` accepts. Raises ``ValueError`` for
-    bad tests and :class:`~iprime.verifiers.sandbox.SandboxUnavailable` where
-    the code cannot be isolated (see :func:`verify_code_detailed`).
+    ``reward="pass_all"`` (the default through ``all_or_nothing=True``): 1.0 when every test
+    passes, else 0.0. ``reward="prime"``: PRIME's scorer's partial credit
+    (:func:`prime_code_reward`). ``all_or_nothing=False``: the fraction of tests passed. No
+    code, a syntax error or a crash score 0; a test that runs out of ``test_timeout_s`` fails.
+    ``tests``: any shape :func:`parse_tests` accepts. Raises ``ValueError`` for bad tests and
+    :class:`~iprime.verifiers.sandbox.SandboxUnavailable` where the code cannot be isolated
+    (see :func:`verify_code_detailed`).
     """
-    return verify_code_detailed(response, tests, timeout_s, all_or_nothing, limits=limits, isolation=isolation).score
+    return verify_code_detailed(
+        response,
+        tests,
+        timeout_s,
+        all_or_nothing,
+        limits=limits,
+        isolation=isolation,
+        reward=reward,
+        test_timeout_s=test_timeout_s,
+        stdout_compare=stdout_compare,
+    ).score

@@ -40,11 +40,12 @@ every row uses that one verifier (:func:`iprime.verifiers.available_verifiers`).
 if present (and not null), else ``reward_model.ground_truth``; dotted keys
 follow nested mappings (a literal top-level key with the dots wins). Per
 verifier: math takes a string/number or a list of them; code takes tests as a
-dict or a JSON string (APPS ``{"inputs", "outputs"}``, call-based with
-``"fn_name"``, or ``{"asserts", "setup"}``); a gym row takes its reasoning-gym
-entry (the row's ``entry`` field as :class:`~iprime.verifiers.GymTask` writes
-it, or a reference mapping with ``answer``, or a bare answer plus the row's
-``metadata``).
+dict or a JSON string (APPS ``{"inputs", "outputs"}``; call-based with
+``"fn_name"``, each input a list of arguments or, PRIME's form, a string of
+JSON values one per line with JSON-string outputs; or ``{"asserts", "setup"}``);
+a gym row takes its reasoning-gym entry (the row's ``entry`` field as
+:class:`~iprime.verifiers.GymTask` writes it, or a reference mapping with
+``answer``, or a bare answer plus the row's ``metadata``).
 
 **Refuse, never score a silent 0.** A bad reference (a math reference that is a
 dict because ``reference_key`` points at ``reward_model`` instead of
@@ -78,7 +79,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .registry import _REGISTRY, SandboxRefusal, Verifier, _resolve, _verify_one, available_verifiers
+from .registry import _REGISTRY, SandboxRefusal, Verifier, _resolve, _verify_one, available_verifiers, get_verifier
 from .result import VerifyResult
 from .sandbox import SandboxUnavailable
 
@@ -98,6 +99,10 @@ __all__ = [
 
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+# What training can choose (verify.code_reward, verify.stdout_compare); the code verifier
+# itself also takes reward="fraction" (its all_or_nothing=False).
+CODE_REWARD_MODES = ("pass_all", "prime")
+STDOUT_COMPARE_MODES = ("tokens", "lines")
 
 
 @dataclass
@@ -118,6 +123,15 @@ class RowScoring:
         reward_weights: one weight per reward function (default 1.0 each).
         timeout_s: the verifiers' own per-sample timeout (math, code); the
             pool kills a worker at ``timeout_s + max(3, timeout_s / 4)``.
+        code_reward: how code rows are rewarded: ``"pass_all"`` (1.0 when every
+            test passes, else 0.0) or ``"prime"`` (PRIME's scorer: 1.0 when every
+            test passes, else the share of the first ``min(#tests, 10)`` tests
+            that pass; :func:`iprime.verifiers.code.prime_code_reward`).
+        code_test_timeout_s: the limit of each code test (``None``: the sample's
+            ``timeout_s``); a test that runs out fails alone.
+        stdout_compare: how a stdin/stdout program's output is compared with the
+            expected one: ``"tokens"`` (layout ignored) or ``"lines"`` (PRIME's;
+            :func:`iprime.verifiers.code.outputs_match`).
     """
 
     reference_key: str = "auto"
@@ -127,6 +141,9 @@ class RowScoring:
     reward_functions: tuple[str, ...] = ()
     reward_weights: tuple[float, ...] = ()
     timeout_s: float = 10.0
+    code_reward: str = "pass_all"
+    code_test_timeout_s: float | None = None
+    stdout_compare: str = "tokens"
 
     def __post_init__(self) -> None:
         for name in ("reference_key", "ability_key", "source_key", "verifier"):
@@ -151,6 +168,15 @@ class RowScoring:
         self.reward_weights = tuple(float(w) for w in self.reward_weights)
         if not (isinstance(self.timeout_s, numbers.Real) and self.timeout_s > 0):
             raise ValueError(f"RowScoring.timeout_s must be > 0, got {self.timeout_s!r}")
+        if self.code_reward not in CODE_REWARD_MODES:
+            raise ValueError(f"RowScoring.code_reward must be one of {CODE_REWARD_MODES}, got {self.code_reward!r}")
+        t = self.code_test_timeout_s
+        if t is not None and not (isinstance(t, numbers.Real) and not isinstance(t, bool) and t > 0):
+            raise ValueError(f"RowScoring.code_test_timeout_s must be > 0 (or None), got {t!r}")
+        if self.stdout_compare not in STDOUT_COMPARE_MODES:
+            raise ValueError(
+                f"RowScoring.stdout_compare must be one of {STDOUT_COMPARE_MODES}, got {self.stdout_compare!r}"
+            )
 
     @property
     def weights(self) -> tuple[float, ...]:
@@ -159,7 +185,8 @@ class RowScoring:
 
     @classmethod
     def from_config(cls, data: Any, verify: Any = None) -> RowScoring:
-        """From a ``DataConfig`` (and ``VerifyConfig`` for the timeout), or anything with those fields."""
+        """From a ``DataConfig`` (and ``VerifyConfig`` for the timeouts and the code reward), or
+        anything with those fields."""
         kwargs: dict[str, Any] = {
             "reference_key": data.reference_key,
             "ability_key": data.ability_key,
@@ -170,6 +197,9 @@ class RowScoring:
         }
         if verify is not None:
             kwargs["timeout_s"] = verify.timeout_s
+            kwargs["code_reward"] = verify.code_reward
+            kwargs["code_test_timeout_s"] = verify.code_test_timeout_s
+            kwargs["stdout_compare"] = verify.stdout_compare
         return cls(**kwargs)
 
 
@@ -316,14 +346,35 @@ def _callable_name(fn: Any) -> str:
 _VERIFIERS: dict[tuple, Verifier] = {}
 
 
-def _verifier_by_name(name: str, timeout_s: float) -> Verifier:
-    key = (name, float(timeout_s), id(_REGISTRY.get(name)))
+def _code_options(scoring: RowScoring) -> dict[str, Any]:
+    """The code verifier's settings that differ from its defaults (a factory registered in
+    place of ``"code"`` sees only what was asked of it)."""
+    options: dict[str, Any] = {}
+    if scoring.code_reward != "pass_all":
+        options["reward"] = scoring.code_reward
+    if scoring.code_test_timeout_s is not None:
+        options["test_timeout_s"] = float(scoring.code_test_timeout_s)
+    if scoring.stdout_compare != "tokens":
+        options["stdout_compare"] = scoring.stdout_compare
+    return options
+
+
+def _verifier_by_name(name: str, scoring: RowScoring) -> Verifier:
+    options = _code_options(scoring) if name == "code" else {}
+    key = (name, float(scoring.timeout_s), tuple(sorted(options.items())), id(_REGISTRY.get(name)))
     verifier = _VERIFIERS.get(key)
     if verifier is None:
         try:
-            verifier = _resolve(name, timeout_s)
+            if options:
+                verifier = get_verifier(name, timeout_s=scoring.timeout_s, **options)
+            else:
+                verifier = _resolve(name, scoring.timeout_s)
         except KeyError as err:
             raise ValueError(err.args[0]) from None
+        except TypeError as err:  # a factory registered as "code" that takes no such setting
+            if not options:
+                raise
+            raise ValueError(f"the verifier registered as {name!r} does not take {sorted(options)}: {err}") from None
         _VERIFIERS[key] = verifier
     return verifier
 
@@ -345,7 +396,7 @@ def verifier_for_row(row: Mapping[str, Any], scoring: RowScoring | None = None) 
     if not isinstance(row, Mapping):
         raise ValueError(f"a row must be a mapping, got {type(row).__name__}")
     if scoring.verifier != "auto":
-        return scoring.verifier, _verifier_by_name(scoring.verifier, scoring.timeout_s)
+        return scoring.verifier, _verifier_by_name(scoring.verifier, scoring)
     source = _field(row, scoring.source_key)
     ability = _field(row, scoring.ability_key)
     for value in (source, ability):
@@ -354,7 +405,7 @@ def verifier_for_row(row: Mapping[str, Any], scoring: RowScoring | None = None) 
             if found is not None:
                 target, name = found
                 if name:
-                    return name, _verifier_by_name(name, scoring.timeout_s)
+                    return name, _verifier_by_name(name, scoring)
                 return _callable_name(target), target  # type: ignore[return-value]
 
     def shown(key: str, value: Any) -> str:
@@ -657,21 +708,36 @@ def _score_task(
         return SandboxRefusal(str(err))
 
 
-def score_row_detailed(response: str, row: Mapping[str, Any], scoring: RowScoring | None = None) -> VerifyResult:
-    """Score ``response`` for ``row`` in this process, exactly as the trainer does; see :func:`score_row`."""
+def _with_code_reward(scoring: RowScoring | None, code_reward: str | None) -> RowScoring:
     scoring = scoring or RowScoring()
+    if code_reward is not None and code_reward != scoring.code_reward:
+        scoring = dataclasses.replace(scoring, code_reward=code_reward)
+    return scoring
+
+
+def score_row_detailed(
+    response: str, row: Mapping[str, Any], scoring: RowScoring | None = None, *, code_reward: str | None = None
+) -> VerifyResult:
+    """Score ``response`` for ``row`` in this process, exactly as the trainer does; see :func:`score_row`."""
+    scoring = _with_code_reward(scoring, code_reward)
     plan = _plan(row, scoring)
     return _score_planned(response, row, scoring, plan.name, plan.verifier, plan.reference)
 
 
-def score_row(response: str, row: Mapping[str, Any], scoring: RowScoring | None = None) -> float:
+def score_row(
+    response: str, row: Mapping[str, Any], scoring: RowScoring | None = None, *, code_reward: str | None = None
+) -> float:
     """The reward in [0, 1] of ``response`` for ``row``: its verifier's score, plus weighted reward functions.
 
     The verifier comes from the row's data source / ability
     (:func:`verifier_for_row`), the reference from ``scoring.reference_key``.
-    A row that cannot be scored (no rule matches, a bad reference, a reward
-    function returning a non-finite value) raises ``ValueError``; a wrong,
-    missing or timed-out answer scores 0. An exception of the verifier itself
-    propagates here (:func:`~iprime.verifiers.batch.score_rows` scores that sample 0 with the reason).
+    ``code_reward`` (``"pass_all"`` or ``"prime"``) replaces ``scoring.code_reward``
+    for code rows: ``"pass_all"`` (the default) scores 1.0 when every test passes, else
+    0.0; ``"prime"`` is PRIME's scorer's partial credit (1.0 when every test passes, else
+    the share of the first ``min(#tests, 10)`` tests that pass). A row that cannot be
+    scored (no rule matches, a bad reference, a reward function returning a non-finite
+    value) raises ``ValueError``; a wrong, missing or timed-out answer scores 0. An
+    exception of the verifier itself propagates here
+    (:func:`~iprime.verifiers.batch.score_rows` scores that sample 0 with the reason).
     """
-    return score_row_detailed(response, row, scoring).score
+    return score_row_detailed(response, row, scoring, code_reward=code_reward).score

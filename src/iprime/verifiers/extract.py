@@ -9,6 +9,7 @@ box reader (lenient here: the last complete box).
 
 from __future__ import annotations
 
+import ast
 import re
 
 from iprime.data.boxed import last_boxed
@@ -150,18 +151,49 @@ def strip_math_delimiters(text: str) -> str:
 
 # A fenced block: ```lang\n ... ```. The language tag is optional.
 _FENCE_RE = re.compile(r"```([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
+# An opening fence with no closing one after it: a response cut at the token limit.
+_OPEN_FENCE_RE = re.compile(r"```([A-Za-z0-9_+.-]*)[^\n]*\n(.*)\Z", re.DOTALL)
+# What the cut may leave of the closing fence: a last line of one or two backticks.
+_PARTIAL_FENCE_RE = re.compile(r"\n[ \t]*`{1,2}[ \t]*\Z")
+_PYTHON_TAGS = ("python", "py", "python3")
+
+
+def _parses_as_python(text: str) -> bool:
+    """Whether ``text`` is a Python program (parsed only, never run, here on the host)."""
+    try:
+        compile(text, "<response>", "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        return False
+    return True
 
 
 def extract_code(text: str) -> str | None:
-    """Last ```python block, else the last fenced block of any language.
+    """The response's program: the last ```python block, else the last fenced block of any language.
 
-    An unterminated final fence (a response cut at the token limit) is not
-    accepted: running half a program only produces misleading failures.
+    Like PRIME's scorer (``code_util/__init__.py:8``, ``completion.split('```python')[-1]
+    .split('```')[0]``), two more shapes run:
+
+    * a final block whose closing fence was cut off (a response at the token limit) runs from
+      its opening fence to the end, less a last line of one or two backticks (the cut
+      closing fence); a program cut short fails its tests, as it does in the original;
+    * a response with no fence at all is the program itself when it parses as Python (the
+      original runs any such text; one that does not parse would only fail with a
+      ``SyntaxError``, so it is ``None`` here: "no code block found").
+
+    Unlike the original, a ```py (or ```python3, ```Python) block counts as Python, and an
+    untagged block is taken when there is no Python one: the original's split reads only the
+    exact tag ```python and otherwise runs the prose before the first fence.
     """
-    blocks = _FENCE_RE.findall(text)
+    matches = list(_FENCE_RE.finditer(text))
+    blocks = [(m.group(1), m.group(2)) for m in matches]
+    opened = _OPEN_FENCE_RE.search(text, matches[-1].end() if matches else 0)
+    if opened is not None:
+        blocks.append((opened.group(1), _PARTIAL_FENCE_RE.sub("\n", opened.group(2))))
     if not blocks:
+        if "```" not in text and text.strip() and _parses_as_python(text):
+            return text
         return None
-    python_blocks = [body for lang, body in blocks if lang.lower() in ("python", "py", "python3")]
+    python_blocks = [body for lang, body in blocks if lang.lower() in _PYTHON_TAGS]
     if python_blocks:
         return python_blocks[-1]
     return blocks[-1][1]

@@ -58,11 +58,28 @@ class MathVerifier:
 
 
 class CodeVerifier:
-    """Registry entry ``"code"``: :func:`iprime.verifiers.code.verify_code`."""
+    """Registry entry ``"code"``: :func:`iprime.verifiers.code.verify_code`.
 
-    def __init__(self, timeout_s: float = 10.0, all_or_nothing: bool = True) -> None:
+    ``reward``: ``"pass_all"``, ``"prime"`` or ``"fraction"`` (``None``: from
+    ``all_or_nothing``); ``test_timeout_s``: each test's limit (``None``: the sample's
+    ``timeout_s``); ``stdout_compare``: ``"tokens"`` or ``"lines"``. See
+    :func:`~iprime.verifiers.code.verify_code_detailed`.
+    """
+
+    def __init__(
+        self,
+        timeout_s: float = 10.0,
+        all_or_nothing: bool = True,
+        *,
+        reward: str | None = None,
+        test_timeout_s: float | None = None,
+        stdout_compare: str = "tokens",
+    ) -> None:
         self.timeout_s = timeout_s
         self.all_or_nothing = all_or_nothing
+        self.reward = reward
+        self.test_timeout_s = test_timeout_s
+        self.stdout_compare = stdout_compare
 
     def __call__(self, response: str, reference: Any) -> float:
         return self.detailed(response, reference).score
@@ -70,7 +87,15 @@ class CodeVerifier:
     def detailed(self, response: str, reference: Any) -> VerifyResult:
         from .code import verify_code_detailed
 
-        return verify_code_detailed(response, reference, self.timeout_s, self.all_or_nothing)
+        return verify_code_detailed(
+            response,
+            reference,
+            self.timeout_s,
+            self.all_or_nothing,
+            reward=self.reward,
+            test_timeout_s=self.test_timeout_s,
+            stdout_compare=self.stdout_compare,
+        )
 
 
 def _gym_factory(dataset: str, **kwargs: Any) -> Verifier:
