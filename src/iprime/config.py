@@ -129,9 +129,10 @@ class RolloutConfig:
     treated as on-policy). ``prompts`` (the PRIME repository's, ``ray_trainer.py``
     ``add_to_buffer``): only their prompts, which are sampled again by the current policy at the
     head of the next step's first round (at most ``prompts_per_step`` of them per step) and
-    filtered again. Logged: ``rollout/buffer_share`` (share of the step's groups that came
-    through the buffer) and ``rollout/buffer_staleness`` (their mean age in steps between
-    sampling and training: >= 1 with ``rollouts``, 0 with ``prompts``)."""
+    filtered again. Logged: ``rollout/buffer_groups`` (groups, or prompts, waiting),
+    ``rollout/buffer_share`` (share of the step's groups that came through the buffer) and
+    ``rollout/buffer_staleness`` (their mean age in steps between sampling and training: >= 1
+    with ``rollouts``, 0 with ``prompts``)."""
     old_logprobs: Literal["auto", "sampling", "recompute"] = "auto"
     """PPO's ``old_logp``. ``sampling``: the log-probs the HF sampler recorded (the same model and
     temperature, so equal to a recompute up to float noise; for groups served from the buffer they

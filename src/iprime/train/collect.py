@@ -168,7 +168,7 @@ class RolloutCollector:
         )
 
     def generate_round(
-        self, step: int, round_index: int, buffered: list[int] = ()
+        self, step: int, round_index: int, buffered: Sequence[int] = ()
     ) -> tuple[RolloutBatch, dict[str, float]]:
         """Sample and verify one round: the dataset rows ``buffered`` (prompts back from the
         buffer), then the stream's next ``ceil(prompts_per_step * oversample)``. Returns the
