@@ -3,13 +3,18 @@ RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT like torchrun does).
 
     python tests/dist_worker.py update MODEL_DIR OUT_FILE   # one step on a fixed global batch
     python tests/dist_worker.py train MODEL_DIR OUT_DIR      # a 2-step run with DCP checkpoints
+    python tests/dist_worker.py agg MODEL_DIR OUT_FILE      # policy gradients of one mini-batch, per rank
+    python tests/dist_worker.py batch_norm - OUT_FILE       # batch_norm's two scopes on each rank's rows
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import torch
+import yaml
 
 ROWS = [{"prompt": f"Compute {i} + {i + 1}.", "answer": str(2 * i + 1)} for i in range(24)]
 
@@ -28,6 +33,11 @@ UPDATE_CASES = [
             "algo.kl_coef=0.1",
             "optim.micro_batch_tokens=60",
         ],
+    ),
+    # 4 PRM mini-batches of one group each: each rank holds rows of 2 of them and runs dummies in the others
+    (
+        "prm_mini_batches",
+        ["prm.mini_batch_size=4", "optim.mini_batch_size=16", "optim.micro_batch_size=16"],
     ),
     # batch statistics all-reduced inside iprime.algo: REINFORCE's batch mean, REINFORCE++'s whitening
     (
@@ -67,9 +77,9 @@ def base_overrides(out_dir) -> list[str]:
     ]
 
 
-def fixed_batch(tokenizer, n_groups: int = 4, K: int = 4, seed: int = 0, T: int = 10):
+def fixed_batch(tokenizer, n_groups: int = 4, K: int = 4, seed: int = 0, T: int = 10, lengths=None):
     """A deterministic global batch (no sampling): real prompts, random responses of random
-    length (some end in EOS), outcomes mixed within each group."""
+    length (or of ``lengths``; some end in EOS), outcomes mixed within each group."""
     from iprime.data.chat import render_prompt
     from iprime.rollout import RolloutBatch
 
@@ -86,7 +96,7 @@ def fixed_batch(tokenizer, n_groups: int = 4, K: int = 4, seed: int = 0, T: int 
         p = prompts[r // K]
         prompt_ids[r, P - len(p) :] = torch.tensor(p)
         prompt_mask[r, P - len(p) :] = 1
-    lengths = torch.randint(2, T + 1, (B,), generator=g)
+    lengths = torch.randint(2, T + 1, (B,), generator=g) if lengths is None else torch.tensor(lengths)
     response = torch.randint(5, 200, (B, T), generator=g)
     mask = (torch.arange(T)[None] < lengths[:, None]).long()
     response = torch.where(mask.bool(), response, pad)
@@ -137,6 +147,76 @@ def run_update(model_dir: str, out_dir: str) -> dict:
     return results
 
 
+# responses of very different lengths (2 to 48 tokens) for the loss-weighting check
+UNEVEN_LENGTHS = [2, 48, 5, 40, 3, 45, 8, 30, 48, 2, 36, 4, 20, 6, 48, 10]
+
+
+def uneven_batch(tokenizer):
+    return fixed_batch(tokenizer, T=48, lengths=UNEVEN_LENGTHS)
+
+
+def recipe_aggregation() -> list[str]:
+    """The Eurus recipe's policy-loss weighting, as overrides (read from the recipe itself)."""
+    optim = yaml.safe_load((Path(__file__).parents[1] / "configs" / "eurus2_7b_prime.yaml").read_text())["optim"]
+    return [f"optim.{key}={optim[key]}" for key in ("agg", "loss_scope", "micro_batch_size")]
+
+
+AGG_CASES = {
+    "recipe": recipe_aggregation(),
+    # the recipe before issue 22: one token mean over the rows that share a micro-batch index across ranks
+    "token_mean_micro": ["optim.agg=token-mean", "optim.loss_scope=micro", "optim.micro_batch_size=1"],
+}
+
+
+def run_agg(model_dir: str, out_dir: str) -> dict:
+    """Per case: the full policy gradient of one mini-batch (the whole uneven batch) after one
+    step on it, on this rank (RLOO advantages, not whitened; no PRM; no clipping of the norm)."""
+    from iprime.config import load_config
+    from iprime.train.prime import PrimeTrainer
+
+    out = {}
+    for name, extra in AGG_CASES.items():
+        cfg = load_config(
+            None,
+            base_overrides(f"{out_dir}/{name}")
+            + ["rollout.prompts_per_step=4", "rollout.old_logprobs=recompute", "prm.enabled=false"]
+            + ["algo.estimator=rloo", "algo.whiten=false", "optim.mini_batch_size=16", "optim.grad_clip=1e9"]
+            + extra,
+        )
+        trainer = PrimeTrainer(model_dir, cfg, ROWS, parity_verifier)
+        # lr 0: the step leaves the weights and the accumulated gradient as they are
+        trainer.optimizers.policy = torch.optim.SGD(trainer.policy.parameters(), lr=0.0)
+        metrics = trainer.train_on_batch(uneven_batch(trainer.tokenizer))
+        assert metrics["policy/updates"] == 1, metrics
+        grads = {}
+        for param_name, p in trainer.policy.named_parameters():  # the same order on every rank
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            grads[param_name] = (g.full_tensor() if hasattr(g, "full_tensor") else g).detach().clone()
+        out[name] = grads
+    return out
+
+
+def run_batch_norm() -> dict:
+    """batch_norm's ``rank`` and ``global`` scopes on this rank's own rows (rank r's rewards are
+    scaled by 1 + 3r, so the ranks' largest returns differ), and the prime estimator with each."""
+    from iprime import algo
+    from iprime.train import distributed as D
+
+    ctx, _ = D.init_distributed("cpu")
+    g = torch.Generator().manual_seed(10 + ctx.rank)
+    rewards = torch.randn((8, 6), generator=g) * (1 + 3 * ctx.rank)
+    mask = torch.arange(6)[None] < torch.randint(1, 7, (8,), generator=g)[:, None]
+    outcome = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    out = {"rank": ctx.rank, "rewards": rewards, "mask": mask, "outcome": outcome}
+    for scope in ("rank", "global"):
+        out[scope] = algo.batch_norm_process_rewards(rewards, mask, scope=scope)
+        x = algo.AdvantageInputs(
+            outcome, mask, 4, token_rewards=rewards, normalize="batch_norm", batch_norm_scope=scope, whiten=True
+        )
+        out[f"prime_{scope}"] = algo.get_advantage_estimator("prime")(x).advantages
+    return out
+
+
 def train_overrides(out_dir, steps: int) -> list[str]:
     return base_overrides(out_dir) + [
         f"train.steps={steps}",
@@ -155,10 +235,15 @@ def main() -> None:
     from iprime.train import distributed as D
     from iprime.train.prime import PrimeTrainer
 
+    rank = int(os.environ.get("RANK", "0"))
     if mode == "update":
         results = run_update(model_dir, out + ".runs")
-        if int(__import__("os").environ.get("RANK", "0")) == 0:
+        if rank == 0:
             torch.save(results, out)
+    elif mode == "agg":
+        torch.save(run_agg(model_dir, out + ".runs"), f"{out}.rank{rank}")
+    elif mode == "batch_norm":
+        torch.save(run_batch_norm(), f"{out}.rank{rank}")
     elif mode == "train":
         trainer = PrimeTrainer(model_dir, load_config(None, train_overrides(out, 2)), ROWS, parity_verifier)
         history = trainer.train(progress=False)

@@ -94,6 +94,12 @@ def test_batch_norm_divides_by_largest_absolute_return(group):
     outcome = T([1.0, 0.0, 0.0])
     adv = prime_rloo_advantages(outcome, rewards, mask, 3, rm_coef=0.0, normalize="batch_norm")
     assert torch.allclose(adv, rloo_advantages(outcome, mask, 3))
+    # without a process group the rank's rows are the batch: both scopes divide by 0.6
+    assert torch.equal(batch_norm_process_rewards(rewards, mask, scope="rank"), normed)
+    a = prime_rloo_advantages(outcome, rewards, mask, 3, normalize="batch_norm", batch_norm_scope="rank")
+    assert torch.equal(a, prime_rloo_advantages(outcome, rewards, mask, 3, normalize="batch_norm"))
+    with pytest.raises(ValueError, match="batch_norm scope"):
+        batch_norm_process_rewards(rewards, mask, scope="node")
 
 
 def test_prime_whiten_gives_zero_mean_unit_variance(group):

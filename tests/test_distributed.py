@@ -134,3 +134,79 @@ def test_torchrun_run_writes_dcp_and_resumes_on_one_process(tiny_model_dir, tmp_
     assert [m["step"] for m in history] == [3]
     assert (ckpt / "LATEST").read_text() == "step-000003"
     assert (ckpt / "step-000003" / ".metadata").is_file()  # train.checkpoint_format=dcp in one process too
+
+
+def equal_weight_gradient(model_dir) -> dict[str, torch.Tensor]:
+    """The reference: one process, a plain model, PPO's first-step loss (ratio 1) with every
+    response's token mean weighing the same, ``mean_i (1/|y_i|) sum_t -A_i * ratio_it``, RLOO
+    advantages computed here by hand."""
+    from iprime.models import load_model, load_tokenizer
+    from iprime.models.logprobs import response_logprobs
+
+    model = load_model(model_dir)
+    batch = worker.uneven_batch(load_tokenizer(model_dir))
+    K, T = 4, batch.response_ids.shape[1]
+    o = batch.tensors["outcome"].view(-1, K)
+    advantages = (o - (o.sum(1, keepdim=True) - o) / (K - 1)).reshape(-1, 1)  # leave-one-out
+    mask = batch.response_mask.float()
+    logp = response_logprobs(model, batch.input_ids, batch.attention_mask, T)
+    ratio = torch.exp(logp - logp.detach())
+    per_response = (-advantages * ratio * mask).sum(1) / mask.sum(1)
+    per_response.mean().backward()
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+
+
+def relative_error(got: dict, want: dict) -> float:
+    num = sum(float((got[k] - want[k]).square().sum()) for k in want)
+    return (num / sum(float(w.square().sum()) for w in want.values())) ** 0.5
+
+
+def test_the_recipes_aggregation_weighs_every_response_alike_on_two_ranks(tiny_model_dir, tmp_path):
+    """The Eurus recipe's optim.agg / loss_scope (read from the recipe) on 2 gloo ranks and in
+    one process: the policy gradient of a mini-batch of responses 2 to 48 tokens long is, on
+    every rank, the equal-weight reference; the recipe's former token-mean is not."""
+    assert worker.recipe_aggregation() == [
+        "optim.agg=seq-mean-token-mean",
+        "optim.loss_scope=mini_batch",
+        "optim.micro_batch_size=1",
+    ]
+    launch_ranks(["agg", str(tiny_model_dir), str(tmp_path / "agg")], timeout=300)
+    ranks = [torch.load(f"{tmp_path / 'agg'}.rank{r}", weights_only=False) for r in range(2)]
+    one = worker.run_agg(str(tiny_model_dir), str(tmp_path / "one"))
+    want = equal_weight_gradient(tiny_model_dir)
+    assert max(float(w.abs().max()) for w in want.values()) > 1e-3  # a gradient worth comparing
+    for got in [*ranks, one]:
+        assert got["recipe"].keys() == want.keys()
+        assert relative_error(got["recipe"], want) < 1e-4
+    # a token mean over the ranks' same-index rows weighs long responses more: far from equal weights
+    for got in ranks:
+        assert relative_error(got["token_mean_micro"], want) > 0.05
+
+
+def test_batch_norm_rank_scope_divides_by_each_ranks_own_largest_return(tmp_path):
+    """algo.batch_norm_scope on 2 gloo ranks: ``rank`` divides each rank's process rewards by
+    its own largest |return| (the PRIME repository's dp_prime.py), ``global`` by the largest
+    over both; the prime estimator then whitens over both ranks either way."""
+    from iprime import algo
+
+    launch_ranks(["batch_norm", "-", str(tmp_path / "bn")])
+    ranks = [torch.load(f"{tmp_path / 'bn'}.rank{r}", weights_only=False) for r in range(2)]
+
+    def largest_return(r, mask):  # the original's reverse cumulative sum, by hand
+        r = r * mask
+        return float(torch.cumsum(r.flip(1), 1).flip(1).abs().max())
+
+    own = [largest_return(x["rewards"], x["mask"]) for x in ranks]
+    assert own[1] > 1.5 * own[0]  # the ranks' divisors really differ
+    for x, divisor in zip(ranks, own):
+        masked = x["rewards"] * x["mask"]
+        torch.testing.assert_close(x["rank"], masked / (divisor + 1e-6))
+        torch.testing.assert_close(x["global"], masked / (max(own) + 1e-6))
+    # the estimator with rank scope = one process whitening the rows each rank normalised itself
+    rewards = torch.cat([x["rank"] for x in ranks])
+    mask, outcome = torch.cat([x["mask"] for x in ranks]), torch.cat([x["outcome"] for x in ranks])
+    expected = algo.prime_rloo_advantages(outcome, rewards, mask, 4, whiten=True)
+    torch.testing.assert_close(torch.cat([x["prime_rank"] for x in ranks]), expected)
+    rewards = torch.cat([x["global"] for x in ranks])
+    expected = algo.prime_rloo_advantages(outcome, rewards, mask, 4, whiten=True)
+    torch.testing.assert_close(torch.cat([x["prime_global"] for x in ranks]), expected)

@@ -5,7 +5,9 @@ refuses to run without CUDA; ``make setup-gpu`` installs vLLM before iprime."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import subprocess
 import sys
 import typing
@@ -24,6 +26,7 @@ RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 PACKAGED = sorted((ROOT / "src" / "iprime" / "configs").glob("*.yaml"))
 EURUS = ROOT / "configs" / "eurus2_7b_prime.yaml"
 SINGLE_GPU = ROOT / "configs" / "qwen2.5_1.5b_single_gpu.yaml"
+EURUS_SOURCES = ROOT / "tests" / "data" / "eurus_sources.json"
 
 
 def leaf_keys(cls: type = PrimeConfig, prefix: str = "") -> list[str]:
@@ -77,7 +80,7 @@ def test_eurus_recipe_has_the_papers_values():
     assert (cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens) == (1024, 3072)
     assert cfg.rollout.vllm_max_model_len >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
     assert (cfg.algo.estimator, cfg.algo.rm_coef, cfg.algo.outcome_coef) == ("prime", 5.0, 5.0)
-    assert (cfg.filter.enabled, cfg.filter.low, cfg.filter.high, cfg.filter.drop_truncated) == (True, 0.2, 0.8, True)
+    assert (cfg.filter.enabled, cfg.filter.low, cfg.filter.high, cfg.filter.drop_truncated) == (True, 0.2, 0.8, False)
     assert (cfg.algo.gamma, cfg.algo.outcome_gamma) == (1.0, 1.0)
     assert (cfg.algo.kl_coef, cfg.algo.kl_mode, cfg.algo.entropy_coef) == (0.0, "none", 0.0)
     assert (cfg.prm.granularity, cfg.prm.update, cfg.prm.loss, cfg.prm.lora) == ("token", "after", "ce", False)
@@ -86,6 +89,73 @@ def test_eurus_recipe_has_the_papers_values():
     assert (cfg.optim.clip_low, cfg.optim.clip_high, cfg.optim.grad_clip, cfg.optim.epochs) == (0.2, 0.2, 1.0, 1)
     assert (cfg.data.train_path, cfg.data.reference_key, cfg.data.verifier) == ("data/train.parquet", "auto", "auto")
     assert cfg.rollout.prompts_per_step % 8 == 0  # torchrun over 8 GPUs: equal shares of whole groups
+
+
+def setting_value(text: str):
+    """The value of a recorded ``name=value`` (script) or ``name: value`` (YAML) line, typed the
+    way Hydra / YAML read it: booleans, integers, floats, else the string."""
+    raw = re.split(r"=|:\s", text, maxsplit=1)[1].strip()
+    if raw in ("True", "False"):
+        return raw == "True"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def key_comment(text: str, key: str) -> str:
+    """The comment that documents ``section.name`` in a recipe: the comment lines right above
+    its line and the comment on it, joined with single spaces."""
+    section, name = key.split(".")
+    lines = text.splitlines()
+    start = lines.index(f"{section}:")
+    i = next(j for j in range(start + 1, len(lines)) if re.match(rf"  {re.escape(name)}:", lines[j]))
+    parts = [lines[i].split("#", 1)[1] if "#" in lines[i] else ""]
+    j = i - 1
+    while lines[j].startswith("  #"):
+        parts.insert(0, lines[j].split("#", 1)[1])
+        j -= 1
+    return " ".join(" ".join(parts).split())
+
+
+def test_eurus_recipe_values_from_the_original_match_the_recorded_lines():
+    """Every value the recipe takes from the original run (the recorded lines of the launch
+    script and the fork: tests/data/eurus_sources.json) is the recorded line's value, unless the
+    row says why iprime's spelling differs; and the recipe's comment on the key cites that line."""
+    table = json.loads(EURUS_SOURCES.read_text())
+    cfg, text = load_config(EURUS), EURUS.read_text()
+    keys = [row["key"] for row in table["rows"]]
+    assert len(keys) == len(set(keys)) >= 40
+    for row in table["rows"]:
+        key, value, source = row["key"], row["value"], row["source"]
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == value, key
+        if "maps" not in row:
+            assert setting_value(row["text"]) == value, (key, row["text"])
+        comment = key_comment(text, key)
+        file, line = source.split(":")
+        cited = f"[script:{line}]" if file == "script" else source
+        assert cited in comment, (key, cited, comment)
+        if not row.get("maps", "").startswith("code:"):  # a setting: the comment quotes it
+            assert row["text"] in comment, (key, row["text"], comment)
+    # the issue-22 points, each the original's choice
+    by_key = {row["key"]: row for row in table["rows"]}
+    assert by_key["prm.mini_batch_size"]["value"] * 4 == cfg.rollout.prompts_per_step * cfg.rollout.n
+    assert cfg.filter.drop_truncated is False and cfg.rollout.buffer == "prompts"
+    assert (cfg.algo.batch_norm_scope, cfg.optim.agg) == ("rank", "seq-mean-token-mean")
+
+
+def test_the_recorded_lines_parse_as_hydra_and_yaml_read_them():
+    assert setting_value("data.n_samples=4") == 4
+    assert setting_value("data.filter_accuracy=True") is True
+    assert setting_value("actor_rollout_ref.actor.entropy_coeff=0.") == 0.0
+    assert setting_value("filter_truncated: False") is False
+    assert setting_value("top_k: -1") == -1
+    assert setting_value("reward_model.prime_model.path=$SFT_MODEL_PATH") == "$SFT_MODEL_PATH"
+    text = "a:\n  b: 1\n  # [script:3] x=1\n  # more\n  c: 2  # inline\n"
+    assert key_comment(text, "a.c") == "[script:3] x=1 more inline" and key_comment(text, "a.b") == ""
 
 
 def test_single_gpu_recipe_keeps_to_its_assumptions():

@@ -11,8 +11,9 @@ import pytest
 import torch
 from tiny_runs import ROWS, parity_verifier, tiny_config
 
+from iprime.config import ConfigError
 from iprime.train.prime import NonFiniteError, PrimeTrainer
-from iprime.train.prm_update import update_prm
+from iprime.train.prm_update import prm_mini_batches, update_prm
 
 
 def make_config(tmp_path, *overrides: str):
@@ -84,8 +85,61 @@ def test_surplus_groups_wait_in_the_buffer(tiny_model_dir, tmp_path):
     batch, stats = trainer.collect()
     assert len(batch) == 8 and stats["rollout/buffer_groups"] == 2
     buffered = trainer.collector.buffer.meta["row"]
+    assert stats["rollout/buffer_share"] == 0.0 and "rollout/buffer_staleness" not in stats
+    trainer.step = 1  # the next step: the buffered groups were sampled by the previous policy
     batch2, stats2 = trainer.collect()
     assert stats2["rollout/rounds"] == 0 and batch2.meta["row"] == buffered
+    assert stats2["rollout/buffer_share"] == 1.0 and stats2["rollout/buffer_staleness"] == 1.0
+    assert batch2.meta["sampled_step"] == [0] * 8 and all(batch2.meta["from_buffer"])
+
+
+def test_the_prompts_buffer_keeps_surplus_prompts_and_samples_them_again(tiny_model_dir, tmp_path):
+    """rollout.buffer=prompts (ray_trainer.py add_to_buffer): the surplus groups' prompts wait,
+    with no cap, and each step puts at most prompts_per_step of them before its fresh prompts."""
+    cfg = make_config(
+        tmp_path, "rollout.buffer=prompts", "rollout.prompts_per_step=2", "rollout.oversample=2.0", "train.steps=1"
+    )
+    trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, parity_verifier)
+    c = trainer.collector
+    batch, stats = trainer.collect()  # 4 prompts, all kept (no filter): 2 train, 2 wait as prompts
+    firsts = batch.meta["row"][::4]
+    assert len(batch) == 8 and c.buffer is None and stats["rollout/buffer_groups"] == 2
+    surplus = list(c.prompt_buffer)
+    assert len(surplus) == 2 and not set(surplus) & set(firsts)
+    assert stats["rollout/buffer_share"] == 0.0
+
+    trainer.step = 1
+    batch2, stats2 = trainer.collect()  # round 0: the 2 buffered prompts, then 4 fresh ones
+    assert stats2["rollout/rounds"] == 1 and batch2.meta["row"][::4] == surplus
+    assert batch2.meta["sampled_step"] == [1] * 8 and all(batch2.meta["from_buffer"])  # sampled again, now
+    assert stats2["rollout/buffer_share"] == 1.0 and stats2["rollout/buffer_staleness"] == 0.0
+    assert len(c.prompt_buffer) == 4 and stats2["rollout/buffer_groups"] == 4  # the 4 fresh prompts wait
+
+    state = c.state_dict()
+    trainer.step = 2
+    batch3, _ = trainer.collect()  # 2 of the 4 head the round, 2 keep waiting, the 4 new surplus join them
+    assert batch3.meta["row"][::4] == state["prompt_buffer"][:2]
+    assert c.prompt_buffer[:2] == state["prompt_buffer"][2:] and len(c.prompt_buffer) == 6
+
+    c.load_state_dict({**state, "step": 2})  # what a checkpoint restores
+    assert c.prompt_buffer == state["prompt_buffer"] and c.buffer is None
+    c.load_state_dict({"stream": state["stream"], "buffer": None, "step": 2})  # written before rollout.buffer
+    assert c.prompt_buffer == []
+
+
+def test_a_buffer_from_before_staleness_was_logged_loads_as_sampled_by_the_saving_step(tiny_model_dir, tmp_path):
+    cfg = make_config(tmp_path, "rollout.prompts_per_step=2", "rollout.oversample=2.0")
+    trainer = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, parity_verifier)
+    trainer.collect()
+    old = trainer.collector.buffer
+    for key in ("sampled_step", "from_buffer"):
+        del old.meta[key]
+    trainer.collector.load_state_dict({**trainer.collector.state_dict(), "step": 5})
+    meta = trainer.collector.buffer.meta
+    assert meta["sampled_step"] == [4] * 8 and meta["from_buffer"] == [False] * 8
+    trainer.step = 5
+    _, stats = trainer.collect()
+    assert stats["rollout/buffer_share"] == 1.0 and stats["rollout/buffer_staleness"] == 1.0
 
 
 def _comparable(metrics):
@@ -204,6 +258,77 @@ def test_prm_epochs_are_repeated_passes_scored_before_the_first(tiny_model_dir, 
     assert m2["prm/loss_last"] == pytest.approx(m1b["prm/loss"], abs=1e-6)
     with pytest.raises(Exception, match="prm.epochs"):
         make_config(tmp_path, "prm.epochs=0")
+
+
+def test_prm_mini_batches_deal_whole_groups_in_turn():
+    assert prm_mini_batches(3, 2, None) == [[0, 1, 2, 3, 4, 5]]
+    assert prm_mini_batches(4, 2, 4) == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    # 5 groups in mini-batches of 2 groups: 3 mini-batches of 2, 2 and 1 groups, every row once
+    minis = prm_mini_batches(5, 2, 4)
+    assert minis == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5]]
+    assert prm_mini_batches(2, 2, 100) == [[0, 1, 2, 3]]  # larger than the batch: one step
+    for bad in (3, 1):
+        with pytest.raises(ValueError, match="whole number of groups"):
+            prm_mini_batches(4, 2, bad)
+    with pytest.raises(ConfigError, match="prm.mini_batch_size: must be a multiple of rollout.n=4"):
+        tiny_config("unused", "prm.mini_batch_size=6")
+
+
+def test_a_quarter_batch_prm_mini_batch_takes_four_prm_steps_every_step(tiny_model_dir, tmp_path):
+    # 4 prompts x K=4 = 16 responses a step; mini-batches of 4 responses: 4 PRM optimizer steps
+    cfg = tiny_config(tmp_path, "rollout.prompts_per_step=4", "prm.mini_batch_size=4")
+    history = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, parity_verifier).train(progress=False)
+    assert [m["batch/size"] for m in history] == [16, 16, 16]
+    assert [m["prm/updates"] for m in history] == [4, 4, 4]
+    assert all(m["policy/updates"] == 2 for m in history)  # optim.mini_batch_size=8: 16 / 8
+    # prm.epochs repeats the pass: 2 x 4 steps; without a mini-batch size, one step per pass
+    two = tiny_config(tmp_path / "two", "rollout.prompts_per_step=4", "prm.mini_batch_size=4", "prm.epochs=2")
+    trainer = PrimeTrainer(str(tiny_model_dir), two, ROWS, parity_verifier)
+    assert trainer.train_step()["prm/updates"] == 8
+    whole = PrimeTrainer(str(tiny_model_dir), tiny_config(tmp_path / "whole"), ROWS, parity_verifier)
+    assert whole.train_step()["prm/updates"] == 1
+
+
+def test_prm_mini_batches_are_scored_by_the_prm_as_it_is_at_their_turn(tiny_model_dir, tmp_path):
+    """prm.update=after with mini-batches (dp_prime.py update_policy): mini-batch 0 is scored by
+    the PRM before any step, mini-batch 1 by the PRM after the step on mini-batch 0 only; the
+    PRM ends where two single updates, one per mini-batch, take it."""
+    cfg = make_config(tmp_path / "mini", "prm.mini_batch_size=4")
+    mini = PrimeTrainer(str(tiny_model_dir), cfg, ROWS, parity_verifier)
+    plain = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "plain"), ROWS, parity_verifier)
+    batch, _ = mini.collect()
+    assert len(batch) == 8  # two groups: mini-batch 0 is group 0, mini-batch 1 group 1
+    ref_logp = mini.passes.all_logprobs(mini.reference, batch, 8)
+    before = mini.passes.all_logprobs(mini.prm, batch, 8)
+    metrics, scored = update_prm(
+        mini.passes, mini.prm, mini.optimizers.prm, batch, ref_logp, len(batch), return_logp=True
+    )
+    assert metrics["prm/updates"] == 2 and metrics["prm/skipped"] == 0.0
+
+    first, second = torch.arange(0, 4), torch.arange(4, 8)
+    # the same PRM (seeded alike), one plain update on mini-batch 0 alone, then one on mini-batch 1
+    update_prm(plain.passes, plain.prm, plain.optimizers.prm, batch.select(first), ref_logp[first], 4)
+    after_first = plain.passes.all_logprobs(plain.prm, batch, 8)
+    update_prm(plain.passes, plain.prm, plain.optimizers.prm, batch.select(second), ref_logp[second], 4)
+    mask = batch.response_mask.bool()
+    m0, m1 = mask.clone(), mask.clone()
+    m0[second], m1[first] = False, False
+    assert torch.allclose(scored[m0], before[m0], atol=1e-5)  # group 0: the PRM before any step
+    assert torch.allclose(scored[m1], after_first[m1], atol=1e-5)  # group 1: after the step on group 0
+    assert (after_first[m1] - before[m1]).abs().max() > 1e-3  # ... which moved its scores
+    for (name, a), b in zip(mini.prm.state_dict().items(), plain.prm.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_the_advantage_stage_passes_the_batch_norm_scope():
+    from iprime.train.advantages import advantage_inputs
+
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    for scope in ("global", "rank"):
+        cfg = tiny_config("unused", f"algo.batch_norm_scope={scope}")
+        assert advantage_inputs(cfg, torch.zeros(4), mask).batch_norm_scope == scope
+    with pytest.raises(ConfigError, match="algo.batch_norm_scope: must be one of"):
+        tiny_config("unused", "algo.batch_norm_scope=node")
 
 
 def test_bad_rows_are_reported_with_their_index(tiny_model_dir, tmp_path):

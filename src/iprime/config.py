@@ -121,6 +121,18 @@ class RolloutConfig:
     """Weight each token's policy loss by ``min(exp(logp_trainer_old - logp_rollout), is_cap)``:
     corrects for the engine's log-probs differing from the trainer's (vLLM kernels, precision)."""
     is_cap: float = 2.0
+    buffer: Literal["rollouts", "prompts"] = "rollouts"
+    """What the step keeps of the groups that passed the filter beyond its ``prompts_per_step``.
+    ``rollouts``: the groups themselves (at most one step's worth), trained on next step before
+    any new round: sampled by the previous policy and filtered on its accuracy (with
+    ``old_logprobs=sampling`` PPO's ratio is taken to that policy; with ``recompute`` they are
+    treated as on-policy). ``prompts`` (the PRIME repository's, ``ray_trainer.py``
+    ``add_to_buffer``): only their prompts, which are sampled again by the current policy at the
+    head of the next step's first round (at most ``prompts_per_step`` of them per step) and
+    filtered again. Logged: ``rollout/buffer_groups`` (groups, or prompts, waiting),
+    ``rollout/buffer_share`` (share of the step's groups that came through the buffer) and
+    ``rollout/buffer_staleness`` (their mean age in steps between sampling and training: >= 1
+    with ``rollouts``, 0 with ``prompts``)."""
     old_logprobs: Literal["auto", "sampling", "recompute"] = "auto"
     """PPO's ``old_logp``. ``sampling``: the log-probs the HF sampler recorded (the same model and
     temperature, so equal to a recompute up to float noise; for groups served from the buffer they
@@ -137,6 +149,10 @@ class FilterConfig:
     low: float = 0.2
     high: float = 0.8
     drop_truncated: bool = True
+    """Also drop every group with a response cut at ``rollout.max_new_tokens`` (verl's later
+    ``filter_truncate``). ``false`` keeps them: a cut response is verified like any other (it
+    usually fails) and gets its negative advantage, as in the PRIME repository's run
+    (``filter_truncated: False``)."""
 
 
 @dataclass
@@ -147,8 +163,10 @@ class PRMConfig:
     beta: float = DEFAULT_BETA
     """Scale of the implicit reward ``beta * log(pi_phi / pi_ref)``."""
     update: Literal["after", "before", "none"] = "after"
-    """``after``: score with the PRM before this step's update (paper); ``before``: update then
-    score; ``none``: frozen PRM."""
+    """``after``: score with the PRM before this step's update (paper); with
+    ``prm.mini_batch_size`` each mini-batch is scored by the PRM as it is when its turn comes
+    (after the optimizer steps on the mini-batches before it), as the PRIME repository does.
+    ``before``: update, then score every response with the updated PRM; ``none``: frozen PRM."""
     loss: Literal["ce", "dpo"] = "ce"
     granularity: Literal["token", "step", "whole"] = "token"
     step_delimiter: str = DEFAULT_STEP_DELIMITER
@@ -157,10 +175,18 @@ class PRMConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     micro_batch_size: int = 16
+    mini_batch_size: int | None = None
+    """Responses per PRM optimizer step, whole groups of ``rollout.n`` (a multiple of it);
+    ``null``: the step's whole batch, one optimizer step per pass. The step's groups are dealt
+    to ``ceil(groups / (mini_batch_size / n))`` mini-batches in turn (group ``g`` to mini-batch
+    ``g mod count``), so the split does not depend on the world size; under torchrun each rank
+    runs its rows of each mini-batch. The PRIME repository: ``reward_model.mini_batch_size=256``
+    of 1024 responses, 4 PRM steps per training step."""
     epochs: int = 1
-    """PRM optimizer steps per training step, each a full pass over the step's batch (the
-    rewards always come from the PRM before the first). More passes let the PRM keep up with
-    the policy, at one PRM forward+backward each."""
+    """Passes over the step's batch, each of one optimizer step per mini-batch
+    (``prm.mini_batch_size``): ``epochs x mini-batches`` PRM steps per training step, logged as
+    ``prm/updates``. The rewards always come from the first pass (``prm.update``). More passes
+    let the PRM keep up with the policy, at one PRM forward+backward each."""
     lora: bool = False
     """Hold the PRM as a LoRA adapter on the frozen reference: reference log-probs are the same
     model with the adapter switched off, so no separate reference model is kept."""
@@ -190,6 +216,12 @@ class AlgoConfig:
     batch's largest absolute return before they are combined, which keeps the process term about
     a quarter of the advantage; ``null``: the paper's formula as written, where the process term
     grew to ~0.75 of the advantage and trained slightly worse than RLOO (docs/benchmarks.md)."""
+    batch_norm_scope: Literal["global", "rank"] = "global"
+    """Where ``batch_norm`` takes its largest absolute return. ``global``: over the whole step's
+    batch (every rank's rows; one process: the batch). ``rank``: over each rank's own rows, as
+    the PRIME repository's PRM worker does (``dp_prime.py``: 128 of 1024 responses on each of
+    8 GPUs), so the scale depends on the number of ranks; in one process the same as
+    ``global``. The paper's formula has no ``batch_norm`` at all."""
     whiten: bool = True
     process_baseline: Literal["paper", "reference"] = "reference"
     """Leave-one-out baseline of the process rewards: ``reference`` (the PRIME repository's, the
@@ -229,6 +261,11 @@ class OptimConfig:
     clip_high: float = 0.2
     dual_clip: float | None = None
     agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    """How the policy loss weighs tokens (``iprime.algo.aggregate_loss``): ``token-mean`` every
+    token alike; ``seq-mean-token-mean`` every response alike (its token mean, averaged over
+    the responses of the mini-batch across ranks: the PRIME repository's run, whose 1-response
+    micro-batches are token means accumulated and averaged over ranks);
+    ``seq-mean-token-sum-norm`` token sums over a constant length (Dr. GRPO)."""
     grad_clip: float = 1.0
     value_lr: float = 1e-5
     value_clip: float = 0.2
@@ -370,6 +407,13 @@ def validate(cfg: PrimeConfig) -> None:
     need(0.0 <= cfg.filter.low <= cfg.filter.high <= 1.0, "filter.low", "need 0 <= filter.low <= filter.high <= 1")
     need(cfg.prm.beta > 0, "prm.beta", "must be > 0")
     need(cfg.prm.epochs >= 1, "prm.epochs", "must be >= 1")
+    need(
+        cfg.prm.mini_batch_size is None
+        or (cfg.prm.mini_batch_size >= cfg.rollout.n and cfg.prm.mini_batch_size % cfg.rollout.n == 0),
+        "prm.mini_batch_size",
+        f"must be a multiple of rollout.n={cfg.rollout.n} (whole groups; the DPO loss pairs within a group), "
+        f"or null; got {cfg.prm.mini_batch_size}",
+    )
     need(0.0 <= cfg.algo.gamma <= 1.0, "algo.gamma", "must lie in [0, 1]")
     need(0.0 <= cfg.algo.lam <= 1.0, "algo.lam", "must lie in [0, 1]")
     need(

@@ -16,6 +16,8 @@ Batch statistics (whitening, ``batch_norm``'s largest return, REINFORCE's batch 
 over the whole data-parallel batch: with an initialised ``torch.distributed`` process group of
 more than one rank they are all-reduced (every rank must call the estimator), otherwise they are
 the plain single-process statistics. Groups never span ranks, so leave-one-out terms are local.
+The one exception is asked for by name: ``batch_norm_scope="rank"`` takes ``batch_norm``'s
+largest return over each rank's own rows, as the PRIME repository does.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ Tensor = torch.Tensor
 
 PROCESS_BASELINES = ("paper", "reference")
 NORMALIZATIONS = (None, "batch_norm")
+BATCH_NORM_SCOPES = ("global", "rank")
 
 
 @dataclass
@@ -69,6 +72,7 @@ class AdvantageInputs:
     outcome_coef: float = 1.0
     outcome_gamma: float | None = None
     normalize: str | None = None
+    batch_norm_scope: str = "global"
     whiten: bool = False
     process_baseline: str = "paper"
 
@@ -296,12 +300,23 @@ def gae_advantages(
     return gae_advantages_and_returns(outcome, mask, values, gamma, lam, token_rewards, whiten)[0]
 
 
-def batch_norm_process_rewards(process_rewards: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
-    """The reference code's ``prime_norm="batch_norm"``: divide the token rewards by the largest
-    absolute reverse cumulative sum (undiscounted return) anywhere in the batch, plus ``eps``,
-    so no process return exceeds 1 in magnitude while relative values are kept."""
+def batch_norm_process_rewards(
+    process_rewards: Tensor, mask: Tensor, eps: float = 1e-6, scope: str = "global"
+) -> Tensor:
+    """The reference code's ``prime_norm="batch_norm"``: divide the token rewards ``[B, T]`` by
+    the largest absolute reverse cumulative sum (undiscounted return) in the batch, plus
+    ``eps``, so no process return exceeds 1 in magnitude while relative values are kept.
+
+    ``scope``: ``"global"`` takes the largest over every rank's rows (all-reduced under
+    ``torch.distributed``); ``"rank"`` over this rank's rows only, as the PRIME repository's PRM
+    worker does (``dp_prime.py`` ``update_policy``: ``reverse_cumsum.abs().max()`` of the
+    worker's own share), so each rank has its own divisor and the result depends on the number
+    of ranks. Without a process group both are the batch's largest."""
+    check_choice("batch_norm scope", scope, BATCH_NORM_SCOPES)
     r = zero_outside(process_rewards, mask)
-    return r / (distributed_max(discounted_returns(r, mask, 1.0).abs()) + eps)
+    returns = discounted_returns(r, mask, 1.0).abs()
+    largest = distributed_max(returns) if scope == "global" else returns.max()
+    return r / (largest + eps)
 
 
 def process_rloo_rewards(process_rewards: Tensor, mask: Tensor, group_size: int, baseline: str = "paper") -> Tensor:
@@ -341,13 +356,15 @@ def prime_advantage_parts(
     process_baseline: str = "paper",
     outcome_coef: float = 1.0,
     outcome_gamma: float | None = None,
+    batch_norm_scope: str = "global",
 ) -> tuple[Tensor, Tensor]:
     """The two terms of PRIME's advantage before whitening, ``(process, outcome)``, each ``[B, T]``.
 
     ``process = rm_coef * discounted return of the leave-one-out centred (optionally
     ``batch_norm``-scaled) process rewards`` and ``outcome = outcome_coef * RLOO outcome
     advantage``; :func:`prime_rloo_advantages` is their sum (then whitened if asked), so the
-    parts say how much of the advantage the implicit PRM contributes. Zero outside ``mask``.
+    parts say how much of the advantage the implicit PRM contributes. ``batch_norm_scope``: see
+    :func:`batch_norm_process_rewards`. Zero outside ``mask``.
     """
     check_same_shape(process_rewards=process_rewards, mask=mask)
     _check_outcome_inputs(outcome, mask)
@@ -360,7 +377,7 @@ def prime_advantage_parts(
 
     r = zero_outside(process_rewards.to(torch.float32), mask)
     if normalize == "batch_norm":
-        r = batch_norm_process_rewards(r, mask)
+        r = batch_norm_process_rewards(r, mask, scope=batch_norm_scope)
     process = discounted_returns(process_rloo_rewards(r, mask, group_size, process_baseline), mask, gamma)
     outcome_part = rloo_advantages(outcome, mask, group_size, outcome_gamma)
     return rm_coef * process, outcome_coef * outcome_part
@@ -387,6 +404,7 @@ def prime_rloo_advantages(
     process_baseline: str = "paper",
     outcome_coef: float = 1.0,
     outcome_gamma: float | None = None,
+    batch_norm_scope: str = "global",
 ) -> Tensor:
     """PRIME advantages: RLOO on the outcome reward plus RLOO on the implicit process reward.
 
@@ -397,8 +415,9 @@ def prime_rloo_advantages(
     - ``A = rm_coef * process + outcome_coef * outcome`` on valid tokens, 0 elsewhere.
 
     ``normalize="batch_norm"`` first scales the process rewards by
-    :func:`batch_norm_process_rewards` (reference code); ``whiten=True`` whitens ``A`` over
-    all valid tokens of the batch (the reference code does, after combining).
+    :func:`batch_norm_process_rewards` (reference code; over the batch or, with
+    ``batch_norm_scope="rank"``, over each rank's rows); ``whiten=True`` whitens ``A`` over all
+    valid tokens of the batch (the reference code does, after combining).
 
     Shapes: ``outcome`` ``[B]``; ``process_rewards`` and ``mask`` ``[B, T]`` -> ``[B, T]``.
     """
@@ -413,6 +432,7 @@ def prime_rloo_advantages(
         process_baseline,
         outcome_coef,
         outcome_gamma,
+        batch_norm_scope,
     )
     advantages = process + outcome_part
     if whiten:
@@ -441,6 +461,7 @@ def _prime_options(x: AdvantageInputs) -> dict[str, Any]:
         "rm_coef": x.rm_coef,
         "gamma": x.gamma,
         "normalize": x.normalize,
+        "batch_norm_scope": x.batch_norm_scope,
         "process_baseline": x.process_baseline,
         "outcome_coef": x.outcome_coef,
         "outcome_gamma": x.outcome_gamma,

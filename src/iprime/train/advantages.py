@@ -43,6 +43,7 @@ def advantage_inputs(
         outcome_coef=a.outcome_coef,
         outcome_gamma=a.outcome_gamma,
         normalize=a.normalize,
+        batch_norm_scope=a.batch_norm_scope,
         whiten=a.whiten,
         process_baseline=a.process_baseline,
     )

@@ -5,9 +5,20 @@ A step wants ``rollout.prompts_per_step`` groups of ``K`` responses whose accura
 ``[filter.low, filter.high]``. Each round draws ``ceil(prompts_per_step * oversample)`` prompts
 from the resumable :class:`~iprime.data.prompts.PromptStream`, samples K responses each and
 verifies them; kept groups accumulate until the step is full or ``rollout.max_rounds`` rounds
-ran. Kept groups beyond the step's need wait in the buffer for the next step (at most one step's
-worth). Under torchrun each rank samples and verifies a contiguous share of a round's prompts,
-and the rollouts are all-gathered in rank order, so every rank filters the same global pool.
+ran. What the step keeps of the kept groups beyond its need follows ``rollout.buffer``:
+
+- ``rollouts``: the groups (at most one step's worth) wait in :attr:`RolloutCollector.buffer`
+  and are trained on first next step, before any new round;
+- ``prompts`` (the PRIME repository's ``ray_trainer.py`` ``add_to_buffer`` /
+  ``BufferedDataLoader``): only their dataset rows wait in
+  :attr:`RolloutCollector.prompt_buffer`; next step up to ``prompts_per_step`` of them are put
+  before the first round's new prompts, sampled by the current policy and filtered again.
+
+Every row carries ``meta["sampled_step"]`` (the step whose policy sampled it) and
+``meta["from_buffer"]`` (its group came through the buffer), from which the step's
+``rollout/buffer_share`` and ``rollout/buffer_staleness`` are logged. Under torchrun each rank
+samples and verifies a contiguous share of a round's prompts, and the rollouts are all-gathered
+in rank order, so every rank filters the same global pool.
 """
 
 from __future__ import annotations
@@ -30,6 +41,19 @@ from iprime.train.scoring import RolloutScorer
 
 VERIFY_COUNTS = ("verify/timeouts", "verify/failed")
 MAX_REASON_CHARS = 500  # a verifier's reason kept with each sample (buffer, checkpoints, samples.jsonl)
+
+
+def buffer_stats(train: RolloutBatch, step: int, group_size: int) -> dict[str, float]:
+    """``rollout/buffer_share``: the share of the step's groups that came through the buffer;
+    ``rollout/buffer_staleness``: their mean age in steps between the policy that sampled them
+    and the one that trains on them (``step`` is the number of steps done: the policy about to
+    be updated). Only where some groups came through the buffer."""
+    firsts = range(0, len(train), group_size)  # one row per group: a group is sampled and buffered whole
+    served = [i for i in firsts if train.meta["from_buffer"][i]]
+    if not served:
+        return {"rollout/buffer_share": 0.0}
+    ages = [step - train.meta["sampled_step"][i] for i in served]
+    return {"rollout/buffer_share": len(served) / len(firsts), "rollout/buffer_staleness": sum(ages) / len(ages)}
 
 
 def rollout_stats(generated: list[RolloutBatch], groups_seen: int, groups_kept: int) -> dict[str, float]:
@@ -155,7 +179,8 @@ class RolloutCollector:
         self.scorer = scorer
         self.policy_root = policy_root
         self.stream = PromptStream(len(rows), config.train.seed, config.data.shuffle)
-        self.buffer: RolloutBatch | None = None
+        self.buffer: RolloutBatch | None = None  # rollout.buffer=rollouts: surplus groups
+        self.prompt_buffer: list[int] = []  # rollout.buffer=prompts: dataset rows of surplus groups
 
     def _sampling_params(self, step: int, round_index: int) -> SamplingParams:
         r = self.cfg.rollout
@@ -165,9 +190,14 @@ class RolloutCollector:
             n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens, seed=seed
         )
 
-    def generate_round(self, step: int, round_index: int) -> tuple[RolloutBatch, dict[str, float]]:
-        """Sample and verify one round; returns the global round (identical on every rank)."""
-        indices = self.stream.take(math.ceil(self.cfg.rollout.prompts_per_step * self.cfg.rollout.oversample))
+    def generate_round(
+        self, step: int, round_index: int, buffered: Sequence[int] = ()
+    ) -> tuple[RolloutBatch, dict[str, float]]:
+        """Sample and verify one round: the dataset rows ``buffered`` (prompts back from the
+        buffer), then the stream's next ``ceil(prompts_per_step * oversample)``. Returns the
+        global round (identical on every rank)."""
+        fresh = self.stream.take(math.ceil(self.cfg.rollout.prompts_per_step * self.cfg.rollout.oversample))
+        indices = list(buffered) + fresh
         shares = D.group_shares(len(indices), self.dist.world_size)
         start, end = shares[self.dist.rank]
         mine = indices[start:end]
@@ -190,6 +220,8 @@ class RolloutCollector:
             batch.meta["reason"] = [r.reason[:MAX_REASON_CHARS] for r in results]
             t_ver = time.perf_counter() - t0
         batch = D.all_gather_rollouts(batch, [s for s, _ in shares], self.dist, self.device)
+        batch.meta["sampled_step"] = [step] * len(batch)
+        batch.meta["from_buffer"] = [int(p) < len(buffered) for p in batch.prompt_index]
         counts = D.all_reduce(torch.tensor([verify_stats[k] for k in VERIFY_COUNTS], device=self.device))
         stats = {"time/generate": t_gen, "time/verify": t_ver, "generated_tokens": int(batch.response_mask.sum())}
         return batch, {**stats, **dict(zip(VERIFY_COUNTS, counts.tolist()))}
@@ -208,13 +240,17 @@ class RolloutCollector:
         Returns the step's global batch (identical on every rank; ``None`` when no group is left
         to train on) and the rollout metrics."""
         K, want = self.cfg.rollout.n, self.cfg.rollout.prompts_per_step
-        kept = [self.buffer] if self.buffer is not None and len(self.buffer) else []
+        kept = [self._served_buffer()] if self.buffer is not None and len(self.buffer) else []
         n_kept = sum(len(b) for b in kept) // K
+        # rollout.buffer=prompts: at most a step's worth of buffered prompts head the first round
+        # (ray_trainer.py fit: get_from_buffer(batch_size, ...), concatenated before the first batch)
+        buffered, self.prompt_buffer = self.prompt_buffer[:want], self.prompt_buffer[want:]
         stats: dict[str, float] = {"time/generate": 0.0, "time/verify": 0.0, "generated_tokens": 0}
         stats.update(dict.fromkeys(VERIFY_COUNTS, 0))
         generated, seen, passed, rounds = [], 0, 0, 0
-        while n_kept < want and rounds < self.cfg.rollout.max_rounds:
-            batch, s = self.generate_round(step, rounds)
+        while (n_kept < want or buffered) and rounds < self.cfg.rollout.max_rounds:
+            batch, s = self.generate_round(step, rounds, buffered)
+            buffered = []
             stats = {key: stats[key] + s[key] for key in stats}
             generated.append(batch)
             keep = self._keep_mask(batch)
@@ -226,31 +262,55 @@ class RolloutCollector:
         stats["rollout/rounds"] = rounds
         stats.update(rollout_stats(generated, seen, passed))
         stats.update(group_stats(generated, self.rows, self.cfg.data.ability_key, self.cfg.data.source_key))
-        return self._take(kept, n_kept, stats)
+        return self._take(kept, n_kept, stats, step)
 
-    def _take(self, kept: list[RolloutBatch], n_kept: int, stats: dict[str, float]):
-        """The step's groups from the kept pool; the surplus (at most one step's worth) is buffered."""
+    def _served_buffer(self) -> RolloutBatch:
+        """The buffered groups as this step serves them: marked as having come through the buffer."""
+        buffer = self.buffer.select(torch.arange(len(self.buffer)))
+        buffer.meta["from_buffer"] = [True] * len(buffer)
+        return buffer
+
+    def _take(self, kept: list[RolloutBatch], n_kept: int, stats: dict[str, float], step: int):
+        """The step's groups from the kept pool; the surplus goes to the buffer ``rollout.buffer`` names."""
         K, want = self.cfg.rollout.n, self.cfg.rollout.prompts_per_step
         if not kept:
             self.buffer = None
+            stats["rollout/buffer_groups"] = len(self.prompt_buffer)
             return None, stats
         pool = RolloutBatch.cat(kept)
         groups = min(want, n_kept)
         groups -= groups % self.dist.world_size  # equal shares of whole groups per rank
         take = groups * K
         train, surplus = pool.select(torch.arange(take)), pool.select(torch.arange(take, len(pool)))
-        self.buffer = surplus.select(torch.arange(min(len(surplus), want * K))) if len(surplus) else None
-        stats["rollout/buffer_groups"] = (len(self.buffer) // K) if self.buffer is not None else 0
+        if self.cfg.rollout.buffer == "rollouts":
+            self.buffer = surplus.select(torch.arange(min(len(surplus), want * K))) if len(surplus) else None
+            stats["rollout/buffer_groups"] = (len(self.buffer) // K) if self.buffer is not None else 0
+        else:
+            # the surplus groups' prompts, in order and without a cap (ray_trainer.py add_to_buffer);
+            # a step takes back at most prompts_per_step of them
+            self.buffer = None
+            self.prompt_buffer += [int(r) for r in surplus.meta["row"][::K]]
+            stats["rollout/buffer_groups"] = len(self.prompt_buffer)
         if take == 0:  # fewer kept groups than ranks: all wait in the buffer
             return None, stats
         stats["rollout/acc_after_filter"] = float(train.tensors["outcome"].mean())
+        stats.update(buffer_stats(train, step, K))
         return train, stats
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stream": self.stream.state_dict(), "buffer": self.buffer}
+        return {"stream": self.stream.state_dict(), "buffer": self.buffer, "prompt_buffer": list(self.prompt_buffer)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (``state`` may be a run checkpoint's whole meta). Either
+        buffer is served whatever ``rollout.buffer`` now says; new surplus goes where it says."""
         self.stream.load_state_dict(state["stream"])
         self.buffer = state["buffer"].to(self.device) if state["buffer"] is not None else None
-        if self.buffer is not None and "reason" not in self.buffer.meta:  # written before reasons were kept
-            self.buffer.meta["reason"] = [""] * len(self.buffer)
+        self.prompt_buffer = [int(r) for r in state.get("prompt_buffer", [])]  # none before rollout.buffer
+        if self.buffer is None:
+            return
+        n, meta = len(self.buffer), self.buffer.meta
+        if "reason" not in meta:  # written before reasons were kept
+            meta["reason"] = [""] * n
+        if "sampled_step" not in meta:  # written before staleness was logged: sampled by the saving step
+            meta["sampled_step"] = [int(state["step"]) - 1] * n
+            meta["from_buffer"] = [False] * n

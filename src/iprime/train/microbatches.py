@@ -96,13 +96,20 @@ def _policy_weights(agg: str, scope: str, m, peers_mask, n_peers: int, mini_mask
 
 
 def local_micro_batches(
-    passes: ForwardPasses, batch: RolloutBatch, max_rows: int, n_global: int, *, unit: int = 1
+    passes: ForwardPasses,
+    batch: RolloutBatch,
+    max_rows: int,
+    n_global: int,
+    *,
+    unit: int = 1,
+    rows: list[int] | None = None,
 ) -> list[MicroBatch]:
-    """Micro-batches over every row of this rank's share ``batch`` (``max_rows`` rows, whole
-    units of ``unit`` rows), then dummies up to the busiest rank's count (a collective: every
-    rank calls this at the same point). ``scale``: the micro-batch's share of the ``n_global``
-    rows of the global batch, for a loss that is a mean over rows."""
-    plans = passes.plan(batch, list(range(len(batch))), max_rows, unit=unit)
+    """Micro-batches over ``rows`` (row ids of this rank's share ``batch``; ``None``: every row)
+    of ``max_rows`` rows, whole units of ``unit`` rows, then dummies up to the busiest rank's
+    count (a collective: every rank calls this at the same point). ``scale``: the micro-batch's
+    share of the ``n_global`` rows the loss is a mean over (all ranks' rows of the batch, or of
+    the mini-batch ``rows`` belong to)."""
+    plans = passes.plan(batch, list(range(len(batch))) if rows is None else rows, max_rows, unit=unit)
     out = [MicroBatch(torch.tensor(plan), scale=len(plan) / n_global) for plan in plans]
     dummy = MicroBatch(torch.tensor(list(range(unit))), dummy=True)
     return out + [dummy] * passes.pad_count(len(plans))

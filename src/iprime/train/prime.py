@@ -5,7 +5,8 @@ One step (:meth:`PrimeTrainer.train_step`), each stage filling in the step's rec
 
     collect      generate K per prompt, verify, filter and refill, buffer      (train/collect.py)
     log-probs    policy (PPO's old), reference                                   (train/passes.py)
-    PRM          implicit process rewards from the PRM before its update,
+    PRM          implicit process rewards from the PRM before its update (or, with
+                 prm.mini_batch_size, before the step on each mini-batch),
                  then its update on the outcome labels                           (train/prm_update.py)
     advantages   the configured estimator from iprime.algo's registry           (train/advantages.py)
     policy       PPO's clipped loss over mini-batches (and the value model)      (train/ppo_update.py)
@@ -168,7 +169,7 @@ class PrimeTrainer:
         self._take_rollouts(step, *self.collect())  # generate K per prompt, verify, filter, refill
         if step.rollouts is not None:
             self._logprobs(step)  # the policy's (PPO's old) and the reference's
-            self._prm(step)  # token rewards from the PRM before its update, then the update
+            self._prm(step)  # token rewards from the PRM before its update (per mini-batch), and the update
             self._advantages(step)  # the configured estimator (and the importance correction)
             self._policy_update(step)  # PPO's clipped loss over mini-batches (and the value model)
             self._sync_weights(step)  # an external engine (vLLM) samples the next step

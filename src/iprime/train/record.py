@@ -15,7 +15,9 @@ ref_logp       the reference's log-probs (the policy's own when the  log-probs
                reference is the policy)
 kl_ref_logp    ``ref_logp`` where a reference model exists, else     log-probs
                ``None``: the KL terms' reference
-prm_logp       the PRM's log-probs before its update                 PRM
+prm_logp       the PRM's log-probs before its update (with           PRM
+               ``prm.mini_batch_size``: before the step on the
+               row's mini-batch)
 token_rewards  implicit process rewards                              PRM
 values         the value model's estimates before its update         advantages
 advantages     what the policy update weighs (after the importance   advantages
