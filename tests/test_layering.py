@@ -65,6 +65,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
 LIGHT_CLI = "keeps torch / transformers out of `import iprime.cli` (test_the_command_line_loads_without_torch)"
 OPTIONAL = "an optional extra; its ImportError says what to install"
 ONLY_IF_LOADED = "only when that library is already loaded (sys.modules): importing it here would load it"
+VERIFIERS = "iprime.verifiers costs ~0.1 s (the sandbox, process pools), a sixth of `iprime --help`"
+POSIX_ONLY = "POSIX only (no such module on Windows); this module is imported on every platform"
 TORCH_DISTRIBUTED = (
     "torch.distributed's checkpoint / FSDP modules take ~1 s each to import, are needed only under torchrun "
     "or for DCP checkpoints, and are absent from torch builds without distributed support"
@@ -81,7 +83,15 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.cli", "iprime.train.sft"): LIGHT_CLI,
     ("iprime.config_show", "iprime.config"): LIGHT_CLI,
     ("iprime.data_check", "iprime.models"): LIGHT_CLI + "; the tokenizer, with --tokenizer only",
-    ("iprime.data_check", "iprime.verifiers"): "~0.15 s (sandbox, process pools): a quarter of `iprime --help`",
+    ("iprime.data_check", "iprime.verifiers"): VERIFIERS,
+    ("iprime.eval.commands", "iprime.eval.runner"): LIGHT_CLI,
+    ("iprime.eval.commands", "iprime.prm.scoring"): LIGHT_CLI,
+    ("iprime.eval.commands", "iprime.eval.rerank"): VERIFIERS,  # rerank imports iprime.verifiers
+    ("iprime.eval.commands", "iprime.verifiers"): VERIFIERS,
+    ("iprime.train.export", "iprime.train.checkpoint"): LIGHT_CLI,
+    ("iprime.train.export", "iprime.config"): LIGHT_CLI,  # the estimator registry (iprime.algo)
+    ("iprime.train.export", "iprime.models"): LIGHT_CLI,
+    ("iprime.train.export", "iprime.train.memory"): LIGHT_CLI,
     ("iprime.prm.commands", "iprime.models"): LIGHT_CLI,
     ("iprime.prm.commands", "iprime.prm.offline"): LIGHT_CLI,
     ("iprime.prm.commands", "iprime.prm.scoring"): LIGHT_CLI,
@@ -98,6 +108,9 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.plots", "matplotlib"): "~1 s, for drawing only; " + LIGHT_CLI,
     ("iprime.verifiers.math", "math_verify"): "math_verify imports sympy (~1 s); verifier workers load it",
     ("iprime.verifiers.math", "sympy"): "~1 s; for the rare tiny-number comparison only",
+    ("iprime.verifiers._pool", "resource"): POSIX_ONLY + "; needed only for a worker memory limit",
+    # the runner also imports it once before the sandbox is set up (main), while it can still read the stdlib
+    ("iprime.verifiers.sandbox.runner", "resource"): POSIX_ONLY + " (the host reads plain data with it)",
     ("iprime.quiet", "transformers"): ONLY_IF_LOADED,
     ("iprime.verifiers.registry", "iprime.verifiers.math"): "sympy (~1 s): loaded by name, when used",
     ("iprime.verifiers.registry", "iprime.verifiers.code"): "the code sandbox: loaded by name, when used",
@@ -109,25 +122,6 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.train.checkpoint_dcp", "torch.distributed.checkpoint"): TORCH_DISTRIBUTED,
     ("iprime.train.distributed", "torch.distributed.checkpoint"): TORCH_DISTRIBUTED,
     ("iprime.train.distributed", "torch.distributed.fsdp"): TORCH_DISTRIBUTED,
-}
-
-# Modules other workers were rewriting while this test was written (issue 21): every import
-# inside their functions passes for now. Each is to be moved to module level or listed above
-# with its reason; then the module's entry goes (the test says when one has none left).
-PENDING = "pending (issue 21): in-function imports not yet reviewed"
-PENDING_MODULES: dict[str, str] = {
-    "iprime.eval.answers": PENDING,
-    "iprime.eval.benchmarks": PENDING,
-    "iprime.eval.commands": PENDING + "; some keep torch out of the CLI (eval.runner, eval.rerank, prm.scoring)",
-    "iprime.eval.runner": PENDING,
-    "iprime.train.evaluate": PENDING + "; it imports train.build and train.distributed inside functions",
-    "iprime.train.export": PENDING + "; on the CLI's import path: keep torch out",
-    "iprime.verifiers._pool": PENDING,
-    "iprime.verifiers.sandbox.runner": "a separate stdlib-only program run inside the sandbox: it imports what it "
-    "needs only once the sandbox is set up",
-    "iprime.verifiers.batch": PENDING + "; one closes the batch <-> dispatch cycle (KNOWN_CYCLES)",
-    "iprime.verifiers.dispatch": PENDING,
-    "iprime.verifiers.math": PENDING,
 }
 
 # cycles being fixed by another worker (issue 21): each entry goes once its cycle is gone (the
@@ -301,22 +295,18 @@ def cycle_path(graph: dict[str, dict[str, int]], component: list[str]) -> str:
     raise AssertionError(f"no loop through {start}")
 
 
-def function_imports() -> tuple[list[str], set[tuple[str, str]], set[str]]:
-    """In-function imports that nothing allows, and the LAZY_IMPORTS entries and PENDING_MODULES
-    that allowed something."""
+def function_imports() -> tuple[list[str], set[tuple[str, str]]]:
+    """In-function imports that no LAZY_IMPORTS entry allows, and the entries that allowed one."""
     used: set[tuple[str, str]] = set()
-    pending: set[str] = set()
     unlisted = []
     for imp in imports():
         if not imp.in_function:
             continue
         keys = [(m, t) for m, t in LAZY_IMPORTS if m == imp.module and _inside(imp.target, t)]
         used.update(keys)
-        if imp.module in PENDING_MODULES:
-            pending.add(imp.module)
-        elif not keys:
+        if not keys:
             unlisted.append(str(imp))
-    return unlisted, used, pending
+    return unlisted, used
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,12 +340,12 @@ def test_no_import_cycles():
 
 
 def test_imports_inside_functions_are_listed_with_a_reason():
-    unlisted, used, pending = function_imports()
+    unlisted, used = function_imports()
     assert not unlisted, (
         "imports inside functions: move them to the top of the module, or, for a heavy or optional "
         "dependency kept lazy on purpose, add them to LAZY_IMPORTS with the reason:\n" + "\n".join(unlisted)
     )
-    stale = sorted(set(LAZY_IMPORTS) - used) + sorted(set(PENDING_MODULES) - pending)
+    stale = sorted(set(LAZY_IMPORTS) - used)
     assert not stale, f"listed, but no such import inside a function any more: remove {stale}"
 
 

@@ -22,7 +22,6 @@ from iprime.verifiers import (
     score_rows,
     verifier_for_row,
 )
-from iprime.verifiers import code as code_module
 from iprime.verifiers.sandbox import check_isolation_available
 
 # ------------------------------------------------------------------ rows in Eurus-2-RL-Data form
@@ -171,16 +170,6 @@ def test_math_reference_problems(reference, problem) -> None:
     assert len(problems) == 1 and problem in problems[0] and problems[0].startswith("math row:")
 
 
-@pytest.fixture(params=["code verifier", "fallback"])
-def tests_parser(request, monkeypatch) -> str:
-    """Run with iprime.verifiers.code.parse_tests, and with dispatch's fallback for installs without it."""
-    if request.param == "fallback":
-        monkeypatch.delattr(code_module, "parse_tests", raising=False)
-    elif not hasattr(code_module, "parse_tests"):
-        pytest.skip("iprime.verifiers.code.parse_tests is not in this version")
-    return request.param
-
-
 @pytest.mark.parametrize(
     ("tests", "problem"),
     [
@@ -192,27 +181,21 @@ def tests_parser(request, monkeypatch) -> str:
         (json.dumps({"stdin": ["1"], "stdout": ["1"]}), "expected 'inputs' and 'outputs'"),
     ],
 )
-def test_code_reference_problems(tests_parser, tests, problem) -> None:
+def test_code_reference_problems(tests, problem) -> None:
     problems = check_row(tests, code_row(tests))
     assert len(problems) == 1 and problems[0].startswith("code row: ") and problem in problems[0], problems
     with pytest.raises(ValueError, match="code row: "):
         score_row(RIGHT_CODE, code_row(tests))
 
 
-def test_code_reference_good_rows_and_call_based(tests_parser) -> None:
+def test_code_reference_good_rows_and_call_based() -> None:
     assert check_row(SUM_TESTS, code_row()) == []
     assert check_row(json.loads(SUM_TESTS), code_row()) == []
     call_based = json.dumps({"fn_name": "add", "inputs": [[1, 2], [3, 4]], "outputs": [[3], [7]]})
-    if tests_parser == "code verifier":  # the code verifier reads call-based tests itself
-        assert check_row(call_based, code_row(call_based)) == []
-    else:  # refused rather than run as stdin tests that can only fail
-        (problem,) = check_row(call_based, code_row(call_based))
-        assert "parse_tests" in problem
+    assert check_row(call_based, code_row(call_based)) == []  # the code verifier reads call-based tests itself
 
 
 def test_call_based_code_rows_score(sandbox) -> None:
-    if not hasattr(code_module, "parse_tests"):
-        pytest.skip("call-based tests need iprime.verifiers.code.parse_tests")
     row = code_row(json.dumps({"fn_name": "add", "inputs": [[1, 2], [3, 4]], "outputs": [[3], [7]]}))
     assert score_row("```python\ndef add(a, b):\n    return a + b\n```", row) == 1.0
     assert score_row("```python\ndef add(a, b):\n    return a * b\n```", row) == 0.0

@@ -24,6 +24,7 @@ from decimal import Decimal, InvalidOperation
 
 from iprime.data.boxed import last_boxed, parse_int_answer
 from iprime.verifiers.extract import extract_final_answer, strip_math_delimiters
+from iprime.verifiers.math import verify_math
 
 __all__ = ["EQUIVALENCES", "extract_answer", "group_answers", "math_equal", "normalize_answer"]
 
@@ -79,8 +80,6 @@ def extract_answer(response: str, verifier: str) -> str | None:
 
 def math_equal(a: str, b: str, timeout_s: float = 2.0) -> bool:
     """Whether two answer strings are equivalent by math-verify (``a`` boxed, ``b`` as gold)."""
-    from iprime.verifiers import verify_math
-
     return verify_math(f"\\boxed{{{a}}}", b, timeout_s=timeout_s) == 1.0
 
 

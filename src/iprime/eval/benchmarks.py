@@ -31,6 +31,8 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from iprime.data.arithmetic import held_out_rows
+from iprime.data.jsonl import JsonlError, iter_jsonl
 from iprime.verifiers import rows as adapters
 
 __all__ = [
@@ -163,8 +165,6 @@ def _load_leetcode(name: str) -> list[dict]:
 
 def _load_arithmetic(name: str) -> list[dict]:
     """The quickstart's held-out rows: the ones ``iprime quickstart`` evaluates."""
-    from iprime.data.arithmetic import held_out_rows
-
     rows = held_out_rows()
     return [
         _row(name, f"{i}:{r['expression']}", r["prompt"], r["answer"], "math", "arithmetic") for i, r in enumerate(rows)
@@ -236,8 +236,6 @@ def load_jsonl_benchmark(
     ``add_suffix`` appends the paper's math/code instruction to the prompt. ``id_key`` names
     a unique id field (default: the line number). The benchmark name is the file's stem.
     """
-    from iprime.data.jsonl import JsonlError, iter_jsonl
-
     path = Path(path)
     if kind not in ("math", "code"):
         raise ValueError(f"kind must be 'math' or 'code', got {kind!r}")

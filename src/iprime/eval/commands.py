@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import NoReturn
 
 import typer
+from rich.console import Console
+from rich.text import Text
 
+from iprime.data.jsonl import read_jsonl
 from iprime.prm.metadata import DEFAULT_BETA
+from iprime.tables import metrics_table
 
 EVAL_EXAMPLES = """Examples:
 iprime eval --model runs/x/final/policy --benchmarks math500,aime2024,amc --out runs/eval      (greedy pass@1)
@@ -25,8 +29,6 @@ iprime prm rerank --prm PRM_DIR --data samples.jsonl --out runs/rerank --vote-we
 
 def _error(console, err: Exception) -> NoReturn:
     """Print ``error: <err>`` (never parsed as rich markup) and exit with status 2."""
-    from rich.text import Text
-
     console.print(Text.assemble(("error: ", "red"), str(err)), soft_wrap=True)
     raise typer.Exit(2) from None
 
@@ -74,8 +76,6 @@ def eval_command(
     resume: bool = typer.Option(False, "--resume", help="continue: skip rows already in generations.jsonl"),
 ) -> None:
     """Evaluate a model on benchmarks: pass@1, avg@k, pass@k, maj@k (+ best-of-N / weighted vote with --prm)."""
-    from rich.console import Console
-
     from iprime.eval.runner import EvalConfig, run_eval
 
     console = Console(stderr=True)
@@ -126,13 +126,8 @@ def rerank_command(
     workers: int = typer.Option(2, help="verifier processes for rows with a reference (0 = inline)"),
 ) -> None:
     """Best-of-N and PRM-weighted voting over groups of sampled responses."""
-    from rich.console import Console
-    from rich.text import Text
-
-    from iprime.data.jsonl import read_jsonl
     from iprime.eval.rerank import rerank_groups
     from iprime.prm.scoring import ImplicitPRM
-    from iprime.tables import metrics_table
     from iprime.verifiers import verify_batch
 
     console = Console(stderr=True)

@@ -28,7 +28,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from iprime.data.jsonl import JsonlError
+from iprime.models import load_model, load_tokenizer
 from iprime.prm.metadata import DEFAULT_BETA, resolve_prm_settings
+from iprime.prm.scoring import ImplicitPRM
+from iprime.rollout import HFGenerator, SamplingParams
+from iprime.verifiers import VerifierPool, verify_batch
 
 from .answers import EQUIVALENCES, equality_for, extract_answer, group_answers
 from .benchmarks import load_benchmark
@@ -141,8 +156,6 @@ def read_generations(path: str | Path, *, repair: bool = False) -> list[dict]:
     """Records of ``generations.jsonl``. Bytes after the last newline (a write torn by a
     kill) are ignored, and with ``repair`` cut from the file; an invalid complete line is an
     error naming it."""
-    from iprime.data.jsonl import JsonlError
-
     path = Path(path)
     if not path.exists():
         return []
@@ -203,8 +216,6 @@ def summary_markdown(summary: Mapping[str, Mapping]) -> str:
 
 def _verify(rows: Sequence[dict], texts: Sequence[str], pool, config: EvalConfig) -> list:
     """VerifyResults for samples grouped by verifier name (one verify_batch call per kind)."""
-    from iprime.verifiers import verify_batch
-
     results: list = [None] * len(texts)
     for name in sorted({r["verifier"] for r in rows}):
         idx = [i for i, r in enumerate(rows) if r["verifier"] == name]
@@ -266,18 +277,6 @@ def run_eval(
     on_chunk(benchmark, chunk_index): called after each chunk is written (progress hooks;
     an exception raised there stops the run like a kill would).
     """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from iprime.rollout import HFGenerator, SamplingParams
-
     console = console or Console(stderr=True)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,13 +312,9 @@ def run_eval(
     todo_total = sum(1 for rows in benchmarks.values() for r in rows if (r["benchmark"], r["id"]) not in done)
     if todo_total:
         if model is None or tokenizer is None:
-            from iprime.models import load_model, load_tokenizer
-
             tokenizer = load_tokenizer(config.model)
             model = load_model(config.model, dtype=config.dtype, device=config.device)
         if prm is None and config.prm is not None:
-            from iprime.prm.scoring import ImplicitPRM
-
             prm = ImplicitPRM.from_pretrained(
                 config.prm, config.ref, config.beta, dtype=config.dtype, device=config.device
             )
@@ -333,8 +328,6 @@ def run_eval(
     def verify(rows: Sequence[dict], texts: Sequence[str]) -> list:
         nonlocal pool
         if pool is None and needs_pool:  # started on the first chunk to verify: none on a finished run
-            from iprime.verifiers import VerifierPool
-
             pool = VerifierPool(config.verify_workers)
         return _verify(rows, texts, pool, config)
 

@@ -29,12 +29,20 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from iprime.data.sources import Record, prepare_rows, read_records
+from iprime.eval.benchmarks import load_benchmark
 from iprime.eval.loop import AccuracyTally, GroupTally, chunked, evaluate_accuracy, scored_chunks
+from iprime.rollout import SamplingParams
+from iprime.train import distributed as D
+from iprime.train.build import context_length
+from iprime.verifiers import check_row
 
 __all__ = [
     "EvalSet",
@@ -83,12 +91,6 @@ def _prepared_set(name: str, records: Sequence, cfg, tokenizer, model, scorer) -
     """Rows prepared exactly like the training rows (:func:`iprime.data.sources.prepare_rows`:
     prompt and reference keys, system prompt, verifier check), prompts over the context
     window minus the eval's response cap dropped with a warning."""
-    from functools import partial
-
-    from iprime.data.sources import prepare_rows
-    from iprime.train.build import context_length
-    from iprime.verifiers import check_row
-
     limit = cfg.data.max_prompt_tokens
     if limit is None and tokenizer is not None and model is not None:
         context = context_length(model)
@@ -115,8 +117,6 @@ def _prepared_set(name: str, records: Sequence, cfg, tokenizer, model, scorer) -
 def _benchmark_set(spec: str, limit: int | None) -> EvalSet:
     """A shipped benchmark or a ``.jsonl`` file (:func:`iprime.eval.benchmarks.load_benchmark`);
     its rows name their verifier and are used as ``iprime eval`` uses them (no system prompt)."""
-    from iprime.eval.benchmarks import load_benchmark
-
     rows = load_benchmark(spec, limit=limit)
     return EvalSet(
         rows[0]["benchmark"],
@@ -145,8 +145,6 @@ def build_eval_sets(
     With ``train.eval_every=0`` nothing is loaded, and any configured set draws a warning that
     it is never evaluated. Raises ``ValueError`` when ``train.eval_every > 0`` but there is
     nothing to evaluate (no set and no ``eval_fn``), or when two sets share a name."""
-    from iprime.data.sources import Record, read_records
-
     t = cfg.train
     configured = [
         what
@@ -229,8 +227,6 @@ def _set_tally(
     """This rank's sums over its chunks of ``eval_set`` (chunk ``c`` belongs to rank ``c % world``),
     in all and by ability / data source. The groups come from every row of the set, so each rank
     holds the same names in the same order whichever chunks it drew."""
-    from iprime.rollout import SamplingParams
-
     t = cfg.train
     params = SamplingParams(
         n=t.eval_n, temperature=t.eval_temperature, max_new_tokens=eval_max_new_tokens(cfg), seed=t.seed
@@ -287,8 +283,6 @@ def run_evals(
     all sets (see the module docstring). Under torchrun (``dist`` with world size > 1) every
     rank must call it: each samples and scores its chunks inside the policy's gathered
     parameters (``policy_root``, the FSDP root) and the sums are all-reduced on ``device``."""
-    from iprime.train import distributed as D
-
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     metrics: dict[str, float] = {}
     for eval_set in sets:
@@ -315,8 +309,6 @@ def run_evals(
 def preserved_training_state(*models: torch.nn.Module | None) -> Iterator[None]:
     """Restore the Python, numpy, torch (and CUDA) RNG states and each model's train/eval mode
     on exit: what an evaluation changes there must not change the training that follows."""
-    import numpy as np
-
     python, numpy_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     modes = [(m, m.training) for m in models if m is not None]

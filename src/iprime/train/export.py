@@ -33,6 +33,7 @@ Usage::
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import warnings
@@ -42,8 +43,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from iprime.prm.metadata import run_prm_metadata, save_prm_metadata
+from iprime.train.checkpoint_store import CheckpointError
 
 if TYPE_CHECKING:  # only an export itself needs torch
     import torch
@@ -250,8 +254,6 @@ def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
     an FSDP-sharded model cannot be copied so)."""
     if not hasattr(model, "merge_and_unload"):
         return model
-    import copy
-
     return copy.deepcopy(model).merge_and_unload()
 
 
@@ -376,10 +378,6 @@ def export_command(
 
         iprime export runs/prime out/ --role policy --push-to-hub me/prime-7b
     """
-    from rich.console import Console
-
-    from iprime.train.checkpoint import CheckpointError
-
     console = Console()
     try:
         result = export_run_checkpoint(
@@ -394,8 +392,6 @@ def export_command(
 
 def _table(result: ExportResult, urls: list[str]):
     """A rich table: one row per exported model (role, directory, where its parts came from)."""
-    from rich.table import Table
-
     table = Table(title=f"exported step {result.step} from {result.checkpoint}")
     for col in ("model", "directory", "notes"):
         table.add_column(col)

@@ -15,7 +15,7 @@ The loss of a batch is the mean over its response tokens:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import torch
 
 from ..data.chat import render_prompt
 from ..data.jsonl import JsonlError, read_jsonl
-from ..optim import fit, lr_factor
+from ..optim import FitResult, fit, lr_factor
 from ..progress import ProgressMode, progress_bar
 
 IGNORE_INDEX = -100
@@ -164,6 +164,98 @@ def sft_loss(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
+def encode_sft_rows(
+    tokenizer, rows: Sequence[Mapping], max_length: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """``([(input_ids, labels)] per row, number of truncated rows)``
+    (:func:`encode_sft_example`); a bad row raises ``ValueError`` naming its index."""
+    encoded, n_truncated = [], 0
+    for i, row in enumerate(rows):
+        try:
+            ids, labels, truncated = encode_sft_example(tokenizer, row, max_length)
+        except ValueError as e:
+            raise ValueError(f"row {i}: {e}") from None
+        n_truncated += truncated
+        encoded.append((ids, labels))
+    return encoded, n_truncated
+
+
+class ShuffledBatches:
+    """Endless collated batches (:func:`collate`, on ``device``) of ``batch_size`` examples:
+    each epoch a fresh permutation drawn from a generator seeded with ``seed``, a short tail
+    joining the next epoch. ``response_tokens`` counts the target tokens (labels after the
+    first position that are not ``-100``) of the batches drawn so far."""
+
+    def __init__(self, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int, device, seed: int):
+        self.encoded, self.batch_size, self.pad_id, self.device = encoded, batch_size, pad_id, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.response_tokens = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order: list[int] = []
+        while True:
+            if len(order) < self.batch_size:  # reshuffle each epoch; a short tail joins the next epoch
+                order += torch.randperm(len(self.encoded), generator=self.generator).tolist()
+            idx, order = order[: self.batch_size], order[self.batch_size :]
+            batch = {k: v.to(self.device) for k, v in collate([self.encoded[i] for i in idx], self.pad_id).items()}
+            self.response_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            yield batch
+
+
+def sft_optimizer(model, config: SFTConfig, total: int):
+    """AdamW over the trainable parameters, with weight decay on matrices only (no decay on
+    biases and norms, the usual AdamW practice), and the warmup-then-``config.schedule``
+    learning rate over ``total`` steps (:func:`iprime.optim.lr_factor`): ``(optimizer, scheduler)``."""
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=config.betas,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, config.warmup_steps, config.schedule, config.min_lr_ratio)
+    )
+    return optimizer, scheduler
+
+
+def _fit_sft(
+    model,
+    optimizer,
+    scheduler,
+    batches: ShuffledBatches,
+    total: int,
+    config: SFTConfig,
+    log: Callable[[dict], None] | None,
+    progress: ProgressMode,
+) -> FitResult:
+    """``total`` steps of :func:`sft_loss` (:func:`iprime.optim.fit`) in train mode, each
+    record to ``log`` and the progress display; the model is left in eval mode."""
+    model.train()
+    with progress_bar(progress, total, 0, label="SFT") as advance:
+
+        def record(metrics: dict) -> None:
+            if log is not None:
+                log(metrics)
+            advance(metrics["step"], metrics)
+
+        fitted = fit(
+            list(model.parameters()),
+            optimizer,
+            batches,
+            lambda batch: sft_loss(model, batch),
+            total,
+            scheduler=scheduler,
+            grad_clip=config.grad_clip,
+            log_every=config.log_every,
+            log=record,
+            count_tokens=lambda batch: int(batch["attention_mask"].sum()),
+            name="SFT loss",
+        )
+    model.eval()
+    return fitted
+
+
 def run_sft(
     model,
     tokenizer,
@@ -189,65 +281,12 @@ def run_sft(
     if not rows:
         raise ValueError("rows is empty")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded, n_truncated = [], 0
-    for i, row in enumerate(rows):
-        try:
-            ids, labels, truncated = encode_sft_example(tokenizer, row, config.max_length)
-        except ValueError as e:
-            raise ValueError(f"row {i}: {e}") from None
-        n_truncated += truncated
-        encoded.append((ids, labels))
-
-    device = next(model.parameters()).device
+    encoded, n_truncated = encode_sft_rows(tokenizer, rows, config.max_length)
     total = config.num_steps(len(encoded))
-    gen = torch.Generator().manual_seed(config.seed)
+    batches = ShuffledBatches(encoded, config.batch_size, pad_id, next(model.parameters()).device, config.seed)
     torch.manual_seed(config.seed)  # dropout, if the model has any
-    # no weight decay on biases and norms, the usual AdamW practice
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=config.betas,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, config.warmup_steps, config.schedule, config.min_lr_ratio)
-    )
-    n_tokens = 0
-
-    def batches():
-        nonlocal n_tokens
-        order: list[int] = []
-        while True:
-            if len(order) < config.batch_size:  # reshuffle each epoch; a short tail joins the next epoch
-                order += torch.randperm(len(encoded), generator=gen).tolist()
-            idx, order = order[: config.batch_size], order[config.batch_size :]
-            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
-            n_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            yield batch
-
-    model.train()
-    with progress_bar(progress, total, 0, label="SFT") as advance:
-
-        def record(metrics: dict) -> None:
-            if log is not None:
-                log(metrics)
-            advance(metrics["step"], metrics)
-
-        fitted = fit(
-            list(model.parameters()),
-            opt,
-            batches(),
-            lambda batch: sft_loss(model, batch),
-            total,
-            scheduler=sched,
-            grad_clip=config.grad_clip,
-            log_every=config.log_every,
-            log=record,
-            count_tokens=lambda batch: int(batch["attention_mask"].sum()),
-            name="SFT loss",
-        )
-    model.eval()
+    optimizer, scheduler = sft_optimizer(model, config, total)
+    fitted = _fit_sft(model, optimizer, scheduler, batches, total, config, log, progress)
     return {
         "steps": total,
         "epochs": total * config.batch_size / len(encoded),
@@ -255,7 +294,7 @@ def run_sft(
         "final_loss": fitted.last_window_loss,
         "train_time_s": fitted.time_s,
         "examples": len(encoded),
-        "response_tokens": n_tokens,
+        "response_tokens": batches.response_tokens,
         "truncated": n_truncated,
         "config": asdict(config),
     }

@@ -46,7 +46,7 @@ def _worker_main(conn: Connection, memory_limit_bytes: int | None, warmup: Calla
     """Worker loop: announce readiness, then run ``fn(*args)`` until the pipe closes."""
     try:
         if memory_limit_bytes is not None:
-            import resource
+            import resource  # POSIX only: the pool itself imports on every platform
 
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
         if warmup is not None:

@@ -31,6 +31,7 @@ from .dispatch import (
     _score_task,
     _with_code_reward,
 )
+from .math import _warm_math_worker
 from .registry import SandboxRefusal, Verifier, _resolve, _verify_one
 from .result import VerifyResult, reason_says_timed_out
 from .sandbox import SandboxUnavailable
@@ -50,11 +51,9 @@ def _pool_verify_one(verifier: Verifier, response: str, reference: Any) -> Verif
 
 
 def _warm_worker(preload: tuple[str, ...] = ()) -> None:
-    # Import the heavy modules once per worker, before any deadline starts.
-    import iprime.verifiers.code  # noqa: F401
-
-    from .math import _warm_math_worker
-
+    # Load the heavy parts once per worker, before any deadline starts: the worker imported
+    # iprime.verifiers (code and math verifiers included) to unpickle this function; math-verify
+    # and sympy, which the math verifier keeps lazy, load here.
     _warm_math_worker()
     for module in preload:
         importlib.import_module(module)

@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import math
 import numbers
 import re
@@ -79,6 +78,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from iprime.data.boxed import parse_int_answer
+
+from .code import parse_tests
 from .registry import _REGISTRY, SandboxRefusal, Verifier, _resolve, _verify_one, available_verifiers, get_verifier
 from .result import VerifyResult
 from .sandbox import SandboxUnavailable
@@ -455,40 +457,13 @@ def _math_reference(reference: Any, key: str) -> Any:
     return reference
 
 
-def _fallback_parse_tests(tests: Mapping[str, Any] | str) -> dict:
-    """JSON string -> dict; dicts pass through (until ``iprime.verifiers.code.parse_tests`` exists)."""
-    if isinstance(tests, (str, bytes)):
-        try:
-            tests = json.loads(tests)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"code tests are not valid JSON: {err}") from None
-    if not isinstance(tests, Mapping):
-        raise ValueError(f"code tests must be a dict or a JSON object, got {type(tests).__name__}")
-    if "fn_name" in tests:
-        raise ValueError(
-            "call-based tests ('fn_name') need iprime.verifiers.code.parse_tests, which this install lacks"
-        )
-    return dict(tests)
-
-
-def _parse_tests(tests: Any) -> tuple[Any, bool]:
-    """(parsed tests, whether the code verifier's own parser did it)."""
-    try:
-        from .code import parse_tests
-    except ImportError:
-        return _fallback_parse_tests(tests), False
-    return parse_tests(tests), True
-
-
 def _code_reference(reference: Any) -> Any:
     try:
-        tests, official = _parse_tests(reference)
+        tests = parse_tests(reference)
     except (ValueError, TypeError) as err:
         raise _RowProblem(str(err)) from None
     if not isinstance(tests, Mapping):
-        if official:
-            return tests  # the code verifier's own form; it knows how to read it
-        raise _RowProblem(f"code tests must be a dict, got {type(tests).__name__}")
+        return tests  # the code verifier's own form; it knows how to read it
     if "asserts" in tests:
         asserts = tests["asserts"]
         if isinstance(asserts, str) or not isinstance(asserts, Sequence) or len(asserts) == 0:
@@ -506,11 +481,6 @@ def _code_reference(reference: Any) -> Any:
                 "tests['inputs'] are not all text (stdin) and there is no 'fn_name': "
                 "call-based tests need the function's name in 'fn_name'"
             )
-    elif not official:
-        raise _RowProblem(
-            f"code tests have keys {sorted(map(str, tests))}; expected 'inputs' and 'outputs' (optionally "
-            "'fn_name'), or 'asserts' (and 'setup')"
-        )
     return tests
 
 
@@ -535,8 +505,6 @@ def _gym_entry(reference: Any, row: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _arithmetic_reference(reference: Any) -> Any:
-    from iprime.data.boxed import parse_int_answer
-
     if isinstance(reference, bool) or not (
         isinstance(reference, int) or (isinstance(reference, str) and parse_int_answer(reference) is not None)
     ):

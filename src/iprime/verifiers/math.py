@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from ._pool import DeadlinePool
 from .extract import extract_final_answer, strip_math_delimiters
 from .result import VerifyResult
 
@@ -246,8 +247,6 @@ def _compare_in_worker(pred_answer: str, golds: list[str], timeout_s: float) -> 
 
 def _compare_in_process(pred_answer: str, golds: list[str], timeout_s: float) -> tuple[bool, str]:
     global _process_pool
-    from ._pool import DeadlinePool
-
     with _process_lock:
         if _process_pool is None:
             _process_pool = DeadlinePool(1, warmup=_warm_math_worker, memory_limit_bytes=4 << 30)

@@ -37,15 +37,21 @@ new user namespaces, keyrings, ptrace and a few other kernel interfaces.
 
 from __future__ import annotations
 
+import ast
 import builtins
+import collections
+import ctypes
+import ctypes.util
 import importlib
 import json
 import os
 import select
 import signal
+import struct
 import sys
 import time
 import traceback
+import types
 
 # ----------------------------------------------------------------------------- plain data
 #
@@ -66,8 +72,6 @@ class PlainDataError(ValueError):
 
 
 def _dict_types() -> tuple:
-    import collections
-
     return (dict, collections.OrderedDict, collections.defaultdict, collections.Counter)
 
 
@@ -184,13 +188,10 @@ def loads_plain(text, handle=None):
 
 
 def _libc():
-    import ctypes
-    import ctypes.util
-
     global _LIBC
     if _LIBC is None:
         _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return ctypes, _LIBC
+    return _LIBC
 
 
 _LIBC = None
@@ -198,8 +199,6 @@ _LIBC = None
 
 def _check(rc: int, what: str) -> int:
     if rc < 0:
-        import ctypes
-
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
     return rc
@@ -263,14 +262,14 @@ _ARCH_INFO = _ARCH.get(os.uname().machine)
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _, libc = _libc()
+    libc = _libc()
     enc = lambda s: s.encode() if s is not None else None  # noqa: E731
     _check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {source} on {target}")
 
 
 def _make_readonly(path: str) -> None:
     """Make the mount at ``path`` and every mount below it read-only, nosuid and nodev."""
-    ctypes, libc = _libc()
+    libc = _libc()
 
     class MountAttr(ctypes.Structure):
         _fields_ = [
@@ -306,7 +305,7 @@ def _bind(source: str, target: str, *, readonly: bool = True) -> None:
 
 
 def _pivot_root(new_root: str) -> None:
-    ctypes, libc = _libc()
+    libc = _libc()
     os.chdir(new_root)
     if _ARCH_INFO is not None:
         _check(libc.syscall(_ARCH_INFO["pivot_root"], b".", b"."), "pivot_root")
@@ -318,7 +317,7 @@ def _pivot_root(new_root: str) -> None:
 
 
 def _prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    ctypes, libc = _libc()
+    libc = _libc()
     return _check(
         libc.prctl(
             ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)
@@ -347,7 +346,7 @@ def _drop_bounding_set() -> None:
 
 def _drop_capabilities() -> None:
     """Give up every capability for good (root of a user namespace becomes a plain process)."""
-    ctypes, libc = _libc()
+    libc = _libc()
     # NOROOT, NO_SETUID_FIXUP and KEEP_CAPS, each locked: uid 0 gains nothing at execve.
     _prctl(_PR_SET_SECUREBITS, 0x01 | 0x02 | 0x04 | 0x08 | 0x20)
     _drop_bounding_set()
@@ -370,7 +369,7 @@ def _fresh_session_keyring() -> None:
     """Join a new, empty session keyring: the caller's keys are not reachable from it."""
     if _ARCH_INFO is None:
         return
-    _, libc = _libc()
+    libc = _libc()
     libc.syscall(_ARCH_INFO["keyctl"], 1, None)  # KEYCTL_JOIN_SESSION_KEYRING, anonymous; best effort
 
 
@@ -385,8 +384,6 @@ def seccomp_filter(*, only_userns: bool = False) -> bytes | None:
     ``only_userns`` keeps just the user-namespace rules (tests use it to emulate a host
     that forbids unprivileged user namespaces).
     """
-    import struct
-
     if _ARCH_INFO is None:
         return None
     EPERM, ENOSYS = 1, 38
@@ -422,7 +419,7 @@ def seccomp_filter(*, only_userns: bool = False) -> bytes | None:
 
 
 def install_seccomp(program: bytes) -> None:
-    ctypes, libc = _libc()
+    libc = _libc()
 
     class Fprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
@@ -434,7 +431,7 @@ def install_seccomp(program: bytes) -> None:
 
 
 def _unshare(flags: int) -> None:
-    _, libc = _libc()
+    libc = _libc()
     _check(libc.unshare(flags), "unshare")
 
 
@@ -546,7 +543,7 @@ def _stdin_devnull() -> None:
 
 
 def _apply_limits(limits: dict, nproc: bool) -> None:
-    import resource
+    import resource  # POSIX only: the host imports this module (plain data) on every platform
 
     def setl(which, soft, hard=None):
         resource.setrlimit(which, (soft, soft if hard is None else hard))
@@ -972,7 +969,6 @@ def stub_names(setup: str) -> set[str]:
     the docstring); the candidate's code provides the body. Every other name the setup
     binds belongs to the tests.
     """
-    import ast
 
     def is_stub_body(body) -> bool:
         for node in body:
@@ -1073,8 +1069,6 @@ def rpc_server(job: dict, req_fd: int, resp_fd: int) -> None:
             raise PlainDataError("too many objects")
         objects.append(value)
         return len(objects) - 1
-
-    import types
 
     names, modules = {}, {}
     for name, value in list(namespace.items()):
@@ -1276,14 +1270,10 @@ def _kill_uids(uids: set[int]) -> None:
 
 
 def main() -> None:
-    # Everything the sandbox processes import from the standard library, imported while
-    # the runner can still read it (with "rlimits" they may run as a uid that cannot).
-    import ast  # noqa: F401
-    import collections  # noqa: F401
-    import ctypes.util  # noqa: F401
+    # Everything the sandbox processes import from the standard library is imported while
+    # the runner can still read it (with "rlimits" they may run as a uid that cannot): the
+    # module's imports, and resource, kept out of them for the host's sake (see _apply_limits).
     import resource  # noqa: F401
-    import struct  # noqa: F401
-    import types  # noqa: F401
 
     job = json.loads(sys.stdin.buffer.read())
     report_fd = int(job["fds"]["report"])
