@@ -9,7 +9,9 @@ RLOO with one seed start from the same prompts: runs are *paired* by seed.
 
 ``--algos``: ``prime`` (the quickstart's PRIME settings: ``rm_coef = outcome_coef = 5``,
 whitened, no normalisation), ``prime_ref`` (the reference code's pipeline: ``batch_norm``
-process rewards, its leave-one-out baseline), ``prime_warm`` (a PRM first trained offline on
+process rewards, its leave-one-out baseline), ``prime_mb4`` (``prime_ref`` with the
+repository's PRM schedule: 4 PRM optimizer steps per training step, ``prm.mini_batch_size`` a
+quarter of the step's responses), ``prime_warm`` (a PRM first trained offline on
 ``--warmup-rollouts`` SFT samples, counted as rollouts seen), ``rloo``, ``grpo``. ``--ops N``
 gives the quickstart task N operations (the runs of ``docs/benchmarks.md``).
 
@@ -50,7 +52,8 @@ Statistics (pure functions below, tested in ``tests/test_sample_efficiency_stats
 Each run is saved to ``DIR/runs/<algo>-k<K>-s<seed>.json`` as it finishes and reused by a
 later call with the same ``--out`` (so a stopped sweep resumes; delete the file to rerun).
 Prints a table per K, writes ``DIR/sample_efficiency.json`` and ``DIR/sample_efficiency.png``;
-the last line printed is ``RATIO prime_vs_rloo_rollouts=<x> ci=[<lo>,<hi>]`` for ``--ratio-k``.
+the last line printed is ``RATIO <algo>_vs_rloo_rollouts=<x> ci=[<lo>,<hi>]`` for ``--ratio-k``
+(``<algo>``: the first PRIME variant of ``--algos``).
 """
 
 from __future__ import annotations
@@ -86,6 +89,16 @@ ALGOS = {
         "algo.outcome_gamma=1.0",
         "algo.rm_coef=10",
     ],
+    # the reference pipeline with the PRIME repository's PRM schedule: the step's responses in 4
+    # mini-batches, one PRM optimizer step each, each mini-batch rewarded by the PRM as it is at its
+    # turn (ppo_trainer.yaml:125 mini_batch_size 256 of 1024 responses; dp_prime.py:162-202);
+    # ``{quarter}`` is filled in by run_config with a quarter of the step's responses
+    "prime_mb4": [
+        "algo.estimator=prime",
+        "algo.normalize=batch_norm",
+        "algo.process_baseline=reference",
+        "prm.mini_batch_size={quarter}",
+    ],
     "rloo": ["algo.estimator=rloo", "prm.enabled=false"],
     "grpo": ["algo.estimator=grpo", "prm.enabled=false"],
 }
@@ -99,6 +112,7 @@ STEP_KEYS = (
     "prm/first_error_chance",
     "prm/first_error_rows",
     "prm/loss",
+    "prm/updates",
     "adv/process_share",
     "adv/dense_share",
     "adv/process_outcome_corr",
@@ -228,13 +242,13 @@ def percentile_ci(samples: Sequence[float], level: float = 0.95) -> tuple[float,
     return rank(q), rank(1.0 - q)
 
 
-def ratio_line(ratio: float, lo: float, hi: float) -> str:
-    """The benchmark's last line: ``RATIO prime_vs_rloo_rollouts=<x> ci=[<lo>,<hi>]``."""
+def ratio_line(ratio: float, lo: float, hi: float, algo: str = "prime") -> str:
+    """The benchmark's last line: ``RATIO <algo>_vs_rloo_rollouts=<x> ci=[<lo>,<hi>]``."""
 
     def fmt(v: float) -> str:
         return "inf" if math.isinf(v) else f"{v:.3f}"
 
-    return f"RATIO prime_vs_rloo_rollouts={fmt(ratio)} ci=[{fmt(lo)},{fmt(hi)}]"
+    return f"RATIO {algo}_vs_rloo_rollouts={fmt(ratio)} ci=[{fmt(lo)},{fmt(hi)}]"
 
 
 def compare(prime_runs: Sequence[dict], rloo_runs: Sequence[dict], window: int, n_boot: int) -> dict:
@@ -297,7 +311,9 @@ def warm_up_prm(preset, sft_dir: Path, out: Path, rollouts: int, n: int, beta: f
 def run_config(spec: dict) -> list[str]:
     """The config overrides of one run: the quickstart's PRIME settings, the algorithm's, K."""
     k, prompts = spec["k"], spec["prompts_per_step"]
-    return list(ALGOS[spec["algo"]]) + [
+    if spec["algo"] == "prime_mb4" and prompts % 4:
+        raise ValueError(f"prompts_per_step must be a multiple of 4 (prime_mb4's mini-batches), got {prompts}")
+    return [o.format(quarter=prompts * k // 4) for o in ALGOS[spec["algo"]]] + [
         f"train.out_dir={spec['out']}",
         f"train.seed={spec['seed']}",
         f"train.steps={spec['steps']}",
@@ -572,8 +588,8 @@ def main() -> None:
     unknown = sorted(set(algos) - set(ALGOS))
     if unknown:
         raise SystemExit(f"unknown --algos {unknown}; known: {sorted(ALGOS)}")
-    if "prime" not in algos or "rloo" not in algos:
-        raise SystemExit("--algos needs prime and rloo for the ratio")
+    if not any(a.startswith("prime") for a in algos) or "rloo" not in algos:
+        raise SystemExit("--algos needs a PRIME variant (prime, prime_ref, prime_mb4, ...) and rloo for the ratio")
     ratio_k = args.ratio_k if args.ratio_k is not None else ks[0]
     if ratio_k not in ks:
         raise SystemExit(f"--ratio-k {ratio_k} is not one of --k {ks}")
@@ -631,8 +647,10 @@ def main() -> None:
     eval_kind = "greedy" if args.eval_n == 1 else f"{args.eval_n} samples at temperature 1"
     plot(runs, algos, ks, args.window, out / "sample_efficiency.png", eval_kind)
     print(f"\nwrote {out / 'sample_efficiency.json'} and {out / 'sample_efficiency.png'}")
-    c = summaries[ratio_k]["prime_vs_rloo"]
-    print(ratio_line(c["ratio"], *c["ratio_ci"]))
+    # the first PRIME variant asked for (``--algos`` order) against RLOO
+    first = next(a for a in algos if a.startswith("prime"))
+    c = summaries[ratio_k][f"{first}_vs_rloo"]
+    print(ratio_line(c["ratio"], *c["ratio_ci"], algo=first))
 
 
 if __name__ == "__main__":

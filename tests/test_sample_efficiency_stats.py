@@ -172,3 +172,16 @@ def test_run_config_keeps_one_update_per_step_at_any_k():
 
     loaded = load_config(None, list(QuickstartConfig().prime_overrides) + cfg)
     assert loaded.rollout.n == 16 and loaded.algo.process_baseline == "reference" and loaded.prm.lr == 1e-4
+
+
+def test_ratio_line_names_the_prime_variant():
+    assert se.ratio_line(0.5, 0.4, 0.61, algo="prime_mb4") == "RATIO prime_mb4_vs_rloo_rollouts=0.500 ci=[0.400,0.610]"
+
+
+def test_prime_mb4_takes_a_quarter_of_the_steps_responses_per_prm_step():
+    spec = {"algo": "prime_mb4", "k": 4, "prompts_per_step": 16, "out": "o", "seed": 0, "steps": 1}
+    spec |= {"eval_every": 0, "threads": 1, "max_new_tokens": 8, "overrides": []}
+    assert "prm.mini_batch_size=16" in se.run_config(spec)  # 16 prompts x 4 responses / 4
+    assert "prm.mini_batch_size=64" in se.run_config(spec | {"k": 16})
+    with pytest.raises(ValueError, match="multiple of 4"):
+        se.run_config(spec | {"prompts_per_step": 6})
