@@ -219,6 +219,7 @@ def test_config_show_prints_every_key_with_its_value_and_doc():
     assert shown["model.policy"][0] == "PRIME-RL/Eurus-2-7B-SFT"
     assert shown["optim.lr"][0] == "5e-07" and shown["rollout.max_new_tokens"][0] == "3072"
     assert shown["model.prm"][0] == "null" and shown["filter.enabled"][0] == "true"
+    assert shown["verify.code_prelude"][0] == "prime" and "testing_util.py:120" in shown["verify.code_prelude"][1]
     # documented keys show their docstring, whole; the others their type
     assert shown["rollout.n"][1] == "K, responses per prompt (the paper uses 4)."
     assert shown["prm.beta"][1] == "Scale of the implicit reward ``beta * log(pi_phi / pi_ref)``."

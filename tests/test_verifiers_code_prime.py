@@ -9,7 +9,15 @@ iprime departs on purpose the test says what the original gives and why we do no
 
 from __future__ import annotations
 
+import builtins
+import collections
+import contextlib
+import datetime
 import json
+import operator
+import resource
+import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -18,7 +26,13 @@ from sandbox_available import needs_sandbox
 from iprime.config import ConfigError, PrimeConfig, VerifyConfig, load_config
 from iprime.train.scoring import row_scoring
 from iprime.verifiers import RowScoring, parse_tests, score_row, score_row_detailed, score_rows
-from iprime.verifiers.code import outputs_match, prime_code_reward
+from iprime.verifiers.code import (
+    CALL_PRELUDE,
+    PRIME_PRELUDE,
+    outputs_match,
+    prime_code_reward,
+    setup_with_prelude,
+)
 from iprime.verifiers.extract import extract_code
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,16 +197,30 @@ def test_row_scoring_and_config_validate_the_code_settings():
         RowScoring(code_test_timeout_s=0)
     with pytest.raises(ValueError, match="stdout_compare must be one of"):
         RowScoring(stdout_compare="chars")
+    with pytest.raises(ValueError, match="code_prelude must be one of"):
+        RowScoring(code_prelude="apps")
+    with pytest.raises(ValueError, match="code_prelude must be one of"):
+        score_row(py("print(1)"), code_row(STDIO_3), code_prelude="imports")
     with pytest.raises(ValueError, match="code_reward must be one of"):
         score_row(py("print(1)"), code_row(STDIO_3), code_reward="fraction")
-    for bad in ({"code_reward": "partial"}, {"code_test_timeout_s": -1.0}, {"stdout_compare": "chars"}):
-        with pytest.raises(ConfigError):
+    bad_settings = (
+        {"code_reward": "partial"},
+        {"code_test_timeout_s": -1.0},
+        {"stdout_compare": "chars"},
+        {"code_prelude": "apps"},
+    )
+    for bad in bad_settings:
+        with pytest.raises(ConfigError, match=f"verify.{next(iter(bad))}"):
             PrimeConfig(verify=VerifyConfig(**bad))
-    cfg = PrimeConfig(verify=VerifyConfig(code_reward="prime", code_test_timeout_s=5.0, stdout_compare="lines"))
+    cfg = PrimeConfig(
+        verify=VerifyConfig(code_reward="prime", code_test_timeout_s=5.0, stdout_compare="lines", code_prelude="prime")
+    )
     for scoring in (row_scoring(cfg), RowScoring.from_config(cfg.data, cfg.verify)):
         assert (scoring.code_reward, scoring.code_test_timeout_s, scoring.stdout_compare) == ("prime", 5.0, "lines")
+        assert scoring.code_prelude == "prime"
     default = VerifyConfig()
     assert (default.code_reward, default.code_test_timeout_s, default.stdout_compare) == ("pass_all", None, "tokens")
+    assert default.code_prelude == "none" and RowScoring().code_prelude == "none"
 
 
 def test_the_eurus_recipe_takes_primes_code_reward():
@@ -200,6 +228,7 @@ def test_the_eurus_recipe_takes_primes_code_reward():
     # prime.py:23,46 (300 s per sample); code_util/__init__.py:21,46 (5 s per test);
     # prime.py:69-79 (partial credit); testing_util.py:415-548 (line by line)
     assert (v.timeout_s, v.code_test_timeout_s, v.code_reward, v.stdout_compare) == (300.0, 5.0, "prime", "lines")
+    assert v.code_prelude == "prime"  # testing_util.py:120, before every program (:126, :192)
 
 
 # ------------------------------------------------------------------ end to end in the sandbox
@@ -303,3 +332,135 @@ def test_the_code_settings_reach_the_verifier_pool():
     rows, response = [code_row(STDIO_3)], py(TWO_OF_THREE)
     results = score_rows([response], rows, RowScoring(code_reward="prime"), workers=1)
     assert results[0].score == pytest.approx(2 / 3) and (results[0].passed, results[0].total) == (2, 3)
+
+
+# ------------------------------------------------------------------ the prelude (testing_util.py:120)
+
+# The original's prelude, read off testing_util.py:120: star imports in this order, then these
+# modules, then sys.setrecursionlimit(6*10**5).
+ORIGINAL_STAR = "string re datetime collections heapq bisect copy math random statistics itertools functools"
+ORIGINAL_STAR = (ORIGINAL_STAR + " operator io sys json builtins typing").split()
+ORIGINAL_MODULES = ORIGINAL_STAR[:-2]  # all but builtins and typing
+
+
+@contextlib.contextmanager
+def kept_recursion_limit():
+    limit = sys.getrecursionlimit()
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_the_prime_prelude_is_the_originals():
+    lines = PRIME_PRELUDE.splitlines()
+    assert lines[: len(ORIGINAL_STAR)] == [f"from {m} import *" for m in ORIGINAL_STAR]
+    assert lines[len(ORIGINAL_STAR) :] == ["import " + ", ".join(ORIGINAL_MODULES), "sys.setrecursionlimit(600000)"]
+    # only standard-library modules, which any program may import itself
+    assert set(ORIGINAL_STAR) <= sys.stdlib_module_names
+    namespace: dict = {}
+    with kept_recursion_limit():
+        exec(PRIME_PRELUDE, namespace)
+        assert sys.getrecursionlimit() == 6 * 10**5
+    # the order decides which module's name wins, as in the original
+    assert namespace["pow"] is builtins.pow  # math's, then operator's, then the builtin
+    assert namespace["Counter"] is typing.Counter  # typing's alias, after collections'
+    assert namespace["Counter"]("aab") == collections.Counter(a=2, b=1)
+    assert namespace["time"] is datetime.time and namespace["datetime"] is datetime  # the module wins
+    assert namespace["sub"] is operator.sub  # operator's, after re's
+    assert namespace["deque"] is collections.deque and namespace["sys"] is sys
+    assert namespace["gcd"](12, 18) == 6 and namespace["inf"] == float("inf")
+
+
+def test_setup_with_prelude_by_kind():
+    stdio = parse_tests(STDIO_3)
+    call = parse_tests(PRIME_ADD)
+    own_setup = parse_tests({"fn_name": "f", "inputs": [[1]], "outputs": [1], "setup": "K = 3"})
+    asserts = parse_tests({"asserts": ["assert f(1) == 1"], "setup": "import math"})
+    assert call["setup"] == CALL_PRELUDE
+    for tests in (stdio, call, own_setup, asserts):
+        assert setup_with_prelude(tests, "none") == tests["setup"]
+    assert setup_with_prelude(stdio, "prime") == PRIME_PRELUDE
+    # the default call setup stands in for APPS's imports: the original has its prelude alone
+    assert setup_with_prelude(call, "prime") == PRIME_PRELUDE
+    # a row's own setup runs after the prelude, so that its names win
+    assert setup_with_prelude(own_setup, "prime") == PRIME_PRELUDE + "K = 3"
+    # PRIME's scorer runs no assert tests; their setup is also the judge's namespace
+    assert setup_with_prelude(asserts, "prime") == "import math"
+    with pytest.raises(ValueError, match="prelude must be one of"):
+        setup_with_prelude(stdio, "apps")
+
+
+@contextlib.contextmanager
+def c_stack_limit(nbytes: int):
+    """Run with a C stack limit of at most ``nbytes`` (the sandbox inherits it), as on most hosts."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    target = nbytes if hard == resource.RLIM_INFINITY else min(nbytes, hard)
+    resource.setrlimit(resource.RLIMIT_STACK, (target if soft == resource.RLIM_INFINITY else min(soft, target), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_STACK, (soft, hard))
+
+
+DEPTH = "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n"
+
+
+@needs_sandbox
+def test_the_prime_prelude_end_to_end():
+    # Counter and sys without imports; a recursion 10,000 deep (Python's default limit is 1,000)
+    counts = code_row({"inputs": ["abca\n", "zz\n"], "outputs": ["a 2\n", "z 2\n"]})
+    uses_counter = py("print(*Counter(sys.stdin.readline().strip()).most_common(1)[0])")
+    deep = code_row({"inputs": ["10000\n", "5\n"], "outputs": ["10000\n", "5\n"]})
+    recursive = py(DEPTH + "print(depth(int(input())))")
+    for response, row in ((uses_counter, counts), (recursive, deep)):
+        assert score_row(response, row, code_prelude="prime") == 1.0
+        assert score_row(response, row, RowScoring(code_prelude="prime"), code_reward="prime") == 1.0
+        assert score_row(response, row) == 0.0  # the default runs the program as written
+    result = score_row_detailed(uses_counter, counts, code_reward="prime")
+    assert result.score == 0.0 and "NameError: name 'Counter' is not defined" in result.reason
+    # under none the shallow test still passes: 1/2 of PRIME's credit
+    result = score_row_detailed(recursive, deep, code_reward="prime")
+    assert result.score == 0.5 and "test 0 failed: RecursionError" in result.reason
+    # call-based rows: the prelude replaces the default setup, so pow is the builtin there, as in
+    # the original (the default's `from math import *` makes it math.pow, which takes 2 arguments)
+    call = code_row({"fn_name": "f", "inputs": ["3\n200\n7", "10000\n1\n1"], "outputs": ["2", "10000"]})
+    power_then_depth = py(DEPTH + "def f(a, b, m):\n    return pow(a, b, m) if m > 1 else depth(a)")
+    assert score_row(power_then_depth, call, code_prelude="prime") == 1.0  # 3**200 % 7 == 2
+    result = score_row_detailed(power_then_depth, call, code_reward="prime")
+    assert result.score == 0.0 and "pow expected 2 arguments" in result.reason
+    # the pool carries the setting to its workers
+    results = score_rows([recursive], [deep], RowScoring(code_prelude="prime"), workers=1)
+    assert results[0].score == 1.0
+
+
+@needs_sandbox
+def test_a_c_stack_overflow_fails_its_test_alone():
+    # Through lru_cache each frame also takes C stack, which the prelude's limit of 600,000 does not
+    # guard: 200,000 levels overflow an 8 MiB stack. The test's process dies (SIGSEGV; Python 3.12+
+    # stops C recursion itself with a RecursionError), as the original's scorer process did; the
+    # sandbox does not raise the stack (docs/security.md).
+    row = code_row({"inputs": ["200000\n", "50\n"], "outputs": ["200000\n", "50\n"]})
+    memo = py("@lru_cache(None)\n" + DEPTH + "print(depth(int(input())))")
+    with c_stack_limit(8 << 20):
+        result = score_row_detailed(memo, row, RowScoring(code_prelude="prime", code_reward="prime"))
+    assert result.score == 0.5 and (result.passed, result.total) == (1, 2)
+    assert "test 0 failed" in result.reason
+    if sys.version_info < (3, 12):
+        assert "SIGSEGV (crash: a C stack overflow from deep recursion" in result.reason
+    else:
+        assert "SIGSEGV" in result.reason or "RecursionError" in result.reason
+    assert not result.timed_out
+
+
+@needs_sandbox
+def test_the_prelude_keeps_the_programs_line_numbers_and_spares_asserts():
+    broken = py("n = int(input())\nprint(n +)\n")
+    for prelude in ("none", "prime"):
+        result = score_row_detailed(broken, code_row(STDIO_3), code_prelude=prelude)
+        assert result.score == 0.0 and '"<solution>", line 2' in result.reason
+    # assert rows (which PRIME's scorer never runs) keep their own setup under both settings
+    asserts = code_row({"asserts": ["assert top('abca') == 'a'"]})
+    top = "def top(s):\n    return Counter(s).most_common(1)[0][0]"
+    assert score_row(py(top), asserts, code_prelude="prime") == 0.0
+    assert score_row(py("from collections import Counter\n" + top), asserts, code_prelude="prime") == 1.0

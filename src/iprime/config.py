@@ -294,6 +294,12 @@ class VerifyConfig:
     whitespace-separated tokens, whatever the layout (contest judges' usual checker). ``lines``:
     the non-blank lines one to one (PRIME's). In both, a number written with a fraction or an
     exponent in the expected output matches any number within 1e-5 relative of it."""
+    code_prelude: Literal["none", "prime"] = "none"
+    """What runs before a stdin/stdout or call-based program. ``none``: nothing, the program as
+    written. ``prime``: PRIME's scorer's prelude (``code_util/testing_util.py:120``): star imports
+    of ``collections``, ``math``, ``sys``, ``itertools``... and ``sys.setrecursionlimit(6*10**5)``,
+    so programs that use ``Counter`` or ``sys`` without importing them, or recurse deeper than
+    1,000 frames, run as they did there."""
     memory_limit_mb: int | None = 4096
     """Address-space cap of each verifier worker (the code sandbox has its own limits)."""
 
@@ -486,6 +492,7 @@ def validate(cfg: PrimeConfig) -> None:
         "must be > 0 (or null)",
     )
     need(cfg.verify.stdout_compare in ("tokens", "lines"), "verify.stdout_compare", 'must be "tokens" or "lines"')
+    need(cfg.verify.code_prelude in ("none", "prime"), "verify.code_prelude", 'must be "none" or "prime"')
     need(
         not cfg.data.reward_weights or len(cfg.data.reward_weights) == len(cfg.data.reward_functions),
         "data.reward_weights",

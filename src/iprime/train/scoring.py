@@ -32,6 +32,7 @@ def row_scoring(cfg: PrimeConfig) -> RowScoring:
         code_reward=cfg.verify.code_reward,
         code_test_timeout_s=cfg.verify.code_test_timeout_s,
         stdout_compare=cfg.verify.stdout_compare,
+        code_prelude=cfg.verify.code_prelude,
     )
 
 

@@ -29,7 +29,7 @@ from .dispatch import (
     _RowProblem,
     _score_planned,
     _score_task,
-    _with_code_reward,
+    _with_code_options,
 )
 from .math import _warm_math_worker
 from .registry import SandboxRefusal, Verifier, _resolve, _verify_one
@@ -143,9 +143,18 @@ class VerifierPool:
         *,
         timeout_s: float | None = None,
         code_reward: str | None = None,
+        code_prelude: str | None = None,
     ) -> list[VerifyResult]:
         """Each response scored by its own row's verifier: :func:`score_rows`."""
-        return score_rows(responses, rows, scoring, pool=self, timeout_s=timeout_s, code_reward=code_reward)
+        return score_rows(
+            responses,
+            rows,
+            scoring,
+            pool=self,
+            timeout_s=timeout_s,
+            code_reward=code_reward,
+            code_prelude=code_prelude,
+        )
 
     def close(self) -> None:
         self._pool.close()
@@ -215,6 +224,7 @@ def score_rows(
     timeout_s: float | None = None,
     references: Sequence[Any] | None = None,
     code_reward: str | None = None,
+    code_prelude: str | None = None,
 ) -> list[VerifyResult]:
     """:func:`score_row_detailed` for each ``(response, row)``, in worker processes; input order.
 
@@ -233,6 +243,7 @@ def score_rows(
             ``data.reference_key``); else read with ``scoring.reference_key``.
         code_reward: ``"pass_all"`` or ``"prime"``, replacing
             ``scoring.code_reward`` (see :func:`~iprime.verifiers.score_row`).
+        code_prelude: ``"none"`` or ``"prime"``, replacing ``scoring.code_prelude``.
 
     Every row is checked here, before any sample is sent: a row that cannot
     be scored raises ``ValueError`` naming its index, and so does a reward
@@ -244,7 +255,7 @@ def score_rows(
         raise ValueError(f"{len(responses)} responses but {len(rows)} rows")
     if references is not None and len(references) != len(rows):
         raise ValueError(f"{len(references)} references but {len(rows)} rows")
-    scoring = _with_code_reward(scoring, code_reward)
+    scoring = _with_code_options(scoring, code_reward, code_prelude)
     if timeout_s is not None and timeout_s != scoring.timeout_s:
         scoring = dataclasses.replace(scoring, timeout_s=timeout_s)
     if not responses:

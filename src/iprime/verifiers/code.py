@@ -37,6 +37,14 @@ is the share of all tests that pass. Each test runs in a process of its own with
 ``test_timeout_s``; a test that times out fails alone, and under ``"pass_all"`` that fails
 the sample.
 
+**The prelude** (``prelude=``, the config's ``verify.code_prelude``): ``"none"`` runs the
+program as written; ``"prime"`` runs stdin/stdout and call-based programs after PRIME's
+(:data:`PRIME_PRELUDE`: star imports of ``collections``, ``math``, ``sys``... and a recursion
+limit of 600,000), so a program that uses ``Counter`` or ``sys`` without importing them, or
+recurses 10,000 deep, runs as it did there. Recursion deep enough to overflow the C stack
+(through ``functools.lru_cache`` or ``__init__``, tens of thousands of frames on an 8 MiB stack)
+crashes that test's process: the test fails, as the program crashed the original's process.
+
 All execution happens in :mod:`iprime.verifiers.sandbox`; ``docs/security.md`` states
 the guarantees and their limits.
 """
@@ -76,7 +84,10 @@ __all__ = [
     "outputs_match",
     "call_output_matches",
     "CALL_PRELUDE",
+    "CODE_PRELUDES",
     "LEETCODE_PRELUDE",
+    "PRIME_PRELUDE",
+    "setup_with_prelude",
 ]
 
 # LeetCode solutions assume these names are already imported.
@@ -95,9 +106,48 @@ LEETCODE_PRELUDE = "\n".join(
 # What APPS's evaluator puts before call-based solutions (they assume these imports).
 CALL_PRELUDE = LEETCODE_PRELUDE + "\nimport sys, time, random, fractions"
 
+# PRIME's scorer runs every program, stdin/stdout and call-based, after a prelude of its own
+# (testing_util.py:120 in the PRIME repository's verl/utils/reward_score/evaluation_utils/code_util,
+# put before the call-based solution at :126 and the stdin program at :192): star imports of these
+# standard-library modules in this order, so that a later module's name wins (``pow`` is the
+# builtin, not math's; ``Counter`` is typing's alias of collections.Counter; ``time`` is
+# datetime's class), then the modules themselves but builtins and typing, then a recursion limit
+# of 600,000. So a program there may use ``sys``, ``Counter`` or ``gcd`` without importing them
+# and recurse far deeper than Python's default 1,000 frames. Every module is one any program may
+# import itself, and the prelude runs inside the sandbox, in the confined solution process, like
+# the program: it grants nothing the program could not take.
+_PRIME_STAR_IMPORTS = (
+    "string",
+    "re",
+    "datetime",
+    "collections",
+    "heapq",
+    "bisect",
+    "copy",
+    "math",
+    "random",
+    "statistics",
+    "itertools",
+    "functools",
+    "operator",
+    "io",
+    "sys",
+    "json",
+    "builtins",
+    "typing",
+)
+PRIME_RECURSION_LIMIT = 600_000
+PRIME_PRELUDE = (
+    "".join(f"from {module} import *\n" for module in _PRIME_STAR_IMPORTS)
+    + "import "
+    + ", ".join(m for m in _PRIME_STAR_IMPORTS if m not in ("builtins", "typing"))
+    + f"\nsys.setrecursionlimit({PRIME_RECURSION_LIMIT})\n"
+)
+
 
 CODE_REWARDS = ("pass_all", "prime", "fraction")
 STDOUT_COMPARES = ("tokens", "lines")
+CODE_PRELUDES = ("none", "prime")
 # PRIME's scorer reruns at most the first 10 tests one by one (code_util/__init__.py:60-61) and
 # divides by min(#tests, 10) (prime.py:71-73).
 PRIME_TESTS = 10
@@ -688,6 +738,31 @@ def plan_assert(source: str, setup: str = "", code: str = "") -> _HostAssert | N
 # ----------------------------------------------------------------------------- verification
 
 
+def setup_with_prelude(tests: Mapping[str, Any], prelude: str) -> str:
+    """The setup the sandbox runs before the candidate's program, for canonical ``tests``
+    (:func:`parse_tests`) and a ``prelude`` of :data:`CODE_PRELUDES`.
+
+    ``"none"``: the tests' own setup. ``"prime"``: for stdin/stdout and call-based tests (the
+    two forms PRIME's scorer runs), :data:`PRIME_PRELUDE` followed by the tests' own setup, so
+    that a name the row's setup binds wins; a call-based row's default setup
+    (:data:`CALL_PRELUDE`, which stands in for APPS's evaluator's imports) is dropped, since it
+    would rebind some of PRIME's names (``pow`` to math's, ``time`` to the module) where the
+    original has its prelude alone. Assert tests, which PRIME's scorer never runs, keep their
+    setup: it is also the judge's namespace, where extra names would shadow the candidate's.
+
+    The setup is compiled apart from the program (``<setup>`` and ``<solution>``), so line
+    numbers in the program's errors stay its own.
+    """
+    if prelude not in CODE_PRELUDES:
+        raise ValueError(f"prelude must be one of {CODE_PRELUDES}, got {prelude!r}")
+    own = tests["setup"]
+    if prelude == "none" or tests["kind"] == "asserts":
+        return own
+    if tests["kind"] == "call" and own == CALL_PRELUDE:
+        own = ""
+    return PRIME_PRELUDE + own
+
+
 def verify_code_detailed(
     response: str,
     tests: Mapping[str, Any] | Sequence[str] | str,
@@ -699,6 +774,7 @@ def verify_code_detailed(
     reward: str | None = None,
     test_timeout_s: float | None = None,
     stdout_compare: str = "tokens",
+    prelude: str = "none",
 ) -> VerifyResult:
     """Run the response's code against ``tests``; see :func:`verify_code`.
 
@@ -708,10 +784,12 @@ def verify_code_detailed(
     ``all_or_nothing`` (``True``: ``"pass_all"``, ``False``: ``"fraction"``). Under
     ``"pass_all"`` the remaining judged tests are skipped after the first failure, since
     they cannot change the score. ``stdout_compare``: ``"tokens"`` or ``"lines"``
-    (:func:`outputs_match`). ``limits`` overrides the other sandbox limits (its ``wall_s``
-    is replaced by ``timeout_s``). ``isolation``: ``"auto"`` (``None``: ``$IPRIME_SANDBOX``,
-    else ``"auto"``), ``"namespaces"``, ``"userns"`` or ``"rlimits"`` (see
-    :mod:`iprime.verifiers.sandbox`).
+    (:func:`outputs_match`). ``prelude``: ``"none"`` (programs run as written) or
+    ``"prime"`` (stdin/stdout and call-based programs run after :data:`PRIME_PRELUDE`,
+    PRIME's imports and recursion limit; :func:`setup_with_prelude`). ``limits`` overrides
+    the other sandbox limits (its ``wall_s`` is replaced by ``timeout_s``). ``isolation``:
+    ``"auto"`` (``None``: ``$IPRIME_SANDBOX``, else ``"auto"``), ``"namespaces"``,
+    ``"userns"`` or ``"rlimits"`` (see :mod:`iprime.verifiers.sandbox`).
 
     A sample that exceeds the output limit scores 0. One that runs out of its own time
     (``timeout_s``) scores 0 under ``"pass_all"`` and ``"fraction"``; under ``"prime"`` the
@@ -733,13 +811,15 @@ def verify_code_detailed(
         raise ValueError(f"reward must be one of {CODE_REWARDS}, got {reward!r}")
     if stdout_compare not in STDOUT_COMPARES:
         raise ValueError(f"stdout_compare must be one of {STDOUT_COMPARES}, got {stdout_compare!r}")
+    if prelude not in CODE_PRELUDES:
+        raise ValueError(f"prelude must be one of {CODE_PRELUDES}, got {prelude!r}")
     concrete = check_isolation_available(isolation)
     code = extract_code(response)
     if code is None or not code.strip():
         return VerifyResult(0.0, 0, 0, "no code block found", time.monotonic() - start)
     base = limits or SandboxLimits()
     limits = SandboxLimits(**{**base.__dict__, "wall_s": timeout_s})
-    setup = tests["setup"]
+    setup = setup_with_prelude(tests, prelude)
     kind = tests["kind"]
     outcomes: dict[int, tuple[bool, str]] = {}
     sandbox = {"isolation": concrete, "setup": setup, "limits": limits, "test_timeout_s": test_timeout_s}
@@ -875,6 +955,7 @@ def verify_code(
     reward: str | None = None,
     test_timeout_s: float | None = None,
     stdout_compare: str = "tokens",
+    prelude: str = "none",
 ) -> float:
     """Score a response's program (:func:`~iprime.verifiers.extract.extract_code`) against
     ``tests`` in the sandbox.
@@ -883,6 +964,8 @@ def verify_code(
     passes, else 0.0. ``reward="prime"``: PRIME's scorer's partial credit
     (:func:`prime_code_reward`). ``all_or_nothing=False``: the fraction of tests passed. No
     code, a syntax error or a crash score 0; a test that runs out of ``test_timeout_s`` fails.
+    ``prelude="prime"`` runs stdin/stdout and call-based programs after PRIME's imports and
+    recursion limit (:data:`PRIME_PRELUDE`).
     ``tests``: any shape :func:`parse_tests` accepts. Raises ``ValueError`` for bad tests and
     :class:`~iprime.verifiers.sandbox.SandboxUnavailable` where the code cannot be isolated
     (see :func:`verify_code_detailed`).
@@ -897,4 +980,5 @@ def verify_code(
         reward=reward,
         test_timeout_s=test_timeout_s,
         stdout_compare=stdout_compare,
+        prelude=prelude,
     ).score

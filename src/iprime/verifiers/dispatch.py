@@ -101,10 +101,11 @@ __all__ = [
 
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-# What training can choose (verify.code_reward, verify.stdout_compare); the code verifier
-# itself also takes reward="fraction" (its all_or_nothing=False).
+# What training can choose (verify.code_reward, verify.stdout_compare, verify.code_prelude); the
+# code verifier itself also takes reward="fraction" (its all_or_nothing=False).
 CODE_REWARD_MODES = ("pass_all", "prime")
 STDOUT_COMPARE_MODES = ("tokens", "lines")
+CODE_PRELUDE_MODES = ("none", "prime")
 
 
 @dataclass
@@ -134,6 +135,10 @@ class RowScoring:
         stdout_compare: how a stdin/stdout program's output is compared with the
             expected one: ``"tokens"`` (layout ignored) or ``"lines"`` (PRIME's;
             :func:`iprime.verifiers.code.outputs_match`).
+        code_prelude: what runs before a stdin/stdout or call-based program:
+            ``"none"`` (nothing: the program as written) or ``"prime"`` (PRIME's
+            scorer's star imports and recursion limit of 600,000;
+            :data:`iprime.verifiers.code.PRIME_PRELUDE`).
     """
 
     reference_key: str = "auto"
@@ -146,6 +151,7 @@ class RowScoring:
     code_reward: str = "pass_all"
     code_test_timeout_s: float | None = None
     stdout_compare: str = "tokens"
+    code_prelude: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("reference_key", "ability_key", "source_key", "verifier"):
@@ -179,6 +185,8 @@ class RowScoring:
             raise ValueError(
                 f"RowScoring.stdout_compare must be one of {STDOUT_COMPARE_MODES}, got {self.stdout_compare!r}"
             )
+        if self.code_prelude not in CODE_PRELUDE_MODES:
+            raise ValueError(f"RowScoring.code_prelude must be one of {CODE_PRELUDE_MODES}, got {self.code_prelude!r}")
 
     @property
     def weights(self) -> tuple[float, ...]:
@@ -202,6 +210,7 @@ class RowScoring:
             kwargs["code_reward"] = verify.code_reward
             kwargs["code_test_timeout_s"] = verify.code_test_timeout_s
             kwargs["stdout_compare"] = verify.stdout_compare
+            kwargs["code_prelude"] = verify.code_prelude
         return cls(**kwargs)
 
 
@@ -358,6 +367,8 @@ def _code_options(scoring: RowScoring) -> dict[str, Any]:
         options["test_timeout_s"] = float(scoring.code_test_timeout_s)
     if scoring.stdout_compare != "tokens":
         options["stdout_compare"] = scoring.stdout_compare
+    if scoring.code_prelude != "none":
+        options["prelude"] = scoring.code_prelude
     return options
 
 
@@ -676,24 +687,41 @@ def _score_task(
         return SandboxRefusal(str(err))
 
 
-def _with_code_reward(scoring: RowScoring | None, code_reward: str | None) -> RowScoring:
+def _with_code_options(
+    scoring: RowScoring | None, code_reward: str | None = None, code_prelude: str | None = None
+) -> RowScoring:
+    """``scoring`` (default :class:`RowScoring()`) with the keywords that are given replacing its
+    fields (validated by :class:`RowScoring`)."""
     scoring = scoring or RowScoring()
-    if code_reward is not None and code_reward != scoring.code_reward:
-        scoring = dataclasses.replace(scoring, code_reward=code_reward)
-    return scoring
+    changes = {
+        name: value
+        for name, value in (("code_reward", code_reward), ("code_prelude", code_prelude))
+        if value is not None and value != getattr(scoring, name)
+    }
+    return dataclasses.replace(scoring, **changes) if changes else scoring
 
 
 def score_row_detailed(
-    response: str, row: Mapping[str, Any], scoring: RowScoring | None = None, *, code_reward: str | None = None
+    response: str,
+    row: Mapping[str, Any],
+    scoring: RowScoring | None = None,
+    *,
+    code_reward: str | None = None,
+    code_prelude: str | None = None,
 ) -> VerifyResult:
     """Score ``response`` for ``row`` in this process, exactly as the trainer does; see :func:`score_row`."""
-    scoring = _with_code_reward(scoring, code_reward)
+    scoring = _with_code_options(scoring, code_reward, code_prelude)
     plan = _plan(row, scoring)
     return _score_planned(response, row, scoring, plan.name, plan.verifier, plan.reference)
 
 
 def score_row(
-    response: str, row: Mapping[str, Any], scoring: RowScoring | None = None, *, code_reward: str | None = None
+    response: str,
+    row: Mapping[str, Any],
+    scoring: RowScoring | None = None,
+    *,
+    code_reward: str | None = None,
+    code_prelude: str | None = None,
 ) -> float:
     """The reward in [0, 1] of ``response`` for ``row``: its verifier's score, plus weighted reward functions.
 
@@ -702,10 +730,13 @@ def score_row(
     ``code_reward`` (``"pass_all"`` or ``"prime"``) replaces ``scoring.code_reward``
     for code rows: ``"pass_all"`` (the default) scores 1.0 when every test passes, else
     0.0; ``"prime"`` is PRIME's scorer's partial credit (1.0 when every test passes, else
-    the share of the first ``min(#tests, 10)`` tests that pass). A row that cannot be
+    the share of the first ``min(#tests, 10)`` tests that pass). ``code_prelude``
+    (``"none"`` or ``"prime"``) replaces ``scoring.code_prelude``: ``"prime"`` runs
+    stdin/stdout and call-based programs after PRIME's star imports and recursion limit
+    (:data:`~iprime.verifiers.code.PRIME_PRELUDE`). A row that cannot be
     scored (no rule matches, a bad reference, a reward function returning a non-finite
     value) raises ``ValueError``; a wrong, missing or timed-out answer scores 0. An
     exception of the verifier itself propagates here
     (:func:`~iprime.verifiers.batch.score_rows` scores that sample 0 with the reason).
     """
-    return score_row_detailed(response, row, scoring, code_reward=code_reward).score
+    return score_row_detailed(response, row, scoring, code_reward=code_reward, code_prelude=code_prelude).score

@@ -62,7 +62,8 @@ class CodeVerifier:
 
     ``reward``: ``"pass_all"``, ``"prime"`` or ``"fraction"`` (``None``: from
     ``all_or_nothing``); ``test_timeout_s``: each test's limit (``None``: the sample's
-    ``timeout_s``); ``stdout_compare``: ``"tokens"`` or ``"lines"``. See
+    ``timeout_s``); ``stdout_compare``: ``"tokens"`` or ``"lines"``; ``prelude``:
+    ``"none"`` or ``"prime"`` (PRIME's imports and recursion limit before the program). See
     :func:`~iprime.verifiers.code.verify_code_detailed`.
     """
 
@@ -74,12 +75,14 @@ class CodeVerifier:
         reward: str | None = None,
         test_timeout_s: float | None = None,
         stdout_compare: str = "tokens",
+        prelude: str = "none",
     ) -> None:
         self.timeout_s = timeout_s
         self.all_or_nothing = all_or_nothing
         self.reward = reward
         self.test_timeout_s = test_timeout_s
         self.stdout_compare = stdout_compare
+        self.prelude = prelude
 
     def __call__(self, response: str, reference: Any) -> float:
         return self.detailed(response, reference).score
@@ -95,6 +98,7 @@ class CodeVerifier:
             reward=self.reward,
             test_timeout_s=self.test_timeout_s,
             stdout_compare=self.stdout_compare,
+            prelude=self.prelude,
         )
 
 

@@ -675,7 +675,7 @@ def _signal_hint(sig: int) -> str:
         signal.SIGXCPU: " (CPU time limit)",
         signal.SIGKILL: " (CPU time limit or killed)",
         signal.SIGXFSZ: " (file size / output limit)",
-        signal.SIGSEGV: " (crash, possibly memory limit)",
+        signal.SIGSEGV: " (crash: a C stack overflow from deep recursion, or the memory limit)",
     }.get(sig, "")
 
 
