@@ -42,6 +42,7 @@ SLOW_FILES = frozenset(
         "test_verifiers_batch.py",
         "test_verifiers_math_benchmarks.py",
         "test_vllm_adapter.py",
+        "test_weight_sync.py",
     }
 )
 MODEL_FIXTURES = frozenset({"tiny_model_dir", "tiny_prm_dir", "boxed8_model_dir"})

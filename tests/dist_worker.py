@@ -5,6 +5,9 @@ RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT like torchrun does).
     python tests/dist_worker.py train MODEL_DIR OUT_DIR      # a 2-step run with DCP checkpoints
     python tests/dist_worker.py agg MODEL_DIR OUT_FILE      # policy gradients of one mini-batch, per rank
     python tests/dist_worker.py batch_norm - OUT_FILE       # batch_norm's two scopes on each rank's rows
+    python tests/dist_worker.py sync MODEL_DIR OUT_FILE RUNS  # weight-sync engine runs (comma-separated SYNC_RUNS)
+
+Every rank writes its own results, ``OUT_FILE.rank{r}``: the tests check each rank, not rank 0 alone.
 """
 
 from __future__ import annotations
@@ -120,7 +123,8 @@ def fixed_batch(tokenizer, n_groups: int = 4, K: int = 4, seed: int = 0, T: int 
 
 
 def run_update(model_dir: str, out_dir: str) -> dict:
-    """Every case: a fresh trainer, one step on the fixed batch; metrics and full weights."""
+    """Every case: a fresh trainer, one step on the fixed batch; metrics and full weights (the
+    full state dict as this rank gathers it)."""
     from iprime.config import load_config
     from iprime.train import distributed as D
     from iprime.train.prime import PrimeTrainer
@@ -141,9 +145,10 @@ def run_update(model_dir: str, out_dir: str) -> dict:
         if trainer.prm is not None:
             trainer.optimizers.prm = torch.optim.SGD(trainer.prm.parameters(), lr=0.5)
         metrics = trainer.train_on_batch(fixed_batch(trainer.tokenizer))
-        results[name] = {"metrics": metrics, "policy": D.full_state_dict(trainer.policy)}
+        roots = trainer.passes.roots
+        results[name] = {"metrics": metrics, "policy": D.full_state_dict(trainer.policy, roots.get(id(trainer.policy)))}
         if trainer.prm is not None:
-            results[name]["prm"] = D.full_state_dict(trainer.prm)
+            results[name]["prm"] = D.full_state_dict(trainer.prm, roots.get(id(trainer.prm)))
     return results
 
 
@@ -217,6 +222,97 @@ def run_batch_norm() -> dict:
     return out
 
 
+# ------------------------------------------------------------------ the weight-sync engine
+def sync_update_overrides(out_dir) -> list[str]:
+    """One step on the fixed batch (4 groups: 1, 2 or 4 ranks) with the weight-sync engine."""
+    return base_overrides(out_dir) + [
+        "rollout.engine=hf_sync",
+        "rollout.prompts_per_step=4",
+        "optim.mini_batch_size=16",
+        "optim.micro_batch_size=16",
+    ]
+
+
+def run_sync_update(model_dir: str, out_dir: str) -> dict:
+    """One update on the fixed batch (SGD, as :func:`run_update`), then what this rank holds:
+    the full policy state it gathers, and its engine's own weights after the sync."""
+    from iprime.config import load_config
+    from iprime.train import distributed as D
+    from iprime.train.prime import PrimeTrainer
+
+    trainer = PrimeTrainer(model_dir, load_config(None, sync_update_overrides(out_dir)), ROWS, parity_verifier)
+    trainer.optimizers.policy = torch.optim.SGD(trainer.policy.parameters(), lr=0.5)
+    trainer.optimizers.prm = torch.optim.SGD(trainer.prm.parameters(), lr=0.5)
+    trainer.train_on_batch(fixed_batch(trainer.tokenizer))
+    engine = trainer.generator
+    return {
+        "policy": D.full_state_dict(trainer.policy, trainer.passes.roots.get(id(trainer.policy))),
+        "engine": {k: v.detach().clone() for k, v in engine.model.state_dict().items()},
+        "syncs": engine.syncs,
+        "engine_is_policy": engine.model is trainer.policy,
+    }
+
+
+SYNC_RUNS = {
+    # 3 steps of real sampling; every sampled row trains in its own step (no filter, oversample 1)
+    "good": ["rollout.engine=hf_sync"],
+    "stale": ["rollout.engine=hf_sync"],  # and one rank's engine drops every update (STALE_RANK)
+    "hf": ["rollout.engine=hf"],  # the built-in sampler on the policy, same seeds
+}
+STALE_RANK = 1
+
+
+def sync_run_overrides(out_dir, extra: list[str]) -> list[str]:
+    return (
+        base_overrides(out_dir)
+        + extra
+        + [
+            "train.steps=3",
+            "train.save_every=0",
+            "rollout.prompts_per_step=4",
+            "rollout.oversample=1.0",
+            "rollout.old_logprobs=recompute",
+            "optim.mini_batch_size=16",
+            "optim.micro_batch_size=8",
+        ]
+    )
+
+
+def drop_weights(weights) -> None:
+    """A stale engine: takes the whole weight stream (the other ranks' all-gathers need this
+    rank's part of each) and loads none of it."""
+    for _ in weights:
+        pass
+
+
+def run_sync(model_dir: str, out_dir: str, name: str, rank: int) -> dict:
+    """``SYNC_RUNS[name]`` trained for 3 steps: every step's metrics as this rank logged them,
+    this rank's own ``max |engine - trainer|`` log-prob gap per step (before the all-reduce),
+    and the final policy this rank gathers."""
+    from iprime.config import load_config
+    from iprime.train import diagnostics
+    from iprime.train import distributed as D
+    from iprime.train.prime import PrimeTrainer
+
+    cfg = load_config(None, sync_run_overrides(f"{out_dir}/{name}", SYNC_RUNS[name]))
+    trainer = PrimeTrainer(model_dir, cfg, ROWS, parity_verifier)
+    if name == "stale" and rank == STALE_RANK:
+        trainer.generator.sync_weights = drop_weights
+    local_gaps, measure = [], diagnostics.local_sampler_gap
+
+    def recording(*args):
+        local_gaps.append(measure(*args))
+        return local_gaps[-1]
+
+    diagnostics.local_sampler_gap = recording
+    try:
+        history = trainer.train(progress=False)
+    finally:
+        diagnostics.local_sampler_gap = measure
+    root = trainer.passes.roots.get(id(trainer.policy))
+    return {"history": history, "local_gaps": local_gaps, "policy": D.full_state_dict(trainer.policy, root)}
+
+
 def train_overrides(out_dir, steps: int) -> list[str]:
     return base_overrides(out_dir) + [
         f"train.steps={steps}",
@@ -237,9 +333,15 @@ def main() -> None:
 
     rank = int(os.environ.get("RANK", "0"))
     if mode == "update":
-        results = run_update(model_dir, out + ".runs")
-        if rank == 0:
-            torch.save(results, out)
+        torch.save(run_update(model_dir, out + ".runs"), f"{out}.rank{rank}")
+    elif mode == "sync":
+        results = {}
+        for name in sys.argv[4].split(","):
+            if name == "update":
+                results[name] = run_sync_update(model_dir, f"{out}.runs/update")
+            else:
+                results[name] = run_sync(model_dir, f"{out}.runs", name, rank)
+        torch.save(results, f"{out}.rank{rank}")
     elif mode == "agg":
         torch.save(run_agg(model_dir, out + ".runs"), f"{out}.rank{rank}")
     elif mode == "batch_norm":
@@ -247,9 +349,8 @@ def main() -> None:
     elif mode == "train":
         trainer = PrimeTrainer(model_dir, load_config(None, train_overrides(out, 2)), ROWS, parity_verifier)
         history = trainer.train(progress=False)
-        state = D.full_state_dict(trainer.policy)
-        if trainer.dist.is_main:
-            torch.save({"history": history, "policy": state}, f"{out}/final.pt")
+        state = D.full_state_dict(trainer.policy, trainer.passes.roots.get(id(trainer.policy)))
+        torch.save({"history": history, "policy": state}, f"{out}/final.rank{rank}.pt")
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -7,6 +7,7 @@ environment) running ``tests/dist_worker.py`` or ``python -m torch.distributed.r
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -62,21 +63,25 @@ def launch_ranks(args: list[str], world: int = 2, timeout: float = 120) -> None:
 
 def test_two_ranks_compute_the_one_rank_update(tiny_model_dir, tmp_path):
     """One step (PRM update, global whitening, PPO epochs over mini/micro-batches) on a fixed
-    global batch: 2 ranks x half the groups give the 1-process losses, metrics and weights."""
+    global batch: 2 ranks x half the groups give the 1-process losses, metrics and weights, on
+    EVERY rank (each rank's metrics, and the full state dict each rank gathers)."""
     launch_ranks(["update", str(tiny_model_dir), str(tmp_path / "two.pt")])
-    two = torch.load(tmp_path / "two.pt", weights_only=False)
+    ranks = [torch.load(f"{tmp_path / 'two.pt'}.rank{r}", weights_only=False) for r in range(2)]
     one = worker.run_update(str(tiny_model_dir), str(tmp_path / "one"))
-    for case, _ in worker.UPDATE_CASES:
+    for (case, _), (rank, two) in itertools.product(worker.UPDATE_CASES, enumerate(ranks)):
         a, b = one[case], two[case]
         assert a["metrics"]["policy/updates"] == b["metrics"]["policy/updates"] >= 1
         for key, value in a["metrics"].items():
             if key.startswith("time/") or key == "tokens_per_s":
                 continue
-            assert b["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (case, key)
+            assert b["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (case, rank, key)
         assert a.keys() == b.keys()
         for role in set(a) - {"metrics"}:
+            assert b[role].keys() == a[role].keys(), (case, rank, role)
             for name, w in a[role].items():
-                torch.testing.assert_close(b[role][name], w, rtol=1e-4, atol=1e-5, msg=f"{case} {role} {name}")
+                torch.testing.assert_close(
+                    b[role][name], w, rtol=1e-4, atol=1e-5, msg=f"{case} rank {rank} {role} {name}"
+                )
     # the update really moved the weights (so the comparison is not vacuous)
     from iprime.models import load_model
 

@@ -120,7 +120,6 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.quiet", "huggingface_hub"): ONLY_IF_LOADED,
     ("iprime.quiet", "datasets"): ONLY_IF_LOADED,
     ("iprime.train.checkpoint_dcp", "torch.distributed.checkpoint"): TORCH_DISTRIBUTED,
-    ("iprime.train.distributed", "torch.distributed.checkpoint"): TORCH_DISTRIBUTED,
     ("iprime.train.distributed", "torch.distributed.fsdp"): TORCH_DISTRIBUTED,
 }
 

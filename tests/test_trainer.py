@@ -356,6 +356,9 @@ def test_sampling_logprobs_stand_in_for_a_recompute(tiny_model_dir, tmp_path):
         (runs[mode],) = trainer.train(progress=False)
     for key in ("policy/pg_loss", "policy/approx_kl", "policy/clip_frac", "prm/loss", "adv/std"):
         assert runs["sampling"][key] == pytest.approx(runs["recompute"][key], abs=1e-4), key
+    # a recompute is compared with what the sampler recorded; a reuse has nothing to compare
+    assert 0 <= runs["recompute"]["rollout/sampler_logprob_gap"] < 1e-4
+    assert "rollout/sampler_logprob_gap" not in runs["sampling"]
     # auto: the built-in sampler's log-probs are reused; with IS correction they must be recomputed
     auto = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "a"), ROWS, parity_verifier)
     corrected = PrimeTrainer(

@@ -108,9 +108,12 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 128
     generation_batch_size: int | None = None
-    engine: Literal["hf", "vllm"] = "hf"
-    """``hf``: the built-in KV-cache sampler; ``vllm``: a colocated vLLM engine (``pip install
-    'iprime[vllm]'``, CUDA), slept between rollouts and synced with the policy after each update."""
+    engine: Literal["hf", "hf_sync", "vllm"] = "hf"
+    """``hf``: the built-in KV-cache sampler on the policy itself; ``vllm``: a colocated vLLM engine
+    (``pip install 'iprime[vllm]'``, CUDA), slept between rollouts and synced with the policy after
+    each update; ``hf_sync``: the built-in sampler on the engine's own copy of the policy, loaded
+    from the policy's path and updated only by the weight sync vLLM gets (``load_weights`` by name,
+    on every rank): a vLLM run's path on any device, without vLLM."""
     vllm_gpu_memory_utilization: float = 0.5
     """Share of GPU memory vLLM may take (weights + KV cache); the trainer needs the rest."""
     vllm_sleep: bool = True
@@ -138,7 +141,10 @@ class RolloutConfig:
     temperature, so equal to a recompute up to float noise; for groups served from the buffer they
     are the log-probs of the policy that sampled them, the true behaviour policy). ``recompute``:
     a forward pass of the current policy (needed when another engine sampled). ``auto``:
-    ``sampling`` with ``engine=hf`` and no IS correction, else ``recompute``."""
+    ``sampling`` with ``engine=hf`` and no IS correction, else ``recompute``. A recompute logs
+    ``rollout/sampler_logprob_gap``: the largest ``|sampling - recomputed|`` log-prob over the
+    step's freshly sampled tokens, the maximum over all ranks (float noise when every rank's
+    engine holds the current policy; a rank that missed a weight sync shows up there)."""
 
 
 @dataclass

@@ -3,7 +3,7 @@ the generator interface (what a rollout engine is, and the capabilities it decla
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol, runtime_checkable
@@ -254,9 +254,10 @@ class RolloutBatch:
 class Capability(str, Enum):
     """What a rollout engine can do beyond sampling, declared in its ``capabilities``.
 
-    ``SYNC_WEIGHTS``: the engine samples from its own copy of the policy's weights (vLLM), so the
-    trainer hands it the updated weights after every policy update (``sync_weights``). An engine
-    that samples the live policy module (:class:`~iprime.rollout.HFGenerator`) does not declare it.
+    ``SYNC_WEIGHTS``: the engine samples from its own copy of the policy's weights (vLLM,
+    :class:`~iprime.rollout.SyncedHFGenerator`), so the trainer hands it the updated weights after
+    every policy update, on every rank (``sync_weights``). An engine that samples the live policy
+    module (:class:`~iprime.rollout.HFGenerator`) does not declare it.
 
     ``SLEEP``: the engine can release its accelerator memory between rollouts (``sleep``) and
     take it back (``wake_up``)."""
@@ -275,8 +276,11 @@ class Generator(Protocol):
       responses right-padded, the EOS token inside the response mask.
     - ``capabilities``: the optional :class:`Capability` members it has. The optional methods are
       called only on an engine that declares their capability; callers never probe for them.
-    - ``sync_weights(state_dict)``: load the policy's full, Hugging Face-named weights
-      (``SYNC_WEIGHTS``).
+    - ``sync_weights(weights)``: load the policy's full, Hugging Face-named weights
+      (``SYNC_WEIGHTS``): ``(name, tensor)`` pairs, as vLLM's ``model.load_weights`` takes them,
+      or a mapping (:func:`named_tensors`). The trainer passes a lazy stream whose every item is
+      gathered across ranks (:func:`iprime.train.distributed.full_state_items`): take every
+      item, in order, on every rank.
     - ``sleep()`` / ``wake_up()``: release / take back accelerator memory (``SLEEP``).
 
     :class:`GeneratorBase` supplies ``capabilities = frozenset()`` and the optional methods
@@ -286,7 +290,7 @@ class Generator(Protocol):
 
     def generate(self, prompts: list[list[int]] | list[str], params: SamplingParams) -> RolloutBatch: ...
 
-    def sync_weights(self, state_dict: Mapping[str, Tensor]) -> None: ...
+    def sync_weights(self, weights: Iterable[tuple[str, Tensor]] | Mapping[str, Tensor]) -> None: ...
 
     def sleep(self) -> None: ...
 
@@ -309,7 +313,7 @@ class GeneratorBase:
             f"{sorted(c.value for c in self.capabilities)})"
         )
 
-    def sync_weights(self, state_dict: Mapping[str, Tensor]) -> None:
+    def sync_weights(self, weights: Iterable[tuple[str, Tensor]] | Mapping[str, Tensor]) -> None:
         raise self._undeclared(Capability.SYNC_WEIGHTS)
 
     def sleep(self) -> None:
@@ -317,6 +321,12 @@ class GeneratorBase:
 
     def wake_up(self) -> None:
         raise self._undeclared(Capability.SLEEP)
+
+
+def named_tensors(weights: Iterable[tuple[str, Tensor]] | Mapping[str, Tensor]) -> Iterator[tuple[str, Tensor]]:
+    """What ``sync_weights`` was given, as ``(name, tensor)`` pairs in order: a mapping's items,
+    else the pairs themselves (not listed: a lazy stream stays lazy)."""
+    return iter(weights.items()) if isinstance(weights, Mapping) else iter(weights)
 
 
 def check_generator(generator: object) -> Generator:

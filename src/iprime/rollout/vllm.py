@@ -26,7 +26,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from iprime.rollout.types import Capability, GeneratorBase, RolloutBatch, SamplingParams, encode_prompts
+from iprime.rollout.types import (
+    Capability,
+    GeneratorBase,
+    RolloutBatch,
+    SamplingParams,
+    encode_prompts,
+    named_tensors,
+)
 
 _INSTALL_HINT = (
     "rollout.engine='vllm' needs vLLM (CUDA): pip install 'iprime[vllm]'. Use rollout.engine='hf' without it."
@@ -153,10 +160,11 @@ class VLLMGenerator(GeneratorBase):
         finally:
             self.sleep()
 
-    def sync_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load the trainer's (full, Hugging Face-named) policy weights into the engine."""
+    def sync_weights(self, weights: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]) -> None:
+        """Load the trainer's (full, Hugging Face-named) policy weights into the engine: ``(name,
+        tensor)`` pairs or a mapping (:func:`~iprime.rollout.types.named_tensors`)."""
         with self._awake():
-            sync_vllm_weights(self.llm, state_dict.items())
+            sync_vllm_weights(self.llm, named_tensors(weights))
 
     # ------------------------------------------------------------------ sampling
     def vllm_sampling_params(self, params: SamplingParams):

@@ -17,7 +17,7 @@ from iprime.config import PrimeConfig
 from iprime.data.sources import Record, prepare_rows
 from iprime.models import load_model, load_tokenizer
 from iprime.optim import lr_factor
-from iprime.rollout import HFGenerator, check_generator
+from iprime.rollout import HFGenerator, SyncedHFGenerator, check_generator
 from iprime.rollout.vllm import VLLMGenerator
 from iprime.train.memory import attach_lora, enable_gradient_checkpointing
 from iprime.train.value import ValueModel
@@ -128,17 +128,22 @@ def build_optimizers(cfg: PrimeConfig, models: Models) -> Optimizers:
     return Optimizers(policy, scheduler, prm, value)
 
 
-def build_generator(cfg: PrimeConfig, model, models: Models, generator=None):
+def build_generator(cfg: PrimeConfig, model, models: Models, generator=None, device: torch.device | None = None):
     """The rollout engine: ``generator`` if given (checked to implement
-    :class:`iprime.rollout.Generator`), vLLM (``rollout.engine=vllm``, loads the
-    policy from its path), else the built-in HF sampler on the policy."""
+    :class:`iprime.rollout.Generator`); vLLM (``rollout.engine=vllm``) or the weight-sync HF
+    engine (``hf_sync``, on ``device``), each loading its own copy of the policy from its path;
+    else the built-in HF sampler on the policy."""
     if generator is not None:
         return check_generator(generator)
-    if cfg.rollout.engine == "vllm":
-        if not isinstance(model, (str, Path)):
-            raise ValueError('rollout.engine="vllm" loads the policy from its path; pass model= as a path')
+    engine, batch_size = cfg.rollout.engine, cfg.rollout.generation_batch_size
+    if engine in ("vllm", "hf_sync") and not isinstance(model, (str, Path)):
+        raise ValueError(f'rollout.engine="{engine}" loads the policy from its path; pass model= as a path')
+    if engine == "vllm":
         return VLLMGenerator.from_config(str(model), models.tokenizer, cfg)
-    return HFGenerator(models.policy, models.tokenizer, batch_size=cfg.rollout.generation_batch_size)
+    if engine == "hf_sync":  # the engine's own module, as vllm.LLM(model=path) builds its own
+        own = load_model(model, dtype=cfg.model.dtype, device=device or next(models.policy.parameters()).device)
+        return SyncedHFGenerator(own, models.tokenizer, batch_size=batch_size)
+    return HFGenerator(models.policy, models.tokenizer, batch_size=batch_size)
 
 
 def reuses_sampling_logprobs(cfg: PrimeConfig, generator, policy) -> bool:

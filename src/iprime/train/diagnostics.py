@@ -10,6 +10,9 @@ runs :func:`step_diagnostics` once the step's stages are done.
 - :func:`first_error_metrics`: on the built-in arithmetic task, where every line can be checked,
   whether the PRM puts its lowest step reward on the first wrong line (``prm/first_error_*``).
   This is the only module of the trainer that knows that task.
+- :func:`sampler_gap_metrics`: how far the rollout engine's sampling log-probs are from the
+  trainer's recomputed ones on the same tokens (``rollout/sampler_logprob_gap``): float noise when
+  every rank's engine samples the current policy, far more when one missed a weight sync.
 
 Under torchrun every rank calls them (their statistics are over the global batch).
 """
@@ -41,6 +44,36 @@ def step_diagnostics(passes: ForwardPasses, step: StepRecord, tokenizer) -> dict
         metrics.update(process_share_metrics(cfg, outcome, mask, rewards, passes.global_stats))
     metrics.update(first_error_metrics(passes, step.batch, rewards, mask, outcome, tokenizer))
     return metrics
+
+
+def local_sampler_gap(sampled: torch.Tensor, recomputed: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> float:
+    """``max |sampled - recomputed|`` over the tokens of ``mask`` [B, T] in the rows ``rows`` [B]
+    (bool), in float64; ``-1.0`` when no token qualifies (a gap is never negative)."""
+    keep = mask & rows.to(mask.device)[:, None]
+    if not bool(keep.any()):
+        return -1.0
+    return float((sampled.double() - recomputed.double()).abs()[keep].max())
+
+
+def sampler_gap_metrics(passes: ForwardPasses, step: StepRecord) -> dict[str, float]:
+    """``rollout/sampler_logprob_gap``: the largest ``|log pi_engine(token) - log pi_old(token)|``
+    between the log-probs the engine recorded while sampling (``batch.sampling_logprobs``) and
+    the trainer's recomputed old log-probs (``step.old_logp``), over this step's response tokens
+    on every rank (all-reduced max). Only rows sampled by the policy this step trains
+    (``meta["sampled_step"]`` = the steps done): groups served from the ``rollouts`` buffer came
+    from an older policy and differ by design. Nothing is logged when no rank holds such a row
+    (a step served from the buffer, or a batch given to ``train_on_batch``).
+
+    The engine and the trainer run the same weights in the same dtype, so the gap is float noise
+    (~1e-6 in float32: a KV-cache decode against one full forward); an engine on weights one
+    update old differs by the update's effect on the log-probs. Collective under torchrun."""
+    batch = step.batch
+    sampled = batch.meta.get("sampled_step")
+    fresh = [s == step.index - 1 for s in sampled] if sampled is not None else [False] * len(batch)
+    rows = torch.tensor(fresh, dtype=torch.bool)
+    local = local_sampler_gap(batch.sampling_logprobs, step.old_logp, step.mask, rows)
+    gap = float(D.all_reduce(torch.tensor([local], dtype=torch.float64, device=passes.device), "max")[0])
+    return {"rollout/sampler_logprob_gap": gap} if gap >= 0 else {}
 
 
 def prm_ranking_metrics(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,14 +190,44 @@ def to_float(x: torch.Tensor | float) -> float:
 
 
 # ------------------------------------------------------------------------------ full state dicts, rollouts
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full (unsharded) state dict on every rank, on the CPU (FSDP or plain model)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def full_state_items(model: nn.Module, root: nn.Module | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, full tensor)`` for every entry of ``model.state_dict()``, in its order, on every
+    rank, one tensor gathered at a time: what a rollout engine's ``load_weights`` takes.
 
-    if not fsdp_modules(model):
+    Under FSDP2 each entry is a DTensor shard; ``full_tensor()`` all-gathers it on its own device
+    (the GPU under NCCL), so the extra memory at any moment is one full parameter, not the model
+    (TRL's ``_sync_fsdp2_params_to_vllm`` gathers the same way). The tensors of a plain model are
+    the live parameters themselves: a consumer copies them, it does not keep them.
+
+    Collective and lazy: every rank must take every item, in order (an engine that ignored
+    the weights must still exhaust the iterator), or the next all-gather waits forever.
+    ``root``: the FSDP root that owns ``model``'s top-level parameters, when there is one (it
+    keeps them gathered after a no-grad forward; they are resharded first)."""
+    reshard_all(root if root is not None else model)
+    for name, value in model.state_dict().items():
+        if hasattr(value, "full_tensor"):  # a DTensor shard
+            value = value.full_tensor()
+        yield name, value.detach()
+
+
+def full_state_dict(
+    model: nn.Module, root: nn.Module | None = None, *, every_rank: bool = True
+) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict on the CPU, on every rank (FSDP or plain model; a plain
+    model's own tensors, uncopied). ``every_rank=False``: on rank 0 only, the others get ``{}``
+    (a model written by rank 0 need not be held on the CPU by every rank). Collective under FSDP:
+    every rank must call it.
+
+    Not ``get_model_state_dict(full_state_dict=True, cpu_offload=True)``: with ``cpu_offload``
+    torch gathers to rank 0 only (``ranks_only=(0,)``), whatever the caller meant."""
+    if not fsdp_modules(root if root is not None else model):
         return model.state_dict()
-    reshard_all(model)
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    keep = every_rank or dist.get_rank() == 0
+    out = {}
+    for name, value in full_state_items(model, root):  # every rank takes part in every gather
+        if keep:
+            out[name] = value.cpu()
+    return out
 
 
 def all_gather_rollouts(batch, starts: list[int], ctx: DistContext, device: torch.device):

@@ -49,7 +49,7 @@ from iprime.train.build import (
 )
 from iprime.train.checkpoint import load_run_checkpoint, rng_state, save_run_checkpoint, set_rng_state
 from iprime.train.collect import RolloutCollector, sample_records
-from iprime.train.diagnostics import step_diagnostics
+from iprime.train.diagnostics import sampler_gap_metrics, step_diagnostics
 from iprime.train.evaluate import build_eval_sets, eval_due, preserved_training_state, run_evals
 from iprime.train.guards import UpdateGuard
 from iprime.train.logging import MetricsLogger
@@ -124,7 +124,7 @@ class PrimeTrainer:
         # FSDP2 roots (data-parallel runs only): id(model) -> the module whose forward gives log-probs
         roots = D.shard_models([self.policy, self.reference, self.prm], self.dist, self.device)
         self.passes = ForwardPasses(cfg, self.dist, self.device, roots)
-        self.generator = build_generator(cfg, model, self.models, generator)
+        self.generator = build_generator(cfg, model, self.models, generator, device=self.device)
         sampler_runs_policy = getattr(self.generator, "model", None) is self.policy
         self.collector = RolloutCollector(
             cfg,
@@ -265,11 +265,19 @@ class PrimeTrainer:
     def _sync_weights(self, step: StepRecord) -> None:
         if Capability.SYNC_WEIGHTS in self.generator.capabilities:  # its own copy of the weights (vLLM)
             with step.timed("time/sync_weights"):
-                self.generator.sync_weights(D.full_state_dict(self.policy))
+                self._sync_engine()
+
+    def _sync_engine(self) -> None:
+        """Hand the engine the current policy, on every rank: the full tensors streamed one at a
+        time (FSDP2 shards gathered as the engine loads them). Collective under torchrun."""
+        root = self.passes.roots.get(id(self.policy))
+        self.generator.sync_weights(D.full_state_items(self.policy, root))
 
     def _observe(self, step: StepRecord) -> None:
         """The diagnostics (:mod:`iprime.train.diagnostics`), and every ``train.log_samples_every``
         steps ``train.log_sample_groups`` groups of this rank's share as sample rows."""
+        if not self.reuse_sampling_logprobs:  # recomputed old log-probs: compare the engine's with them
+            step.metrics.update(sampler_gap_metrics(self.passes, step))
         step.metrics.update(step_diagnostics(self.passes, step, self.tokenizer))
         t = self.cfg.train
         if t.log_samples_every and t.log_sample_groups and step.index % t.log_samples_every == 0:
@@ -398,6 +406,8 @@ class PrimeTrainer:
         self.empty_steps = int(meta.get("empty_steps", 0))
         if "guard" in meta:
             self.guard.load_state_dict(meta["guard"])
+        if Capability.SYNC_WEIGHTS in self.generator.capabilities:  # it loaded the starting weights
+            self._sync_engine()
         return True
 
     # ------------------------------------------------------------------ the loop
@@ -474,7 +484,7 @@ class PrimeTrainer:
         for name, model in (("policy", self.policy), ("prm", self.prm)):
             if model is None:
                 continue
-            state = D.full_state_dict(model)
+            state = D.full_state_dict(model, self.passes.roots.get(id(model)), every_rank=False)
             if self.dist.is_main:
                 model.save_pretrained(d / name, state_dict=state)
                 self.tokenizer.save_pretrained(d / name)
