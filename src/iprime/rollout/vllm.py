@@ -19,9 +19,10 @@ and vLLM's torchrun example do: ``distributed_executor_backend="external_launche
 engine a single worker inside this rank's process (vLLM's ``ExecutorWithExternalLauncher``, which
 reads torchrun's ``RANK`` / ``LOCAL_RANK`` and runs on ``cuda:LOCAL_RANK``),
 ``tensor_parallel_size=1`` (one whole engine per rank, as the PRIME repository's script sets
-``tensor_model_parallel_size=1``, ``run_prime_main.sh:32``), a seed per rank, and the weights synced in-process, one tensor
-at a time (:func:`sync_vllm_weights`). None of this has run against a real vLLM here: the tests
-check the arguments and calls against a stand-in engine (``tests/test_vllm_adapter.py``).
+``tensor_model_parallel_size=1``, ``run_prime_main.sh:32``), a seed per rank, and the weights
+synced in-process, one tensor at a time (:func:`sync_vllm_weights`). None of this has run against
+a real vLLM here: the tests check the arguments and calls against a stand-in engine
+(``tests/test_vllm_adapter.py``).
 
 This module never imports vLLM at import time; only the constructors
 (:meth:`VLLMGenerator.from_config`, :meth:`VLLMGenerator.for_eval`) and :func:`require_vllm` do.
