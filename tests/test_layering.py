@@ -89,6 +89,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.data_check", "iprime.verifiers"): VERIFIERS,
     ("iprime.eval.commands", "iprime.eval.runner"): LIGHT_CLI,
     ("iprime.eval.commands", "iprime.prm.scoring"): LIGHT_CLI,
+    ("iprime.eval.commands", "iprime.rollout.vllm"): LIGHT_CLI + "; its error when vLLM is missing",
     ("iprime.eval.commands", "iprime.eval.rerank"): VERIFIERS,  # rerank imports iprime.verifiers
     ("iprime.eval.commands", "iprime.verifiers"): VERIFIERS,
     ("iprime.train.export", "iprime.train.checkpoint"): LIGHT_CLI,
