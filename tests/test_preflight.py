@@ -234,12 +234,17 @@ def test_the_eurus_estimate_by_hand():
     assert est.trainer == {"policy": 16 * P7, "prm": 16 * P7, "reference": 4 * P7}
     assert est.trainer_total == 36 * P7 == 274_162_194_432
     assert est.per_gpu() == math.ceil(36 * P7 / 8) == 34_270_274_304  # 31.9 GiB
-    assert est.engine_share == 0.5 and est.engine_weights == 4 * P7  # vLLM in model.dtype: float32
-    assert est.kv_cache(80 * GiB) == 40 * GiB - 4 * P7 == 12_487_206_912  # 11.6 GiB
+    # vLLM in rollout.dtype: bf16, 2 bytes per parameter (the trainer stays float32)
+    assert est.engine_share == 0.5 and est.engine_dtype == "bfloat16" and est.engine_weights == 2 * P7
+    assert est.kv_cache(80 * GiB) == 40 * GiB - 2 * P7 == 27_718_439_936  # 25.8 GiB
     assert est.peak(80 * GiB) == 34_270_274_304 + 40 * GiB
     # fits in 90% of 80 GiB when 36 P / W <= 0.9 x 80 - 40 = 32 GiB: W >= 7.98
     assert est.ranks_to_fit(80 * GiB) == math.ceil(36 * P7 / (32 * GiB)) == 8
-    assert est.ranks_to_fit(40 * GiB) is None  # vLLM's 20 GiB of a 40 GiB GPU cannot hold its 28.4 GiB of weights
+    # on a 40 GiB GPU vLLM's 20 GiB holds its 14.2 GiB of bf16 weights; the trainer gets 0.9 x 40 - 20 = 16 GiB
+    assert est.ranks_to_fit(40 * GiB) == math.ceil(36 * P7 / (16 * GiB)) == 16
+    fp32 = pf.estimate_memory(eurus("rollout.dtype=float32"), pf.ModelShape.from_config(pf.QWEN25_MATH_7B), 8)
+    assert fp32.engine_weights == 4 * P7 and fp32.kv_cache(80 * GiB) == 40 * GiB - 4 * P7 == 12_487_206_912
+    assert fp32.ranks_to_fit(40 * GiB) is None  # 20 GiB cannot hold 28.4 GiB of float32 weights
     assert (
         pf.estimate_memory(
             eurus("rollout.vllm_gpu_memory_utilization=0.9"), pf.ModelShape.from_config(pf.QWEN25_MATH_7B)
@@ -277,6 +282,10 @@ def test_memory_against_the_gpu():
     assert over.fix.startswith("launch over 8 or more ranks")
     small = pf.Gpu("A100-SXM4-40GB", 40 * GiB, (8, 0))
     found, _ = pf.memory_findings(est8, eurus(), gpu_box(small, world=8))
+    assert keys(found) == ["memory"]  # 31.9 GiB of trainer + vLLM's 20 GiB
+    fp32 = eurus("rollout.dtype=float32")
+    est8 = pf.estimate_memory(fp32, pf.ModelShape.from_config(pf.QWEN25_MATH_7B), 8)
+    found, _ = pf.memory_findings(est8, fp32, gpu_box(small, world=8))
     assert keys(found) == ["rollout.vllm_gpu_memory_utilization=0.5", "memory"]
     assert "no room for a KV cache" in found[0].text  # 20 GiB for 28.4 GiB of float32 weights
 
@@ -297,7 +306,7 @@ def test_memory_lines_and_the_config_show_block():
     assert lines[0].endswith("PRIME-RL/Eurus-2-7B-SFT, 7.62B parameters (known model: Qwen2.5-Math-7B)")
     assert "policy 113.5 GiB + PRM 113.5 GiB + reference 28.4 GiB = 255.3 GiB" in lines[1]
     assert lines[2] == "  per GPU (FSDP2): 255.3 GiB at world size 1, 31.9 GiB at 8"
-    assert "float32 weights 28.4 GiB" in lines[3] and "112 KiB per token" in lines[3]
+    assert "bfloat16 weights 14.2 GiB" in lines[3] and "56 KiB per token" in lines[3]
     assert lines[4].endswith("fits from world size 8")
     block = pf.estimate_block(eurus(), pf.model_size("PRIME-RL/Eurus-2-7B-SFT", cache_lookup=lambda repo: None))
     assert block and all(line.startswith("# ") for line in block)
@@ -427,3 +436,14 @@ def test_adamw_keeps_two_moments_in_the_parameters_dtype():
         tensors = [p for p in model.parameters()] + [p.grad for p in model.parameters()]
         tensors += [s for state in opt.state.values() for s in state.values() if s.dim() > 0]
         assert sum(t.numel() * t.element_size() for t in tensors) == 4 * P * b
+
+
+@pytest.mark.parametrize("rollout_dtype", ["auto", "bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("model_dtype", ["float32", "bfloat16", "float16"])
+def test_the_estimate_resolves_the_engine_dtype_as_the_engine_does(rollout_dtype, model_dtype):
+    from iprime.rollout.vllm import engine_dtype
+
+    cfg = eurus(f"rollout.dtype={rollout_dtype}", f"model.dtype={model_dtype}")
+    est = pf.estimate_memory(cfg, pf.ModelShape.from_config(pf.QWEN25_MATH_7B), 8)
+    assert est.engine_dtype == engine_dtype(rollout_dtype, model_dtype)
+    assert est.engine_weights == P7 * pf.DTYPE_BYTES[est.engine_dtype]

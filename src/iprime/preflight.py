@@ -29,9 +29,10 @@ parameters and ``b`` bytes per element of ``model.dtype`` (4 for float32, 2 for 
   its one-output head;
 - per GPU: the sum divided by the world size (FSDP2 shards weights, gradients and optimizer
   states evenly over the ranks), plus, with ``rollout.engine=vllm``,
-  ``rollout.vllm_gpu_memory_utilization`` of the GPU: the engine's own weights (``P b``, in
-  ``model.dtype`` as vLLM takes it) and, in the rest of that share, its KV cache
-  (``2 x layers x kv_heads x head_dim x b`` bytes per token).
+  ``rollout.vllm_gpu_memory_utilization`` of the GPU: the engine's own weights (``P e``, with
+  ``e`` bytes per element of the engine's dtype, ``rollout.dtype``: 2 for the default bf16) and,
+  in the rest of that share, its KV cache (``2 x layers x kv_heads x head_dim x e`` bytes per
+  token).
 
 Not counted: activations (``model.gradient_checkpointing`` and ``optim.micro_batch_tokens``
 bound them), the HF sampler's KV cache, the CUDA context (~0.5 GiB), FSDP's gathered layer and
@@ -593,6 +594,7 @@ class MemoryEstimate:
 
     params: int
     dtype: str
+    """The trainer's (``model.dtype``)."""
     trainer: dict[str, int]
     world_size: int
     engine_share: float | None
@@ -600,6 +602,8 @@ class MemoryEstimate:
     sampler, which samples with the policy itself."""
     engine_weights: int
     kv_bytes_per_token: int
+    engine_dtype: str = "bfloat16"
+    """vLLM's (``rollout.dtype``, ``auto`` resolved to ``model.dtype``)."""
 
     @property
     def trainer_total(self) -> int:
@@ -643,14 +647,19 @@ def estimate_memory(cfg: PrimeConfig, shape: ModelShape, world_size: int = 1) ->
     if get_advantage_estimator(cfg.algo.estimator).needs_values:
         trainer["value"] = 4 * b * (P - shape.lm_head_params + shape.hidden + 1)
     vllm = cfg.rollout.engine == "vllm"
+    # rollout.dtype resolved as iprime.rollout.vllm.engine_dtype does (not imported here: it
+    # loads transformers; tests/test_preflight.py checks the two agree)
+    engine = cfg.model.dtype if cfg.rollout.dtype == "auto" else cfg.rollout.dtype
+    e = DTYPE_BYTES[engine]
     return MemoryEstimate(
         params=P,
         dtype=cfg.model.dtype,
         trainer=trainer,
         world_size=world_size,
         engine_share=cfg.rollout.vllm_gpu_memory_utilization if vllm else None,
-        engine_weights=P * b if vllm else 0,
-        kv_bytes_per_token=shape.kv_bytes_per_token(b),
+        engine_weights=P * e if vllm else 0,
+        kv_bytes_per_token=shape.kv_bytes_per_token(e),
+        engine_dtype=engine,
     )
 
 
@@ -684,7 +693,7 @@ def memory_lines(est: MemoryEstimate, model: str, source: str, gpu: Gpu | None, 
     )
     if est.engine_share is not None:
         lines.append(
-            f"  vLLM: {est.engine_share:g} of each GPU (rollout.vllm_gpu_memory_utilization): {est.dtype} weights "
+            f"  vLLM: {est.engine_share:g} of each GPU (rollout.vllm_gpu_memory_utilization): {est.engine_dtype} weights "
             f"{gib(est.engine_weights)}, the rest KV cache ({est.kv_bytes_per_token / 1024:.0f} KiB per token)"
         )
     memory = gpu.memory if gpu is not None else REFERENCE_GPU
@@ -722,9 +731,9 @@ def memory_findings(est: MemoryEstimate | None, cfg: PrimeConfig, m: Machine) ->
         found.append(
             Finding(
                 f"rollout.vllm_gpu_memory_utilization={est.engine_share:g}",
-                f"gives vLLM {gib(est.engine_share * gpu_memory)} of {where}, no more than its {est.dtype} "
+                f"gives vLLM {gib(est.engine_share * gpu_memory)} of {where}, no more than its {est.engine_dtype} "
                 f"weights ({gib(est.engine_weights)}): no room for a KV cache",
-                "a larger share, or model.dtype=bfloat16",
+                "a larger share, or rollout.dtype=bfloat16",
             )
         )
     peak, need = est.peak(gpu_memory), est.ranks_to_fit(gpu_memory)
