@@ -693,8 +693,9 @@ def memory_lines(est: MemoryEstimate, model: str, source: str, gpu: Gpu | None, 
     )
     if est.engine_share is not None:
         lines.append(
-            f"  vLLM: {est.engine_share:g} of each GPU (rollout.vllm_gpu_memory_utilization): {est.engine_dtype} weights "
-            f"{gib(est.engine_weights)}, the rest KV cache ({est.kv_bytes_per_token / 1024:.0f} KiB per token)"
+            f"  vLLM: {est.engine_share:g} of each GPU (rollout.vllm_gpu_memory_utilization): "
+            f"{est.engine_dtype} weights {gib(est.engine_weights)}, "
+            f"the rest KV cache ({est.kv_bytes_per_token / 1024:.0f} KiB per token)"
         )
     memory = gpu.memory if gpu is not None else REFERENCE_GPU
     where = f"this GPU ({gpu.name}, {gib(memory)})" if gpu is not None else "an 80 GiB GPU"
