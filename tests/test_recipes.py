@@ -1,10 +1,12 @@
 """Run configs: every recipe loads and carries the paper's values; ``iprime config show`` prints
 every key with its documentation; the quickstart's settings have one source; the GPU check
-refuses to run without CUDA; ``make setup-gpu`` installs vLLM before iprime."""
+refuses to run without CUDA, and its CPU mode runs the weight-sync engine's check; ``make
+setup-gpu`` installs vLLM before iprime."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -27,6 +29,7 @@ PACKAGED = sorted((ROOT / "src" / "iprime" / "configs").glob("*.yaml"))
 EURUS = ROOT / "configs" / "eurus2_7b_prime.yaml"
 SINGLE_GPU = ROOT / "configs" / "qwen2.5_1.5b_single_gpu.yaml"
 EURUS_SOURCES = ROOT / "tests" / "data" / "eurus_sources.json"
+G_NO_VLLM = "vLLM not installed"  # benchmarks/gpu_check.py's NO_VLLM
 
 
 def leaf_keys(cls: type = PrimeConfig, prefix: str = "") -> list[str]:
@@ -283,6 +286,124 @@ def test_gpu_check_without_cuda_exits_2_with_its_message(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "no CUDA device" in proc.stderr and "make setup-gpu" in proc.stderr
     assert proc.stdout == "" and not (tmp_path / "gc").exists()
+
+
+def load_gpu_check():
+    """benchmarks/gpu_check.py as a module (a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_skips_vllm_checks_without_vllm_and_only_then_passes():
+    G = load_gpu_check()
+    args = G.parse_args(["--device", "cpu"])
+    ok = {"status": "ok"}
+    assert G.skip_reason("vllm_sync", args, {"model": ok}, 400.0, have_vllm=False) == G.NO_VLLM
+    assert G.skip_reason("vllm_sync", args, {"model": ok}, 400.0, have_vllm=True) is None
+    assert G.skip_reason("torchrun", args, {"model": ok}, 400.0, have_vllm=False) is None  # hf rollouts
+    vllm_torchrun = G.parse_args(["--torchrun-engine", "vllm"])
+    assert G.skip_reason("torchrun", vllm_torchrun, {"model": ok}, 400.0, have_vllm=False) == G.NO_VLLM
+    failed = {"status": "failed", "error": "x"}
+    assert G.skip_reason("hf_sync_bf16", args, {"model": failed}, 400.0, True) == "needs the model check to pass"
+    # a check starts only with MIN_START_S (30 s) of the budget left
+    assert G.skip_reason("hf_sync_bf16", args, {"model": ok}, 30.0, True) is None
+    assert G.skip_reason("hf_sync_bf16", args, {"model": ok}, 29.0, True).startswith("over the time budget (480 s)")
+    no_vllm = {"status": "skipped", "error": G.NO_VLLM}
+    budget = {"status": "skipped", "error": "over the time budget (480 s): 3 s left"}
+    assert G.run_ok({"model": ok, "hf_sync_bf16": ok, "vllm_sync": no_vllm})  # exit 0
+    assert not G.run_ok({"model": ok, "hf_sync_bf16": budget, "vllm_sync": no_vllm})  # exit 1
+    assert not G.run_ok({"model": ok, "hf_sync_bf16": failed})
+    assert not G.run_ok({"vllm_sync": no_vllm}) and not G.run_ok({})  # nothing ran
+
+
+def test_gpu_check_sampler_gap_limit_by_precision_and_after_the_first_update():
+    G = load_gpu_check()
+    assert G.gap_limit(G.parse_args(["--device", "cpu"])) == G.FP32_NOISE_MAX == 1e-3
+    assert G.gap_limit(G.parse_args([])) == G.GAP_LIMIT_BF16 == 1.0  # cuda: bf16 autocast
+    assert G.gap_limit(G.parse_args(["--bf16-gap-limit", "0.2"])) == 0.2
+    steps = [{"step": i + 1, "rollout/sampler_logprob_gap": g} for i, g in enumerate([0.5, 2e-4, 9e-4])]
+    got = G.sampler_gaps(steps, 1e-3)  # step 1 (no update yet) is reported, not judged
+    assert got["sampler_gap_first_step"] == 0.5 and got["sampler_gap_max_after_update"] == 9e-4
+    steps[2]["rollout/sampler_logprob_gap"] = 0.02  # an engine one update behind
+    with pytest.raises(RuntimeError, match="reached 0.02 after an update, over the limit 0.001"):
+        G.sampler_gaps(steps, 1e-3)
+    with pytest.raises(RuntimeError, match="missing or not finite"):
+        G.sampler_gaps([{"step": 1}, {"step": 2, "rollout/sampler_logprob_gap": 0.0}], 1e-3)
+    with pytest.raises(RuntimeError, match="at least 2 steps"):
+        G.sampler_gaps(steps[:1], 1e-3)
+
+
+@pytest.fixture(scope="module")
+def gpu_check_cpu(tmp_path_factory):
+    """The check's CPU development mode: the model, then the weight-sync engine (float32)."""
+    out = tmp_path_factory.mktemp("gpu_check_cpu")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(out), "--device", "cpu"]
+    cmd += ["--only", "model,hf_sync_bf16,vllm_sync", "--hidden-size", "64", "--layers", "2", "--sft-steps", "5"]
+    cmd += ["--timeout-scale", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return out, proc
+
+
+def test_gpu_check_cpu_mode_runs_the_weight_sync_engine(gpu_check_cpu):
+    out, proc = gpu_check_cpu
+    assert proc.returncode == (1 if importlib.util.find_spec("vllm") else 0), proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report == json.loads((out / "gpu_check.json").read_text())
+    assert list(report["checks"]) == ["model", "hf_sync_bf16", "vllm_sync"]  # the script's order
+    assert report["checks"]["model"]["status"] == "ok"
+    sync = report["checks"]["hf_sync_bf16"]
+    assert sync["status"] == "ok", sync.get("error")
+    assert sync["steps"] == 3 and sync["engine_syncs"] == 3  # one sync per update
+    assert (sync["engine_dtype"], sync["trainer_autocast"]) == ("float32", "none")  # no bf16 on the CPU
+    gaps = sync["sampler_gap_per_step"]
+    assert gaps == [m["rollout/sampler_logprob_gap"] for m in sync["per_step"]] and len(gaps) == 3
+    assert sync["sampler_gap_limit"] == 1e-3 and max(gaps) < 1e-4  # float32: float noise (~1e-6)
+    assert sync["sampler_gap_max_after_update"] == max(gaps[1:])
+    # the control: fresh samples match the trained policy to float noise, not the SFT model
+    assert sync["sync_logp_abs_max_vs_trained"] < 1e-4 < 1e-3 < sync["sync_logp_abs_max_vs_sft"]
+    assert sync["sync_ratio"] == sync["sync_logp_abs_diff_vs_trained"] / sync["sync_logp_abs_diff_vs_sft"] < 0.5
+    assert sync["sync_policy_moved"] >= 1e-3 and "sync_logp_abs_max_vs_trained_autocast" not in sync
+    assert sync["peak_memory_gb"] is None and sync["peak_rss_gb"] > 0.1  # CUDA peaks need CUDA
+    assert sync["generation_tokens_per_s"] == pytest.approx(
+        sync["generated_tokens"] / sum(m["time/generate"] for m in sync["per_step"])
+    )
+    assert report["environment"]["vllm"] == G_NO_VLLM or importlib.util.find_spec("vllm")
+    if not importlib.util.find_spec("vllm"):
+        assert report["checks"]["vllm_sync"] == {"status": "skipped", "error": G_NO_VLLM}  # no process started
+        assert report["skipped_without_vllm"] == ["vllm_sync"] and report["ok"] is True
+        assert not (out / "vllm_sync.log").exists()
+
+
+def test_gpu_check_fails_an_engine_that_drops_its_updates(gpu_check_cpu, monkeypatch):
+    """The weight-sync check in-process on the model above, with an engine whose sync takes the
+    weights, reports success and loads nothing. On this 5-step SFT model every reward of step 1
+    is 0 and the PRM starts as the reference, so the first update does not move the policy: the
+    gap shows at step 3 only, and a 2-step run is caught by the control after training."""
+    from iprime.rollout import SyncedHFGenerator
+
+    out, proc = gpu_check_cpu
+    assert (out / "model" / "sft" / "config.json").is_file(), proc.stderr[-3000:]
+    G = load_gpu_check()
+
+    def dropped(self, weights):
+        for _ in weights:  # the whole stream taken, none of it loaded
+            pass
+        self.syncs += 1
+
+    monkeypatch.setattr(SyncedHFGenerator, "sync_weights", dropped)
+    args = G.parse_args(["--device", "cpu", "--hidden-size", "64", "--layers", "2", "--steps", "3"])
+    with pytest.raises(RuntimeError, match=r"rollout/sampler_logprob_gap reached .* over the limit 0.001") as err:
+        G.check_hf_sync_bf16(out, args)
+    gaps = json.loads(str(err.value).split("no longer holds. ", 1)[1])["sampler_gap_per_step"]
+    assert max(gaps[:2]) < 1e-4 and gaps[2] > 1e-2
+    args.steps = 2
+    with pytest.raises(RuntimeError, match="not closer to the trained policy than to the SFT model") as err:
+        G.check_hf_sync_bf16(out, args)
+    control = json.loads(str(err.value).split("did not reach the engine. ", 1)[1])
+    assert control["sync_logp_abs_max_vs_sft"] < 1e-4 < 1e-2 < control["sync_logp_abs_max_vs_trained"]
 
 
 def test_setup_gpu_installs_vllm_first_and_pins_its_torch():
