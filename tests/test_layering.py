@@ -81,6 +81,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.cli", "iprime.presets"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.prime"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.sft"): LIGHT_CLI,
+    ("iprime.cli", "iprime.train.distributed"): LIGHT_CLI,  # `iprime sft` joins torchrun's process group
     ("iprime.config_show", "iprime.config"): LIGHT_CLI,
     ("iprime.data_check", "iprime.models"): LIGHT_CLI + "; the tokenizer, with --tokenizer only",
     ("iprime.data_check", "iprime.verifiers"): VERIFIERS,
