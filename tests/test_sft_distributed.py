@@ -9,6 +9,7 @@ The 2-rank runs are real processes: ``tests/dist_worker.py sft`` with torchrun's
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -192,7 +193,7 @@ def test_two_ranks_give_the_one_process_loss_curve_and_weights_on_every_rank(one
 def test_torchrun_iprime_sft_matches_one_process(tiny_model_dir, tmp_path):
     """`torchrun --nproc_per_node=2 -m iprime sft` and `iprime sft` in one process on the same
     global batches: the same metrics.jsonl loss curve (rank 0 alone writes and prints), DCP
-    checkpoints, and the same saved model."""
+    checkpoints, and the same saved model; the DCP checkpoint resumes in one process."""
     data = write_rows(tmp_path / "rows.jsonl")
     args = ["--model", tiny_model_dir, "--data", data, "--batch-size", "8", "--max-steps", "6", "--lr", "3e-3"]
     args += ["--save-every", "3", "--log-every", "1"]
@@ -214,6 +215,18 @@ def test_torchrun_iprime_sft_matches_one_process(tiny_model_dir, tmp_path):
     assert (ckpt / ".metadata").is_file() and len(list(ckpt.glob("*.distcp"))) == 2
     assert (tmp_path / "one" / "checkpoints" / "step-000006" / "state.pt").is_file()
     want = load_model(tmp_path / "one").state_dict()
+    got = load_model(tmp_path / "two").state_dict()
+    for name, w in want.items():
+        torch.testing.assert_close(got[name], w, rtol=0, atol=WEIGHT_ATOL, msg=name)
+
+    # the 2 ranks' DCP checkpoint of step 3, resumed by one process: the same steps 4-6 and model
+    shutil.rmtree(ckpt)
+    (tmp_path / "two" / "checkpoints" / "LATEST").write_text("step-000003")
+    again = invoke("sft", *args, "--out", tmp_path / "two", "--resume")
+    assert again.exit_code == 0, again.output
+    lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, 7))
+    assert [m["loss"] for m in lines] == pytest.approx(curves["one"], rel=LOSS_RTOL)
     got = load_model(tmp_path / "two").state_dict()
     for name, w in want.items():
         torch.testing.assert_close(got[name], w, rtol=0, atol=WEIGHT_ATOL, msg=name)

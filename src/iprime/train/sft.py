@@ -281,7 +281,8 @@ class ShuffledBatches:
         self.encoded, self.batch_size, self.pad_id, self.device = encoded, batch_size, pad_id, device
         share = batch_size // world_size
         self.share = slice(rank * share, (rank + 1) * share)
-        self.targets = [sum(label != IGNORE_INDEX for label in labels[1:]) for _, labels in encoded]
+        # each row's target tokens: its labels after the first position that are not -100
+        self.targets = [len(labels) - 1 - labels[1:].count(IGNORE_INDEX) for _, labels in encoded]
         self.generator = torch.Generator().manual_seed(seed)
         self.order: list[int] = []  # the rest of the current epoch's permutation
         self.response_tokens = 0
