@@ -14,7 +14,7 @@ others, and every check starts with an empty GPU):
 ``hf_bf16``    PRIME steps with the built-in HF sampler, float32 weights under bf16 autocast (the
                Eurus recipe's precision), ``rollout.is_correction=true`` so the trainer logs how far
                the sampler's log-probs are from its own recomputation (a baseline for the vLLM checks).
-``vllm_sync``  the same with ``rollout.engine=vllm`` (float32 engine, as the recipe runs it). Weight
+``vllm_sync``  the same with ``rollout.engine=vllm`` (bf16 engine, ``rollout.dtype``'s default, as the recipe). Weight
                sync: ``rollout/logp_abs_diff_mean`` per step compares vLLM's sampling log-probs with
                the trainer's recomputation under the current weights; after training, fresh vLLM
                samples are scored by the trained policy and by the starting SFT model: vLLM holds

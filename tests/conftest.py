@@ -25,6 +25,7 @@ SLOW_FILES = frozenset(
         "test_memory_options.py",
         "test_models.py",
         "test_plots.py",
+        "test_preflight_cli.py",
         "test_prm_metadata.py",
         "test_prm_offline.py",
         "test_prm_scoring.py",

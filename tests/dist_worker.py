@@ -7,6 +7,7 @@ RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT like torchrun does).
     python tests/dist_worker.py batch_norm - OUT_FILE       # batch_norm's two scopes on each rank's rows
     python tests/dist_worker.py sync MODEL_DIR OUT_FILE RUNS  # weight-sync engine runs (comma-separated SYNC_RUNS)
     python tests/dist_worker.py sft MODEL_DIR OUT_FILE      # SFT: uninterrupted, and interrupted + resumed
+    python tests/dist_worker.py vllm MODEL_DIR OUT_FILE     # rollout.engine=vllm on the fake vLLM, external launcher
 
 Every rank writes its own results, ``OUT_FILE.rank{r}``: the tests check each rank, not rank 0 alone.
 """
@@ -375,6 +376,42 @@ def sft_results(model_dir: str, out_dir: str) -> dict:
     return out
 
 
+def run_fake_vllm(model_dir: str, out_dir: str) -> dict:
+    """3 steps with ``rollout.engine=vllm`` as a GPU run under torchrun builds it, on the CPU:
+    the fake ``vllm`` of ``tests/fake_vllm.py`` in ``sys.modules``, and CUDA pretended while the
+    engine is built (``torch.cuda.set_device`` only recorded), so each rank takes the external
+    launcher's path: its own engine, its seed, weights streamed in-process from the FSDP2 shards.
+    Returns what this rank's engine was given and holds, and the policy this rank gathers."""
+    import fake_vllm
+
+    from iprime.config import load_config
+    from iprime.train import distributed as D
+    from iprime.train.prime import PrimeTrainer
+
+    vllm = fake_vllm.module()
+    sys.modules["vllm"] = vllm
+    devices: list[int] = []
+    real = torch.cuda.is_available, torch.cuda.set_device
+    torch.cuda.is_available, torch.cuda.set_device = (lambda: True), devices.append
+    try:
+        cfg = load_config(None, sync_run_overrides(out_dir, ["rollout.engine=vllm", "train.seed=7"]))
+        trainer = PrimeTrainer(model_dir, cfg, ROWS, parity_verifier)
+    finally:
+        torch.cuda.is_available, torch.cuda.set_device = real
+    history = trainer.train(progress=False)
+    (llm,) = vllm.built
+    return {
+        "kwargs": llm.kwargs,
+        "env": llm.env,
+        "devices": devices,
+        "calls": llm.calls,
+        "loads": llm.loads,
+        "history": history,
+        "engine": {k: v.detach().clone() for k, v in llm.model.state_dict().items()},
+        "policy": D.full_state_dict(trainer.policy, trainer.passes.roots.get(id(trainer.policy))),
+    }
+
+
 def train_overrides(out_dir, steps: int) -> list[str]:
     return base_overrides(out_dir) + [
         f"train.steps={steps}",
@@ -404,6 +441,8 @@ def main() -> None:
             else:
                 results[name] = run_sync(model_dir, f"{out}.runs", name, rank)
         torch.save(results, f"{out}.rank{rank}")
+    elif mode == "vllm":
+        torch.save(run_fake_vllm(model_dir, out + ".runs"), f"{out}.rank{rank}")
     elif mode == "agg":
         torch.save(run_agg(model_dir, out + ".runs"), f"{out}.rank{rank}")
     elif mode == "sft":

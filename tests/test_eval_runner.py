@@ -207,6 +207,58 @@ def test_cli_eval_on_a_custom_jsonl(tmp_path, tiny_model_dir):
     assert bad.exit_code == 2 and "unknown benchmark" in bad.output
 
 
+def test_cli_eval_with_the_vllm_engine_gives_the_hf_engines_numbers(tmp_path, boxed8_model_dir, monkeypatch):
+    """``--engine vllm`` samples through :class:`VLLMGenerator` (here on the fake ``vllm`` of
+    ``tests/fake_vllm.py``, which samples greedily with the built-in sampler): the same rows,
+    responses and accuracy as ``--engine hf``; one process, ``--tensor-parallel-size`` passed on,
+    no external launcher. The engine is a generation setting: a run resumes only on its own."""
+    import fake_vllm
+
+    vllm = fake_vllm.module()
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    base = ["eval", "--model", str(boxed8_model_dir), "--benchmarks", "arithmetic", "--limit", "12"]
+    base += ["--max-new-tokens", "16", "--batch-size", "5", "--workers", "0"]
+    summaries, responses = {}, {}
+    for engine, extra in (("hf", []), ("vllm", ["--tensor-parallel-size", "2"])):
+        out = tmp_path / engine
+        result = CliRunner().invoke(app, [*base, "--out", str(out), "--engine", engine, *extra])
+        assert result.exit_code == 0, result.output
+        summaries[engine] = json.loads((out / "summary.json").read_text())
+        responses[engine] = [r["responses"] for r in read_generations(out / "generations.jsonl")]
+        assert json.loads((out / "config.json").read_text())["engine"] == engine
+    assert summaries["vllm"] == summaries["hf"] and summaries["hf"]["arithmetic"]["pass@1"] > 0
+    assert responses["vllm"] == responses["hf"]
+    (llm,) = vllm.built
+    kwargs = llm.kwargs
+    assert (kwargs["tensor_parallel_size"], kwargs["dtype"], kwargs["gpu_memory_utilization"]) == (2, "float32", 0.9)
+    assert "distributed_executor_backend" not in kwargs and llm.calls.count("generate") == 3  # 3 chunks of 5 rows
+    assert "sleep" not in llm.calls and "load_weights" not in llm.calls
+
+    # a run saved before the engine was a setting resumed as hf, and only as hf
+    hf = tmp_path / "hf"
+    saved = json.loads((hf / "config.json").read_text())
+    del saved["engine"]
+    (hf / "config.json").write_text(json.dumps(saved))
+    other = CliRunner().invoke(app, [*base, "--out", str(hf), "--engine", "vllm", "--resume"])
+    assert other.exit_code == 2 and "'engine': ('hf', 'vllm')" in other.output
+    assert CliRunner().invoke(app, [*base, "--out", str(hf), "--resume"]).exit_code == 0
+
+
+def test_cli_eval_without_vllm_says_how_to_install_it_before_loading_a_model(tmp_path, monkeypatch):
+    import iprime.eval.runner as runner
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    for name in ("load_model", "load_tokenizer", "load_benchmark"):
+        monkeypatch.setattr(runner, name, lambda *a, **k: pytest.fail("loaded before the vLLM check"))
+    out = tmp_path / "out"
+    args = ["eval", "--model", "m", "--benchmarks", "math500", "--out", str(out), "--engine", "vllm"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "iprime eval --engine vllm needs vLLM (CUDA): pip install 'iprime[vllm]'" in " ".join(result.output.split())
+    assert not out.exists()
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="identical"):
         EvalConfig(model="m", benchmarks=["math500"], out="o", n=4)
@@ -215,4 +267,10 @@ def test_config_validation():
     with pytest.raises(ValueError, match=r"k must be in \[1, n=4\]"):
         EvalConfig(model="m", benchmarks=["math500"], out="o", n=4, temperature=1.0, ks=[8])
     assert EvalConfig(model="m", benchmarks=["x"], out="o", n=4, temperature=1.0).ks == [1, 4]
+    with pytest.raises(ValueError, match="engine must be one of"):
+        EvalConfig(model="m", benchmarks=["x"], out="o", engine="sglang")
+    with pytest.raises(ValueError, match="above 1 only with engine vllm"):
+        EvalConfig(model="m", benchmarks=["x"], out="o", tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        EvalConfig(model="m", benchmarks=["x"], out="o", engine="vllm", gpu_memory_utilization=1.5)
     assert load_benchmark("arithmetic", limit=2)[0]["verifier"] == "arithmetic"

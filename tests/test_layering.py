@@ -55,6 +55,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "iprime.quickstart": ANYTHING,
     "iprime.config_show": ANYTHING,
     "iprime.data_check": ANYTHING,
+    "iprime.preflight": ANYTHING,  # the pre-flight check: config, machine, data check, sandbox
     "iprime.cli": ANYTHING,
     "iprime.__main__": ANYTHING,
 }
@@ -82,11 +83,14 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.cli", "iprime.train.prime"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.sft"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.distributed"): LIGHT_CLI,  # `iprime sft` joins torchrun's process group
+    ("iprime.cli", "iprime.preflight"): LIGHT_CLI,  # it imports torch and iprime.config
     ("iprime.config_show", "iprime.config"): LIGHT_CLI,
+    ("iprime.config_show", "iprime.preflight"): LIGHT_CLI,  # the memory estimate block
     ("iprime.data_check", "iprime.models"): LIGHT_CLI + "; the tokenizer, with --tokenizer only",
     ("iprime.data_check", "iprime.verifiers"): VERIFIERS,
     ("iprime.eval.commands", "iprime.eval.runner"): LIGHT_CLI,
     ("iprime.eval.commands", "iprime.prm.scoring"): LIGHT_CLI,
+    ("iprime.eval.commands", "iprime.rollout.vllm"): LIGHT_CLI + "; its error when vLLM is missing",
     ("iprime.eval.commands", "iprime.eval.rerank"): VERIFIERS,  # rerank imports iprime.verifiers
     ("iprime.eval.commands", "iprime.verifiers"): VERIFIERS,
     ("iprime.train.export", "iprime.train.checkpoint"): LIGHT_CLI,
@@ -122,6 +126,10 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.quiet", "datasets"): ONLY_IF_LOADED,
     ("iprime.train.checkpoint_dcp", "torch.distributed.checkpoint"): TORCH_DISTRIBUTED,
     ("iprime.train.distributed", "torch.distributed.fsdp"): TORCH_DISTRIBUTED,
+    ("iprime.preflight", "iprime.train.distributed"): (
+        "its check_config checks nothing in one process, and importing it loads torch.distributed and "
+        "transformers (~3 s): the pre-flight imports it only for a world size above 1"
+    ),
 }
 
 # cycles being fixed by another worker (issue 21): each entry goes once its cycle is gone (the

@@ -10,6 +10,7 @@ style tag.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import sys
@@ -206,12 +207,15 @@ def _check_deletable(path: Path, config_file: str | None) -> None:
             raise OutDirError(f"--overwrite would delete {config_file}, the config this command reads; move it first")
 
 
-def prepare_out_dir(path: str | Path, *, resume: bool, overwrite: bool, config_file: str | None = None) -> str | None:
+def prepare_out_dir(
+    path: str | Path, *, resume: bool, overwrite: bool, config_file: str | None = None, dry_run: bool = False
+) -> str | None:
     """Make ``train.out_dir`` ready for a run; returns a note to print, or ``None``.
 
     A missing or empty folder is used as it is. A folder holding anything is refused unless
     ``resume`` (continue it: it must hold a checkpoint) or ``overwrite`` (delete it first; only a
-    folder that :func:`is_iprime_run`). Raises :class:`OutDirError` with what to do instead."""
+    folder that :func:`is_iprime_run`). Raises :class:`OutDirError` with what to do instead.
+    ``dry_run``: the same checks, nothing deleted (the note says what would be)."""
     path = Path(path)
     if resume and overwrite:
         raise OutDirError("--resume continues the run in train.out_dir and --overwrite deletes it: give one of them")
@@ -233,6 +237,8 @@ def prepare_out_dir(path: str | Path, *, resume: bool, overwrite: bool, config_f
             "replace it with --overwrite, or set another train.out_dir=..."
         )
     _check_deletable(path, config_file)
+    if dry_run:
+        return f"--overwrite would delete the previous run in {path}"
     shutil.rmtree(path)
     return f"--overwrite: deleted the previous run in {path}"
 
@@ -267,6 +273,7 @@ iprime train --config configs/eurus2_7b_prime.yaml
 iprime train --config run.yaml train.steps=200 rollout.n=8 train.out_dir=runs/n8
 iprime train --config run.yaml --resume                 (continue from the newest checkpoint in train.out_dir)
 iprime train --config run.yaml --overwrite              (delete the run in train.out_dir and start again)
+iprime train --config configs/eurus2_7b_prime.yaml --dry-run --world-size 8   (check everything, load nothing)
 nohup iprime train --config run.yaml > train.log 2>&1 &     (no terminal: one plain line per step)
 torchrun --nproc_per_node=8 -m iprime train --config run.yaml
 iprime config show --config run.yaml                    (every key, its value and its documentation)"""
@@ -284,13 +291,24 @@ def train(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="delete the previous run in train.out_dir first (an iprime run folder only)"
     ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="run only the pre-flight check (GPU, bf16, vLLM, world size, memory estimate, sandbox) and the data "
+        "check; load no model, write nothing. Exit 0: all is well; 2: every problem listed",
+    ),
+    world_size: int = typer.Option(
+        None, "--world-size", min=1, help="with --dry-run: check as if torchrun started this many ranks here"
+    ),
 ) -> None:
     """Run PRIME (or a baseline): iprime train --config FILE.yaml \\[dotted.key=value ...]
 
     Overrides follow the options as dotted.key=value words (rollout.n=8 train.steps=200); an
-    unknown key is an error. A non-empty train.out_dir is refused unless --resume or --overwrite
-    is given. On a terminal progress is a bar; in a log file one line per step (train.progress).
-    The final models go to train.out_dir/final (policy/, prm/).
+    unknown key is an error. Before anything loads, a pre-flight check (GPU, bf16, vLLM, world
+    size, memory) lists every problem in one message (exit 2); --dry-run runs only that and the
+    data check. A non-empty train.out_dir is refused unless --resume or --overwrite is given. On
+    a terminal progress is a bar; in a log file one line per step (train.progress). The final
+    models go to train.out_dir/final (policy/, prm/).
     """
     from iprime.config import ConfigError, load_config
 
@@ -298,10 +316,15 @@ def train(
         cfg = load_config(config, list(ctx.args))
     except ConfigError as err:
         _fail("config error", err)
+    if world_size is not None and not dry_run:
+        _fail("error", "--world-size is for --dry-run; a run takes its world size from torchrun")
+    if dry_run:  # every problem in one report, a missing model or data included
+        raise typer.Exit(_dry_run(cfg, world_size, resume=resume, overwrite=overwrite, config_file=config))
     if not cfg.model.policy:
         _fail("config error", "model.policy: set the path (or hub id) of the SFT model")
     if not cfg.data.train_path:
         _fail("config error", "data.train_path: set the training data (file, directory or hf:NAME)")
+    _preflight(cfg)
     out_dir = Path(cfg.train.out_dir)
     if is_main_process():  # rank 0 alone looks at (and may delete) the folder the run writes
         try:
@@ -314,6 +337,7 @@ def train(
 
     try:  # every row is read and checked before the model loads
         records = read_records(cfg.data.train_path, max_row_bytes=cfg.data.max_row_bytes)
+        _preflight_sandbox(cfg, records)
         trainer = PrimeTrainer(cfg.model.policy, cfg, records)
     except (DataError, FileNotFoundError) as err:
         _fail("data error", err)
@@ -333,6 +357,69 @@ def train(
             raise typer.Exit(1) from None
         for url in urls:
             say(f"pushed: {url}")
+
+
+def is_node_main() -> bool:
+    """True for the first rank on each node (torchrun's ``LOCAL_RANK`` 0, or no torchrun): it
+    prints the pre-flight report of its node's machine."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def _preflight(cfg) -> None:
+    """The pre-flight check of the machine (:func:`iprime.preflight.machine_report`) before
+    anything is touched: every problem in one message and exit 2; warnings printed, the run goes on."""
+    from iprime import preflight as pf
+
+    machine = pf.probe_machine(cfg.model.device)
+    report, _ = pf.machine_report(cfg, machine, pf.model_size(cfg.model.policy))
+    if is_node_main() and (report.problems or report.warnings):
+        say(report.text())
+    if report.problems:
+        raise typer.Exit(2)
+
+
+def _preflight_sandbox(cfg, records) -> None:
+    """Code rows need the code sandbox: find out before the model loads, not at the first code sample."""
+    from iprime import preflight as pf
+
+    d = cfg.data
+    keys = {"reference_key": d.reference_key, "ability_key": d.ability_key, "source_key": d.source_key}
+    hooks = verifier_hooks(**keys, verifier=d.verifier)
+    counts = verifier_counts([r.row for r in records], hooks, d.source_key, d.ability_key)
+    problems = pf.sandbox_findings(counts, pf.sandbox_reason() if counts.get(pf.CODE_VERIFIER) else None)
+    if problems:
+        say(pf.Report(problems=problems).text())
+        raise typer.Exit(2)
+
+
+def _dry_run(cfg, world_size: int | None, *, resume: bool, overwrite: bool, config_file: str | None) -> int:
+    """``iprime train --dry-run``: the pre-flight check and the data check, in one report; no
+    model is loaded and nothing is written. Returns the exit status (0 or 2)."""
+    from iprime import preflight as pf
+
+    machine = pf.probe_machine(cfg.model.device, world_size)
+    try:
+        if not cfg.data.train_path:
+            raise DataError("not set: give the training data (file, directory or hf:NAME)")
+        scan = scan_data(cfg)
+    except (DataError, FileNotFoundError, ImportError, ValueError, TypeError, OSError) as err:
+        scan = err
+    needs_sandbox = not isinstance(scan, Exception) and scan.verifiers.get(pf.CODE_VERIFIER)
+    out_dir = None
+    try:
+        note = prepare_out_dir(
+            cfg.train.out_dir, resume=resume, overwrite=overwrite, config_file=config_file, dry_run=True
+        )
+    except OutDirError as err:
+        out_dir, note = pf.Finding(f"train.out_dir={cfg.train.out_dir}", str(err)), None
+    report = pf.dry_run_report(
+        cfg, machine, pf.model_size(cfg.model.policy), scan, pf.sandbox_reason() if needs_sandbox else None, out_dir
+    )
+    if note:
+        report.summary.append(f"  {note}")
+    if is_node_main():
+        say(report.text("pre-flight check (iprime train --dry-run)"))
+    return 0 if report.ok else 2
 
 
 # -------------------------------------------------------------------------------------- iprime sft
@@ -462,13 +549,30 @@ def _sft_run(model: str, sft_data, config, out: str, device: str, resume: bool):
 # Evaluation and the implicit PRM as a tool (their options live beside their code). Re-ranking
 # samples with a PRM is evaluation: its command lives in iprime.eval and joins the prm group here.
 from iprime.config_show import config_app  # noqa: E402
-from iprime.data_check import data_app  # noqa: E402
+from iprime.data_check import data_app, scan_data, verifier_counts, verifier_hooks  # noqa: E402
 from iprime.eval.commands import EVAL_EXAMPLES, RERANK_EXAMPLES, eval_command, rerank_command  # noqa: E402
 from iprime.plots import plot_command  # noqa: E402
 from iprime.prm.commands import prm_app  # noqa: E402
 from iprime.train.export import export_command, push_to_hub  # noqa: E402
 
-app.command("eval", epilog=EVAL_EXAMPLES)(eval_command)
+
+@functools.wraps(eval_command)
+def eval_checked(**options) -> None:
+    """``iprime eval`` after the pre-flight check of its device: with ``--device cuda`` a GPU
+    (and bfloat16 on it for ``--dtype bfloat16``), found before the model loads."""
+    device = options["device"]
+    if device.startswith("cuda"):
+        from iprime import preflight as pf
+
+        bf16 = ("--dtype=bfloat16", "--dtype=float32") if options["dtype"] == "bfloat16" else None
+        problems = pf.device_findings(device, pf.probe_machine(device), key="--device", bf16=bf16)
+        if problems:
+            say(pf.Report(problems=problems).text("pre-flight check (iprime eval)"))
+            raise typer.Exit(2)
+    eval_command(**options)
+
+
+app.command("eval", epilog=EVAL_EXAMPLES)(eval_checked)
 prm_app.command("rerank", epilog=RERANK_EXAMPLES)(rerank_command)
 app.command("export")(export_command)
 app.command(

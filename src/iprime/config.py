@@ -110,10 +110,17 @@ class RolloutConfig:
     generation_batch_size: int | None = None
     engine: Literal["hf", "hf_sync", "vllm"] = "hf"
     """``hf``: the built-in KV-cache sampler on the policy itself; ``vllm``: a colocated vLLM engine
-    (``pip install 'iprime[vllm]'``, CUDA), slept between rollouts and synced with the policy after
+    (``pip install 'iprime[vllm]'``, CUDA; under torchrun one per rank on ``cuda:LOCAL_RANK``, built
+    with vLLM's external launcher), slept between rollouts and synced with the policy after
     each update; ``hf_sync``: the built-in sampler on the engine's own copy of the policy, loaded
     from the policy's path and updated only by the weight sync vLLM gets (``load_weights`` by name,
     on every rank): a vLLM run's path on any device, without vLLM."""
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
+    """Precision of the vLLM engine's weights (``vllm.LLM(dtype=...)``), separate from the
+    trainer's ``model.dtype``: after each update the trainer's weights are cast to it as they
+    are loaded. ``auto``: ``model.dtype``. bf16 holds a 7B model in ~15 GB where float32 takes
+    ~30 GB (the PRIME repository's vLLM ran in bf16, ``ppo_trainer.yaml:67``). The ``hf_sync``
+    engine keeps ``model.dtype``: its CPU rehearsal compares log-probs to float noise."""
     vllm_gpu_memory_utilization: float = 0.5
     """Share of GPU memory vLLM may take (weights + KV cache); the trainer needs the rest."""
     vllm_sleep: bool = True

@@ -7,6 +7,10 @@ errors), then prints one entry per key::
     rollout.n = 8    (default: 4)
         K, responses per prompt (the paper uses 4).
 
+For a CUDA run (``model.device=cuda``) it ends with the memory estimate per GPU as ``#`` lines
+(:func:`iprime.preflight.estimate_block`; the model's size from its ``config.json``, the Hugging
+Face cache or :data:`iprime.preflight.KNOWN_MODELS`, never the network).
+
 The documentation is each field's attribute docstring in ``iprime/config.py``, read from the
 dataclass source with :mod:`ast`; a field without one shows its type instead. The output is plain
 text wrapped at ``--width`` (nothing is cut off), so it reads the same on a terminal, in a pipe
@@ -203,5 +207,10 @@ def show(
     except ConfigError as err:
         typer.echo(f"config error: {err}", err=True)
         raise typer.Exit(2) from None
+    from iprime.preflight import estimate_block, model_size
+
     header = f"# {config or 'defaults'}" + (f" + {' '.join(ctx.args)}" if ctx.args else "")
     typer.echo(header + "\n" + render(cfg, width=width, changed_only=changed, docs=not no_docs), nl=False)
+    block = estimate_block(cfg, model_size(cfg.model.policy)) if cfg.model.device.startswith("cuda") else []
+    if block:
+        typer.echo("\n" + "\n".join(block))

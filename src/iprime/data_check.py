@@ -90,6 +90,51 @@ def verifier_hooks(
     return VerifierHooks(partial(check_row, scoring=scoring) if verifier == "auto" else None, name_of)
 
 
+def verifier_counts(rows: Sequence[Mapping], hooks: VerifierHooks, source_key: str, ability_key: str) -> Counter:
+    """Rows per verifier name. Rows alike in (source, ability) share a verifier: one lookup per pair."""
+    kinds = Counter((_label(r, source_key), _label(r, ability_key)) for r in rows)
+    first_of: dict = {}
+    for r in rows:
+        first_of.setdefault((_label(r, source_key), _label(r, ability_key)), r)
+    verifiers: Counter = Counter()
+    for pair, n in kinds.items():
+        verifiers[hooks.name_of(first_of[pair])] += n
+    return verifiers
+
+
+@dataclass
+class DataScan:
+    """What :func:`scan_data` found: rows read, rows per verifier, and the bad rows as the data
+    check lists them (``(where, field, problem)``)."""
+
+    path: str
+    rows: int
+    verifiers: Counter
+    bad_rows: int
+    problems: list[tuple[str, str, str]]
+
+
+def scan_data(cfg) -> DataScan:
+    """Read and check a run's training data (``cfg.data``, a :class:`~iprime.config.PrimeConfig`
+    section) as ``iprime data check`` does without a tokenizer: every row's prompt and
+    reference, each against its verifier. Raises :class:`DataError` (or ``FileNotFoundError``,
+    ``ValueError``) when the data cannot be read at all."""
+    d = cfg.data
+    records = read_records(d.train_path, max_row_bytes=d.max_row_bytes)
+    hooks = verifier_hooks(
+        reference_key=d.reference_key, ability_key=d.ability_key, source_key=d.source_key, verifier=d.verifier
+    )
+    found = _examine(
+        records,
+        prompt_key=d.prompt_key,
+        reference_key=d.reference_key,
+        system_prompt=d.system_prompt,
+        check_row=hooks.check_row,
+    )
+    counts = verifier_counts([r.row for r in records], hooks, d.source_key, d.ability_key)
+    return DataScan(str(d.train_path), len(records), counts, len(found.bad), found.problems)
+
+
 def percentile(sorted_values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of already sorted values (``p`` in (0, 100])."""
     if not sorted_values:
@@ -165,14 +210,8 @@ def check(
     rows = [r.row for r in records]
     console.print(Text(f"read {len(records)} rows from {path}" + (f" (--limit {limit})" if limit else "")))
 
-    # rows alike in (source, ability) share a verifier: one lookup per pair
     kinds = Counter((_label(r, source_key), _label(r, ability_key)) for r in rows)
-    first_of = {}
-    for r in rows:
-        first_of.setdefault((_label(r, source_key), _label(r, ability_key)), r)
-    verifiers: Counter = Counter()
-    for pair, n in kinds.items():
-        verifiers[hooks.name_of(first_of[pair])] += n
+    verifiers = verifier_counts(rows, hooks, source_key, ability_key)
     console.print(_count_table("rows per verifier", "verifier", verifiers))
     console.print(_count_table(f"rows per {ability_key}", ability_key, Counter(a for _, a in kinds.elements())))
     console.print(_count_table(f"rows per {source_key}", source_key, Counter(s for s, _ in kinds.elements())))

@@ -20,7 +20,9 @@ iprime eval --model runs/x/final/policy --benchmarks math500,aime2024,amc --out 
 iprime eval --model DIR --benchmarks math500 --n 8 --temperature 0.7 --k 1,4,8 --out runs/eval-k8
 iprime eval --model DIR --benchmarks math500 --n 8 --temperature 0.7 --prm runs/x/final/prm --out runs/eval-prm
 iprime eval --model DIR --benchmarks mine.jsonl --prompt-key question --answer-key answer --out runs/mine
-iprime eval --model DIR --benchmarks arithmetic --limit 50 --out runs/eval --resume                (after a kill)"""
+iprime eval --model DIR --benchmarks arithmetic --limit 50 --out runs/eval --resume                (after a kill)
+iprime eval --model DIR --benchmarks math500,aime2024 --engine vllm --dtype bfloat16 --out runs/eval   (vLLM, GPU)
+iprime eval --model DIR --benchmarks math500 --engine vllm --tensor-parallel-size 4 --dtype bfloat16 --out runs/eval"""
 
 RERANK_EXAMPLES = """Examples:
 iprime prm rerank --prm runs/x/final/prm --data samples.jsonl --out runs/rerank
@@ -71,12 +73,18 @@ def eval_command(
     id_key: str = typer.Option(None, help=".jsonl benchmarks: unique id field (default: line number)"),
     kind: str = typer.Option("math", help=".jsonl benchmarks: math | code"),
     prompt_suffix: bool = typer.Option(True, help=".jsonl benchmarks: append the paper's math/code instruction"),
-    dtype: str = typer.Option("float32"),
-    device: str = typer.Option("cpu"),
+    dtype: str = typer.Option("float32", help="weights of the model (and the PRM): float32 | bfloat16 | float16"),
+    device: str = typer.Option("cpu", help="device of the hf engine and the PRM (vLLM picks its own GPUs)"),
     resume: bool = typer.Option(False, "--resume", help="continue: skip rows already in generations.jsonl"),
+    engine: str = typer.Option("hf", help="hf: the built-in sampler | vllm: a vLLM engine (iprime\\[vllm])"),
+    tensor_parallel_size: int = typer.Option(1, help="--engine vllm: GPUs one engine spreads the model over"),
+    gpu_memory_utilization: float = typer.Option(
+        0.9, help="--engine vllm: share of each GPU vLLM may take (lower it with --prm --device cuda)"
+    ),
 ) -> None:
     """Evaluate a model on benchmarks: pass@1, avg@k, pass@k, maj@k (+ best-of-N / weighted vote with --prm)."""
     from iprime.eval.runner import EvalConfig, run_eval
+    from iprime.rollout.vllm import VLLMNotInstalled
 
     console = Console(stderr=True)
     try:
@@ -101,6 +109,9 @@ def eval_command(
             dtype=dtype,
             device=device,
             resume=resume,
+            engine=engine,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
             jsonl_options={
                 "prompt_key": prompt_key,
                 "answer_key": answer_key,
@@ -110,7 +121,7 @@ def eval_command(
             },
         )
         run_eval(config, console=console)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError, VLLMNotInstalled) as err:
         _error(console, err)
 
 

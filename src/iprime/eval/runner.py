@@ -43,6 +43,7 @@ from iprime.models import load_model, load_tokenizer
 from iprime.prm.metadata import DEFAULT_BETA, resolve_prm_settings
 from iprime.prm.scoring import ImplicitPRM
 from iprime.rollout import HFGenerator, SamplingParams
+from iprime.rollout.vllm import EVAL_HINT, VLLMGenerator, require_vllm
 from iprime.verifiers import VerifierPool, verify_batch
 
 from .answers import EQUIVALENCES, equality_for, extract_answer, group_answers
@@ -65,7 +66,12 @@ _GENERATION_KEYS = (
     "ref",
     "beta",
     "equivalence",
+    "engine",
 )
+# what a run saved before a setting existed ran with (its config.json lacks the key)
+_SAVED_BEFORE = {"engine": "hf"}
+
+ENGINES = ("hf", "vllm")
 
 
 @dataclass
@@ -84,6 +90,11 @@ class EvalConfig:
     vote_weight: ``sigmoid`` | ``exp`` | ``one``. equivalence: ``math`` (merge answers
     math-verify finds equal) | ``exact``. verify_workers: verifier processes (0 = inline).
     jsonl_options: prompt_key / answer_key / id_key / kind / add_suffix for .jsonl benchmarks.
+    engine: ``hf`` (the built-in sampler, ``device`` / ``dtype``) | ``vllm`` (a vLLM engine in
+    ``dtype``, :meth:`~iprime.rollout.vllm.VLLMGenerator.for_eval`; vLLM picks its GPUs);
+    tensor_parallel_size: GPUs one vLLM engine spreads the model over; gpu_memory_utilization:
+    the share of each GPU vLLM may take (lower it when a PRM scores on the same GPU). The engine
+    is a generation setting: vLLM's samples are not HF's, so a run resumes on the engine it began with.
     """
 
     model: str
@@ -108,10 +119,21 @@ class EvalConfig:
     device: str = "cpu"
     resume: bool = False
     jsonl_options: dict = field(default_factory=dict)
+    engine: str = "hf"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
 
     def __post_init__(self) -> None:
         if not self.benchmarks:
             raise ValueError("benchmarks is empty: name at least one (e.g. math500)")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.tensor_parallel_size < 1 or (self.tensor_parallel_size > 1 and self.engine != "vllm"):
+            raise ValueError(
+                f"tensor_parallel_size {self.tensor_parallel_size}: must be >= 1, and above 1 only with engine vllm"
+            )
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must lie in (0, 1], got {self.gpu_memory_utilization}")
         if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError(
                 f"n, batch_size and max_new_tokens must be >= 1, got {self.n}, {self.batch_size}, {self.max_new_tokens}"
@@ -260,6 +282,29 @@ def _record(row: dict, n: int, texts, results, truncated, num_tokens, rewards, c
     return rec
 
 
+def eval_generator(config: EvalConfig, model=None, tokenizer=None):
+    """``(generator, tokenizer)`` for ``config.engine``. ``hf``: the built-in sampler on ``model``
+    (loaded from ``config.model`` in ``config.dtype`` on ``config.device`` unless given);
+    ``vllm``: a vLLM engine that loads ``config.model`` itself, so a loaded ``model`` is refused."""
+    if config.engine == "vllm":
+        if model is not None:
+            raise ValueError("engine vllm loads config.model itself: pass no model=")
+        tokenizer = tokenizer or load_tokenizer(config.model)
+        generator = VLLMGenerator.for_eval(
+            config.model,
+            tokenizer,
+            dtype=config.dtype,
+            seed=config.seed,
+            tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+        )
+        return generator, tokenizer
+    if model is None or tokenizer is None:
+        tokenizer = load_tokenizer(config.model)
+        model = load_model(config.model, dtype=config.dtype, device=config.device)
+    return HFGenerator(model, tokenizer), tokenizer
+
+
 def run_eval(
     config: EvalConfig,
     *,
@@ -278,6 +323,8 @@ def run_eval(
     an exception raised there stops the run like a kill would).
     """
     console = console or Console(stderr=True)
+    if config.engine == "vllm":
+        require_vllm(EVAL_HINT)  # before any file is written or model loaded
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     gen_path, cfg_path = out / "generations.jsonl", out / "config.json"
@@ -291,7 +338,8 @@ def run_eval(
             )
         if cfg_path.exists():
             saved = json.loads(cfg_path.read_text())
-            diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+            was = {k: saved.get(k, _SAVED_BEFORE.get(k)) for k in settings}
+            diff = {k: (was[k], v) for k, v in settings.items() if was[k] != v}
             if diff:
                 raise ValueError(f"cannot resume {out}: settings differ from the saved run (saved, now): {diff}")
         existing = read_generations(gen_path, repair=True)
@@ -310,15 +358,13 @@ def run_eval(
     done = {(r["benchmark"], r["id"]) for r in existing}
 
     todo_total = sum(1 for rows in benchmarks.values() for r in rows if (r["benchmark"], r["id"]) not in done)
+    generator = None
     if todo_total:
-        if model is None or tokenizer is None:
-            tokenizer = load_tokenizer(config.model)
-            model = load_model(config.model, dtype=config.dtype, device=config.device)
+        generator, tokenizer = eval_generator(config, model, tokenizer)
         if prm is None and config.prm is not None:
             prm = ImplicitPRM.from_pretrained(
                 config.prm, config.ref, config.beta, dtype=config.dtype, device=config.device
             )
-    generator = HFGenerator(model, tokenizer) if todo_total else None
 
     pool = None
     needs_pool = config.verify_workers > 0 and any(

@@ -138,10 +138,11 @@ def build_generator(cfg: PrimeConfig, model, models: Models, generator=None, dev
     engine, batch_size = cfg.rollout.engine, cfg.rollout.generation_batch_size
     if engine in ("vllm", "hf_sync") and not isinstance(model, (str, Path)):
         raise ValueError(f'rollout.engine="{engine}" loads the policy from its path; pass model= as a path')
-    if engine == "vllm":
-        return VLLMGenerator.from_config(str(model), models.tokenizer, cfg)
+    device = device or next(models.policy.parameters()).device
+    if engine == "vllm":  # under torchrun one engine per rank, on this rank's GPU (external launcher)
+        return VLLMGenerator.from_config(str(model), models.tokenizer, cfg, device=device)
     if engine == "hf_sync":  # the engine's own module, as vllm.LLM(model=path) builds its own
-        own = load_model(model, dtype=cfg.model.dtype, device=device or next(models.policy.parameters()).device)
+        own = load_model(model, dtype=cfg.model.dtype, device=device)
         return SyncedHFGenerator(own, models.tokenizer, batch_size=batch_size)
     return HFGenerator(models.policy, models.tokenizer, batch_size=batch_size)
 
