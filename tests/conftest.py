@@ -36,6 +36,7 @@ SLOW_FILES = frozenset(
         "test_sandbox.py",
         "test_sandbox_attacks.py",
         "test_sft.py",
+        "test_sft_distributed.py",
         "test_train_eval.py",
         "test_train_real_data.py",
         "test_train_samples.py",

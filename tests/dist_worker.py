@@ -6,6 +6,7 @@ RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT like torchrun does).
     python tests/dist_worker.py agg MODEL_DIR OUT_FILE      # policy gradients of one mini-batch, per rank
     python tests/dist_worker.py batch_norm - OUT_FILE       # batch_norm's two scopes on each rank's rows
     python tests/dist_worker.py sync MODEL_DIR OUT_FILE RUNS  # weight-sync engine runs (comma-separated SYNC_RUNS)
+    python tests/dist_worker.py sft MODEL_DIR OUT_FILE      # SFT: uninterrupted, and interrupted + resumed
     python tests/dist_worker.py vllm MODEL_DIR OUT_FILE     # rollout.engine=vllm on the fake vLLM, external launcher
 
 Every rank writes its own results, ``OUT_FILE.rank{r}``: the tests check each rank, not rank 0 alone.
@@ -314,6 +315,67 @@ def run_sync(model_dir: str, out_dir: str, name: str, rank: int) -> dict:
     return {"history": history, "local_gaps": local_gaps, "policy": D.full_state_dict(trainer.policy, root)}
 
 
+# ------------------------------------------------------------------ SFT
+# a few dozen rows of responses of different lengths (5 to ~25 tokens)
+SFT_ROWS = [
+    {"prompt": f"Compute {i} + {i % 7}.", "response": f"{i} + {i % 7} = {i + i % 7}." + " So" * (i % 5) + " Done."}
+    for i in range(36)
+]
+# 10 steps of global batches of 8 (2.2 epochs: the tail of an epoch joins the next); lr high
+# enough that the weights move well beyond float noise
+SFT_SETTINGS = {"lr": 3e-3, "max_steps": 10, "batch_size": 8, "warmup_steps": 2, "log_every": 1}
+SFT_STOP = 7  # the interrupted run dies after this step; its last checkpoint is at step 6
+SFT_SAVE_EVERY = 3
+
+
+class Interrupted(Exception):
+    """Raised on every rank after step SFT_STOP, as if the job had been killed there."""
+
+
+def sft_run(model_dir: str, out_dir: str | None = None, *, stop: int | None = None, resume: bool = False):
+    """A fresh model from ``model_dir`` fine-tuned on SFT_ROWS (:class:`SFTRun`, joining the
+    process group torchrun describes, if any); ``stop``: die after that step."""
+    from iprime.models import load_model, load_tokenizer
+    from iprime.train.sft import SFTConfig, SFTRun, prepare_sft_data
+
+    save_every = SFT_SAVE_EVERY if out_dir is not None else 0
+    config = SFTConfig(**SFT_SETTINGS, save_every=save_every)
+    data = prepare_sft_data(load_tokenizer(model_dir), SFT_ROWS, config.max_length)
+    torch.manual_seed(0)
+    run = SFTRun(load_model(model_dir), data, config, out_dir=out_dir)
+    if stop is not None:
+        after = run._after_step
+
+        def dying(step: int, losses: list[float]) -> None:
+            after(step, losses)
+            if step == stop:
+                raise Interrupted
+
+        run._after_step = dying
+    return run, run.train(resume=resume)
+
+
+def sft_results(model_dir: str, out_dir: str) -> dict:
+    """On this rank: the uninterrupted run's per-step losses (global, all-reduced), summary and
+    full weights as this rank gathers them; the same for a run interrupted after step SFT_STOP
+    and resumed from its checkpoint (step 6) by a new run."""
+    from iprime.train import distributed as D
+
+    def result(run, summary) -> dict:
+        weights = D.full_state_dict(run.model, run.root if run.dist.enabled else None)
+        summary = {k: v for k, v in summary.items() if k not in ("train_time_s", "config")}
+        return {"losses": list(run.losses), "summary": summary, "weights": {k: v.clone() for k, v in weights.items()}}
+
+    out = {"uninterrupted": result(*sft_run(model_dir))}
+    try:
+        sft_run(model_dir, out_dir, stop=SFT_STOP)
+        raise AssertionError("the interrupted run went on")
+    except Interrupted:
+        pass
+    out["resumed"] = result(*sft_run(model_dir, out_dir, resume=True))
+    return out
+
+
 def run_fake_vllm(model_dir: str, out_dir: str) -> dict:
     """3 steps with ``rollout.engine=vllm`` as a GPU run under torchrun builds it, on the CPU:
     the fake ``vllm`` of ``tests/fake_vllm.py`` in ``sys.modules``, and CUDA pretended while the
@@ -383,6 +445,8 @@ def main() -> None:
         torch.save(run_fake_vllm(model_dir, out + ".runs"), f"{out}.rank{rank}")
     elif mode == "agg":
         torch.save(run_agg(model_dir, out + ".runs"), f"{out}.rank{rank}")
+    elif mode == "sft":
+        torch.save(sft_results(model_dir, out + ".run"), f"{out}.rank{rank}")
     elif mode == "batch_norm":
         torch.save(run_batch_norm(), f"{out}.rank{rank}")
     elif mode == "train":

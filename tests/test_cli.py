@@ -262,13 +262,13 @@ def test_sft_takes_a_max_length_and_ends_with_a_table(tiny_model_dir, tmp_path, 
     import iprime.train.sft as sft
 
     seen = {}
-    real = sft.run_sft
+    real = sft.SFTRun.train
 
-    def spy(model, tok, rows, config, **kwargs):
-        seen["config"], seen["kwargs"] = config, kwargs
-        return real(model, tok, rows, config, **kwargs)
+    def spy(run, **kwargs):
+        seen["config"], seen["kwargs"] = run.config, kwargs
+        return real(run, **kwargs)
 
-    monkeypatch.setattr(sft, "run_sft", spy)
+    monkeypatch.setattr(sft.SFTRun, "train", spy)
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{i} + 1 =", "response": str(i + 1)}) + "\n" for i in range(8)))
     result = invoke(
@@ -285,7 +285,8 @@ def test_sft_takes_a_max_length_and_ends_with_a_table(tiny_model_dir, tmp_path, 
         "32",
     )
     assert result.exit_code == 0, result.output
-    assert seen["config"].max_length == 32 and seen["config"].lr == 1e-5 and seen["kwargs"] == {"progress": "auto"}
+    assert seen["config"].max_length == 32 and seen["config"].lr == 1e-5
+    assert seen["kwargs"] == {"resume": False, "progress": "auto"}
     assert "{'" not in result.output and "'step':" not in result.output  # no raw dicts
     assert re.search(r"final_loss\s+\S*\s*\d+\.\d{4}\b", result.output), result.output
     assert re.search(r"^SFT step 2/2\b", result.output, re.M), result.output  # lines: not a terminal

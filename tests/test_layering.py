@@ -82,6 +82,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.cli", "iprime.presets"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.prime"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.sft"): LIGHT_CLI,
+    ("iprime.cli", "iprime.train.distributed"): LIGHT_CLI,  # `iprime sft` joins torchrun's process group
     ("iprime.cli", "iprime.preflight"): LIGHT_CLI,  # it imports torch and iprime.config
     ("iprime.config_show", "iprime.config"): LIGHT_CLI,
     ("iprime.config_show", "iprime.preflight"): LIGHT_CLI,  # the memory estimate block

@@ -171,3 +171,63 @@ def test_fit_needs_enough_batches():
     model, batches = _problem()
     with pytest.raises(ValueError, match="ran out after 9 of 10"):
         fit(list(model.parameters()), torch.optim.SGD(model.parameters(), lr=0.1), batches, _mse(model), 10)
+
+
+def test_fit_resumed_from_done_steps_logs_and_ends_like_one_run():
+    """9 steps, records every 4: stopped after step 6 (inside the second window) and resumed with
+    ``done`` = the first 6 losses, the records of steps 8 and 9 are the uninterrupted run's; a
+    run with every step done takes none and still reports the last window."""
+    model, batches = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    logs, seen = [], []
+    whole = fit(list(model.parameters()), opt, batches, _mse(model), 9, log_every=4, log=logs.append)
+
+    model, batches = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    fit(list(model.parameters()), opt, batches[:6], _mse(model), 6, log_every=4)
+    resumed_logs = []
+    resumed = fit(
+        list(model.parameters()),
+        opt,
+        batches[6:],
+        _mse(model),
+        9,
+        log_every=4,
+        log=resumed_logs.append,
+        done=whole.losses[:6],
+        after_step=lambda step, losses: seen.append((step, len(losses))),
+    )
+    assert [r["step"] for r in resumed_logs] == [8, 9]
+    assert [r["loss"] for r in resumed_logs] == [r["loss"] for r in logs[1:]]  # step 8: mean of steps 5..8
+    assert resumed.losses == whole.losses and resumed.last_window_loss == whole.last_window_loss == whole.losses[8]
+    assert seen == [(7, 7), (8, 8), (9, 9)]
+    finished = fit(list(model.parameters()), opt, [], _mse(model), 9, log_every=4, done=whole.losses)
+    assert finished.losses == whole.losses and finished.last_window_loss == whole.losses[8]
+    finished = fit(list(model.parameters()), opt, [], _mse(model), 8, log_every=4, done=whole.losses[:8])
+    assert finished.last_window_loss == sum(whole.losses[4:8]) / 4
+    with pytest.raises(ValueError, match="10 steps are done already"):
+        fit(list(model.parameters()), opt, [], _mse(model), 9, done=[0.0] * 10)
+
+
+def test_fit_checks_and_logs_the_global_loss():
+    """Under data parallelism ``loss_fn`` gives this process's part; ``global_loss`` the value
+    logged and checked (here: the part doubled, and NaN at step 1)."""
+    model, batches = _problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    parts = []
+
+    def loss_fn(batch):
+        parts.append(_mse(model)(batch))
+        return parts[-1]
+
+    result = fit(list(model.parameters()), opt, batches, loss_fn, 3, global_loss=lambda x: 2 * x)
+    assert result.losses == [2 * p.item() for p in parts]
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 1: nan"):
+        fit(
+            list(model.parameters()),
+            opt,
+            batches,
+            loss_fn,
+            3,
+            global_loss=lambda x: x * float("nan") if len(parts) == 5 else x,
+        )

@@ -30,7 +30,7 @@ from iprime.data.sources import DataError, read_records
 from iprime.numerics import cpu_has_avx2, unportable_reason, use_portable_kernels
 from iprime.quiet import silence_third_party_progress
 from iprime.tables import metrics_table
-from iprime.train.checkpoint_store import resume_candidates
+from iprime.train.checkpoint_store import CheckpointError, resume_candidates
 
 
 def _flags_show_no_type() -> None:
@@ -425,7 +425,10 @@ def _dry_run(cfg, world_size: int | None, *, resume: bool, overwrite: bool, conf
 # -------------------------------------------------------------------------------------- iprime sft
 SFT_EXAMPLES = """Examples:
 iprime sft --model Qwen/Qwen2.5-Math-7B --data sft.jsonl --out runs/sft
-iprime sft --model DIR --data sft.jsonl --out runs/sft --lr 2e-5 --epochs 3 --max-length 2048 --batch-size 16"""
+iprime sft --model DIR --data sft.jsonl --out runs/sft --lr 2e-5 --epochs 3 --max-length 2048 --batch-size 16
+iprime sft --model DIR --data sft.jsonl --out runs/sft --save-every 200          (a checkpoint every 200 steps)
+iprime sft --model DIR --data sft.jsonl --out runs/sft --save-every 200 --resume (continue from the newest)
+torchrun --nproc_per_node=8 -m iprime sft --model DIR --data sft.jsonl --out runs/sft --device cuda --batch-size 64"""
 
 SFT_SUMMARY_KEYS = (
     "steps",
@@ -440,36 +443,107 @@ SFT_SUMMARY_KEYS = (
 """The numbers ``iprime sft`` prints at the end."""
 
 
+def check_sft_out(out: Path, *, resume: bool) -> None:
+    """``--out`` for ``iprime sft``: with ``--resume`` it must hold a checkpoint; without, it must
+    hold none (a new run would mix its checkpoints with an earlier run's). :class:`OutDirError`."""
+    found = resume_candidates(out)
+    if resume and not found:
+        raise OutDirError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from; start without --resume")
+    if not resume and found:
+        raise OutDirError(
+            f"--out {out} holds the checkpoints of an earlier run ({found[0].name}): continue it with --resume, "
+            "or choose another --out"
+        )
+
+
 @app.command(epilog=SFT_EXAMPLES)
 def sft(
     model: str = typer.Option(..., help="path of the model to fine-tune"),
     data: str = typer.Option(..., help="jsonl with prompt/response (or messages) rows"),
-    out: str = typer.Option(..., help="where to save the fine-tuned model"),
+    out: str = typer.Option(..., help="where to save the fine-tuned model (and metrics.jsonl, checkpoints/)"),
     lr: float = typer.Option(
         1e-5, help="peak learning rate, right for fine-tuning a pretrained LLM (the quickstart's tiny model uses 3e-3)"
     ),
     epochs: float = typer.Option(1.0, help="passes over the data"),
-    batch_size: int = typer.Option(32, help="examples per optimizer step"),
+    max_steps: int = typer.Option(None, help="optimizer steps (default: from --epochs)"),
+    batch_size: int = typer.Option(
+        32, help="examples per optimizer step, over all ranks under torchrun (a multiple of their number)"
+    ),
     max_length: int = typer.Option(
         256, help="prompt + response tokens per example; a longer response loses its tail (counted as truncated)"
     ),
     seed: int = typer.Option(0),
+    log_every: int = typer.Option(25, help="a progress line and a metrics.jsonl record every this many steps"),
+    save_every: int = typer.Option(0, help="a checkpoint in OUT/checkpoints every this many steps and at the end"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in --out"),
+    device: str = typer.Option("cpu", help="cpu, or cuda (under torchrun each rank takes cuda:LOCAL_RANK)"),
 ) -> None:
-    """Supervised fine-tuning, loss on response tokens only."""
-    from iprime.models import load_model, load_tokenizer
-    from iprime.train.sft import SFTConfig, load_sft_rows, run_sft
+    """Supervised fine-tuning, loss on response tokens only; in one process or under torchrun.
+
+    The settings, the world size and every data row are checked before the model loads. Under
+    torchrun the model is FSDP2-sharded and each rank trains on its share of every global batch:
+    the same loss curve as one process. With --save-every a run can be resumed (--resume).
+    """
+    from iprime.train.sft import SFTConfig, check_world_size
 
     try:
-        config = SFTConfig(lr=lr, epochs=epochs, batch_size=batch_size, max_length=max_length, seed=seed)
-        rows = load_sft_rows(data)
-        m, tok = load_model(model), load_tokenizer(model)
-        result = run_sft(m, tok, rows, config, progress="auto")
-    except (ValueError, FileNotFoundError) as err:
+        config = SFTConfig(
+            lr=lr,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            max_length=max_length,
+            seed=seed,
+            log_every=log_every,
+            save_every=save_every,
+        )
+        check_world_size(config, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError as err:
+        _fail("config error", err)
+    try:
+        check_sft_out(Path(out), resume=resume)
+    except OutDirError as err:
         _fail("error", err)
-    m.save_pretrained(out)
-    tok.save_pretrained(out)
-    console.print(metrics_table(result, "SFT", keys=SFT_SUMMARY_KEYS))
-    say(f"saved the fine-tuned model to {out}")
+    tokenizer, sft_data = _sft_data(model, data, config.max_length)
+    run, summary = _sft_run(model, sft_data, config, out, device, resume)
+    run.save_pretrained(out, tokenizer)
+    if run.dist.is_main:
+        console.print(metrics_table(summary, "SFT", keys=SFT_SUMMARY_KEYS))
+        say(f"saved the fine-tuned model to {out}")
+
+
+def _sft_data(model: str, data: str, max_length: int):
+    """The tokenizer, and every row read, encoded and checked: before any model loads."""
+    from iprime.models import load_tokenizer
+    from iprime.train.sft import load_sft_rows, prepare_sft_data
+
+    try:
+        rows = load_sft_rows(data)
+    except (ValueError, FileNotFoundError) as err:
+        _fail("data error", err)
+    try:
+        tokenizer = load_tokenizer(model)
+    except (ValueError, OSError) as err:
+        _fail("error", err)
+    try:
+        return tokenizer, prepare_sft_data(tokenizer, rows, max_length)
+    except ValueError as err:
+        _fail("data error", f"{data}: {err}")
+
+
+def _sft_run(model: str, sft_data, config, out: str, device: str, resume: bool):
+    """Join the process group (under torchrun), load the model on this rank's device, train:
+    ``(run, summary)``."""
+    from iprime.models import load_model
+    from iprime.train.distributed import init_distributed
+    from iprime.train.sft import SFTRun
+
+    try:
+        dist, dev = init_distributed(device)
+        run = SFTRun(load_model(model, device=dev), sft_data, config, out_dir=out, dist=dist, model_source=model)
+        return run, run.train(resume=resume, progress="auto")
+    except (ValueError, FileNotFoundError, CheckpointError) as err:
+        _fail("error", err)
 
 
 # Evaluation and the implicit PRM as a tool (their options live beside their code). Re-ranking

@@ -79,6 +79,9 @@ def fit(
     log: Callable[[dict], None] | None = None,
     count_tokens: Callable[[B], int] | None = None,
     name: str = "loss",
+    done: Sequence[float] = (),
+    global_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    after_step: Callable[[int, list[float]], None] | None = None,
 ) -> FitResult:
     """Take ``steps`` optimizer steps, one per item of ``batches``.
 
@@ -94,22 +97,33 @@ def fit(
     scheduler), ``tokens_per_s`` the window's ``count_tokens(batch)`` over its wall time (only
     with ``count_tokens``). ``batches`` is read lazily, one item per step, so a generator
     may draw (and shuffle) as it goes.
+
+    A resumed run passes ``done``, the losses of the steps already taken: the loop continues at
+    step ``len(done)`` (``batches`` must continue there too), records keep their step numbers and
+    windows (a window the interruption cut is completed from ``done``), and the result's
+    ``losses`` start with ``done``. Under data parallelism ``loss_fn`` returns this process's
+    part of the loss and ``global_loss(loss.detach())`` the whole batch's: the value checked for
+    finiteness and logged (the same on every process, so all stop together). ``after_step(step,
+    losses)`` runs after each step's update and record (``step`` counts from 1): a checkpoint.
     """
     if steps < 1 or log_every < 1:
         raise ValueError(f"steps and log_every must be >= 1, got {steps}, {log_every}")
+    if len(done) > steps:
+        raise ValueError(f"{len(done)} steps are done already, more than the {steps} asked for")
     t0 = time.perf_counter()
     items = iter(batches)
-    losses: list[float] = []
-    window: list[float] = []
-    window_tokens, window_start, last_window_loss = 0, 0.0, float("nan")
-    for step in range(steps):
+    losses: list[float] = list(done)
+    window_from = _last_record(len(losses), log_every, steps)  # losses[window_from:]: the open window
+    window_tokens, window_start = 0, 0.0
+    for step in range(len(done), steps):
         try:
             batch = next(items)
         except StopIteration:
             raise ValueError(f"batches ran out after {step} of {steps} steps") from None
         loss = loss_fn(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite {name} at step {step}: {loss.item()}")
+        value = loss.detach() if global_loss is None else global_loss(loss.detach())
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"non-finite {name} at step {step}: {value.item()}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -118,21 +132,39 @@ def fit(
         if scheduler is not None:
             scheduler.step()
 
-        value = loss.item()
-        losses.append(value)
-        window.append(value)
+        losses.append(value.item())
         if count_tokens is not None:
             window_tokens += count_tokens(batch)
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            last_window_loss = sum(window) / len(window)
+            window = losses[window_from:]
             elapsed = time.perf_counter() - t0
             if log is not None:
-                record: dict = {"step": step + 1, "loss": last_window_loss}
+                record: dict = {"step": step + 1, "loss": sum(window) / len(window)}
                 if scheduler is not None:
                     record["lr"] = scheduler.get_last_lr()[0]
                 if count_tokens is not None:
                     record["tokens_per_s"] = window_tokens / max(elapsed - window_start, 1e-9)
                 record["elapsed_s"] = elapsed
                 log(record)
-            window, window_tokens, window_start = [], 0, elapsed
-    return FitResult(losses=losses, last_window_loss=last_window_loss, time_s=time.perf_counter() - t0)
+            window_from, window_tokens, window_start = step + 1, 0, elapsed
+        if after_step is not None:
+            after_step(step + 1, losses)
+    return FitResult(
+        losses=losses, last_window_loss=_last_window_loss(losses, log_every, steps), time_s=time.perf_counter() - t0
+    )
+
+
+def _last_record(done: int, log_every: int, steps: int) -> int:
+    """The step of the last record once ``done`` steps are taken (records: every ``log_every``
+    steps and at ``steps``); 0 before the first."""
+    return done if done == steps else done - done % log_every
+
+
+def _last_window_loss(losses: Sequence[float], log_every: int, steps: int) -> float:
+    """Mean loss of the last record's window (the steps after the record before it); NaN
+    before the first record."""
+    end = _last_record(len(losses), log_every, steps)
+    if end == 0:
+        return float("nan")
+    window = losses[_last_record(end - 1, log_every, steps) : end]
+    return sum(window) / len(window)

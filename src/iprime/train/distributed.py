@@ -1,4 +1,5 @@
-"""Data parallelism for the PRIME trainer: process group, FSDP2 wrapping, collectives, DCP.
+"""Data parallelism for the PRIME trainer (and SFT, :class:`iprime.train.sft.SFTRun`): process
+group, FSDP2 wrapping, collectives, DCP.
 
 Launch with ``torchrun --nproc_per_node=N -m iprime train --config run.yaml``. Every rank holds
 the same prompt stream and rollout buffer (replicated, so a checkpoint does not depend on the
@@ -121,6 +122,32 @@ class LogprobModule(nn.Module):
         # fresh tensors, not views: FSDP's pre-backward hook on a view is lost by in-place ops
         return tuple(x.clone() for x in out) if return_entropy else out.clone()
 
+    def warm_up(self, device: torch.device) -> None:
+        """One tiny no-grad forward: FSDP's lazy initialisation (see :func:`shard_model`)."""
+        ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+        with torch.no_grad():
+            self(ids, torch.ones_like(ids), 1)
+
+
+class LogitsModule(nn.Module):
+    """FSDP root whose forward is the wrapped causal LM's own forward: ``(input_ids, attention_mask)``
+    ``[B, L]`` -> logits ``[B, L, V]`` (supervised fine-tuning scores every position,
+    :mod:`iprime.train.sft`). Unsharded it is the plain forward, bit for bit: one process runs it
+    too, so SFT has one code path for any world size."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def warm_up(self, device: torch.device) -> None:
+        """One tiny no-grad forward: FSDP's lazy initialisation (see :func:`shard_model`)."""
+        ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+        with torch.no_grad():
+            self(ids, torch.ones_like(ids))
+
 
 def _decoder_layers(model: nn.Module) -> list[nn.Module]:
     names = set(getattr(model, "_no_split_modules", None) or [])
@@ -132,22 +159,23 @@ def _decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def shard_model(model: nn.Module, device: torch.device) -> LogprobModule:
-    """``fully_shard`` each decoder layer, then the :class:`LogprobModule` root. Returns the root;
-    ``model`` itself stays usable (generation, state dicts) and now holds DTensor shards.
+def shard_model(
+    model: nn.Module, device: torch.device, root_type: type[LogprobModule] | type[LogitsModule] = LogprobModule
+) -> nn.Module:
+    """``fully_shard`` each decoder layer, then the root, ``root_type(model)`` (the trainer's
+    :class:`LogprobModule`, or SFT's :class:`LogitsModule`). Returns the root; ``model`` itself
+    stays usable (generation, state dicts) and now holds DTensor shards.
 
-    One tiny forward through the root runs FSDP's lazy initialisation, so a later plain forward
-    of ``model`` (generation) finds the root already set up. Collective: call on every rank, in
-    the same order."""
+    One tiny forward through the root (``root.warm_up``) runs FSDP's lazy initialisation, so a
+    later plain forward of ``model`` (generation) finds the root already set up. Collective: call
+    on every rank, in the same order."""
     from torch.distributed.fsdp import fully_shard
 
     for layer in _decoder_layers(model):
         fully_shard(layer)
-    root = LogprobModule(model)
+    root = root_type(model)
     fully_shard(root)
-    ids = torch.zeros((1, 2), dtype=torch.long, device=device)
-    with torch.no_grad():
-        root(ids, torch.ones_like(ids), 1)
+    root.warm_up(device)
     reshard_all(root)  # the root keeps its gathered params after a forward; optimizers need the shards
     return root
 
