@@ -36,12 +36,13 @@ def child_env(**extra) -> dict:
     return env
 
 
-def launch_ranks(args: list[str], world: int = 2, timeout: float = 120) -> None:
-    """Start ``world`` ranks of ``tests/dist_worker.py args`` and wait; fail with their output."""
+def launch_ranks(args: list[str], world: int = 2, timeout: float = 120, script: Path = HERE / "dist_worker.py") -> None:
+    """Start ``world`` ranks of ``script args`` (``tests/dist_worker.py`` unless given) and wait;
+    fail with their output."""
     port = free_port()
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "dist_worker.py"), *args],
+            [sys.executable, str(script), *args],
             env=child_env(RANK=r, LOCAL_RANK=r, WORLD_SIZE=world, MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -8,14 +8,12 @@ a scripted generator answers each prompt with known right and wrong responses.""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_distributed import launch_ranks
 
 from iprime.config import load_config
 from iprime.eval.loop import MAX_SOURCE_GROUPS, GroupTally, row_label
@@ -263,38 +261,8 @@ def run_rank(out_file: str) -> None:
 def test_two_ranks_log_the_global_numbers_under_the_same_names(tmp_path):
     """Rank 0 samples and evaluates only the math rows, rank 1 only the code rows: both log every
     group, with the numbers of all rows."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    src = str(Path(__file__).parent.parent / "src")
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([src, env.get("PYTHONPATH", "")]))
     out = tmp_path / "metrics"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(out)],
-            env={
-                **env,
-                "RANK": str(r),
-                "LOCAL_RANK": str(r),
-                "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    try:
-        outputs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, (p, text) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"rank {r}:\n{text[-3000:]}"
+    launch_ranks([str(out)], script=Path(__file__))
     ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(2)]
     want = {**EXPECTED, **{k.replace("rollout/", "eval/mixed/"): v for k, v in EXPECTED.items()}}
     for metrics in ranks:

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_distributed import launch_ranks
 from tiny_runs import ROWS, parity_verifier, tiny_config
 
 from iprime.eval.loop import AccuracyTally
@@ -300,38 +298,8 @@ def run_rank(model_dir: str, out_file: str) -> None:
 
 
 def test_two_ranks_evaluate_like_one(tiny_model_dir, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    src = str(Path(__file__).parent.parent / "src")
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([src, env.get("PYTHONPATH", "")]))
     out = tmp_path / "two.json"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(tiny_model_dir), str(out)],
-            env={
-                **env,
-                "RANK": str(r),
-                "LOCAL_RANK": str(r),
-                "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    try:
-        outputs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, (p, text) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"rank {r}:\n{text[-3000:]}"
+    launch_ranks([str(tiny_model_dir), str(out)], script=Path(__file__))
     two = json.loads(out.read_text())
     one = dist_eval(str(tiny_model_dir), str(tmp_path / "one"))
     assert two.keys() == one.keys()
