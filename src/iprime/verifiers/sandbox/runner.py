@@ -32,7 +32,8 @@ code. It
 with every capability dropped, the judge non-dumpable and the solution in a PID
 namespace of its own, from which the judge cannot even be addressed. Both get a fresh
 session keyring, no new privileges, resource limits and a seccomp filter that refuses
-new user namespaces, keyrings, ptrace and a few other kernel interfaces.
+new user namespaces, keyrings, ptrace, System V IPC, socket families other than
+``AF_UNIX``/``AF_INET``/``AF_INET6`` and a few other kernel interfaces.
 """
 
 from __future__ import annotations
@@ -231,6 +232,29 @@ _ARCH = {
             "io_uring_setup": 425,
             "memfd_secret": 447,
         },
+        # System V IPC and POSIX message queues (arch/x86/entry/syscalls/syscall_64.tbl).
+        "ipc": {
+            "shmget": 29,
+            "shmat": 30,
+            "shmctl": 31,
+            "shmdt": 67,
+            "semget": 64,
+            "semop": 65,
+            "semctl": 66,
+            "semtimedop": 220,
+            "msgget": 68,
+            "msgsnd": 69,
+            "msgrcv": 70,
+            "msgctl": 71,
+            "mq_open": 240,
+            "mq_unlink": 241,
+            "mq_timedsend": 242,
+            "mq_timedreceive": 243,
+            "mq_notify": 244,
+            "mq_getsetattr": 245,
+        },
+        "socket": 41,
+        "socketpair": 53,
         "x32_bit": 0x40000000,
     },
     "aarch64": {
@@ -253,10 +277,45 @@ _ARCH = {
             "io_uring_setup": 425,
             "memfd_secret": 447,
         },
+        # System V IPC and POSIX message queues (include/uapi/asm-generic/unistd.h).
+        "ipc": {
+            "mq_open": 180,
+            "mq_unlink": 181,
+            "mq_timedsend": 182,
+            "mq_timedreceive": 183,
+            "mq_notify": 184,
+            "mq_getsetattr": 185,
+            "msgget": 186,
+            "msgctl": 187,
+            "msgrcv": 188,
+            "msgsnd": 189,
+            "semget": 190,
+            "semctl": 191,
+            "semtimedop": 192,
+            "semop": 193,
+            "shmget": 194,
+            "shmctl": 195,
+            "shmat": 196,
+            "shmdt": 197,
+        },
+        "socket": 198,
+        "socketpair": 199,
         "x32_bit": None,
     },
 }
 _CLONE3 = 435  # the same number everywhere; refused with ENOSYS so that libc falls back to clone
+# The socket families a sandboxed program may open (``socket``/``socketpair``); every other
+# family gets EAFNOSUPPORT, as from a kernel built without it. AF_UNIX (1): socketpair() is
+# how multiprocessing's Pipe and asyncio's event loop talk, and a path socket reaches only
+# the sandbox's own /tmp (abstract names are per network namespace). AF_INET (2) and
+# AF_INET6 (10): programs and libraries create them (a local server in a test, a library
+# probing for IPv6); they live in the sample's network namespace, whose only interface is
+# a loopback that is down. Not AF_VSOCK (40), which no network namespace confines and which
+# reaches the hypervisor; not AF_NETLINK or AF_PACKET (the kernel's routing, audit,
+# netfilter and uevent interfaces, raw frames), nor any of the ~40 others (AF_ALG, AF_XDP,
+# AF_BLUETOOTH, AF_RDS, AF_TIPC...): kernel attack surface and module autoloading that no
+# solution needs.
+_SOCKET_FAMILIES = (1, 2, 10)  # AF_UNIX, AF_INET, AF_INET6
 _MOUNT_SETATTR = 442
 _ARCH_INFO = _ARCH.get(os.uname().machine)
 
@@ -380,13 +439,19 @@ def seccomp_filter(*, only_userns: bool = False) -> bytes | None:
     ``clone3``, whose flags it cannot read, with ENOSYS so that libc falls back to
     ``clone``); keyrings; ptrace and cross-process memory access; memfd (memory outside
     every limit); io_uring, bpf, perf events and userfaultfd (kernel attack surface);
-    and every syscall of another ABI (x32, i386), which would dodge the table.
+    System V shared memory, semaphores and message queues and POSIX message queues, with
+    ENOSYS as from a kernel built without them (a segment, once detached, holds memory no
+    process's address-space limit counts: five 256 MiB segments touched and detached one
+    by one held 1.25 GiB beyond a 1 GiB limit); ``socket``/``socketpair`` of any family
+    but :data:`_SOCKET_FAMILIES`, with EAFNOSUPPORT (the family is the low word of the
+    first argument, an ``int`` to the kernel); and every syscall of another ABI (x32,
+    i386), which would dodge the table (i386's ``socketcall``/``ipc`` multiplexers too).
     ``only_userns`` keeps just the user-namespace rules (tests use it to emulate a host
     that forbids unprivileged user namespaces).
     """
     if _ARCH_INFO is None:
         return None
-    EPERM, ENOSYS = 1, 38
+    EPERM, ENOSYS, EAFNOSUPPORT = 1, 38, 97  # the same numbers on x86-64 and AArch64
     ret_allow = 0x7FFF0000
     ret_errno = lambda e: 0x00050000 | e  # noqa: E731
     ld_w_abs, jeq_k, jset_k, jge_k, ret_k = 0x20, 0x15, 0x45, 0x35, 0x06
@@ -408,6 +473,22 @@ def seccomp_filter(*, only_userns: bool = False) -> bytes | None:
     for nr in sorted(set(deny.values())):
         op(jeq_k, nr, 0, 1)
         op(ret_k, ret_errno(EPERM))
+    if not only_userns:
+        for nr in sorted(set(_ARCH_INFO["ipc"].values())):
+            op(jeq_k, nr, 0, 1)
+            op(ret_k, ret_errno(ENOSYS))
+        # socket/socketpair: the family (first argument, low word) against the allow-list.
+        # Every path into the block's body returns, so a syscall that skips it still has
+        # its number in the accumulator for the clone/unshare rule below.
+        families = _SOCKET_FAMILIES
+        op(jeq_k, _ARCH_INFO["socket"], 1, 0)
+        op(jeq_k, _ARCH_INFO["socketpair"], 0, len(families) + 3)
+        op(ld_w_abs, 16)  # seccomp_data.args[0], low 32 bits (little endian)
+        for i, family in enumerate(families):
+            last = i == len(families) - 1
+            op(jeq_k, family, len(families) - 1 - i, 1 if last else 0)
+        op(ret_k, ret_allow)
+        op(ret_k, ret_errno(EAFNOSUPPORT))
     # clone/unshare: look at the flags (first argument, low word).
     op(jeq_k, _ARCH_INFO["clone"], 1, 0)
     op(jeq_k, _ARCH_INFO["unshare"], 0, 3)
