@@ -116,6 +116,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.verifiers._pool", "resource"): POSIX_ONLY + "; needed only for a worker memory limit",
     # the runner also imports it once before the sandbox is set up (main), while it can still read the stdlib
     ("iprime.verifiers.sandbox.runner", "resource"): POSIX_ONLY + " (the host reads plain data with it)",
+    ("iprime.verifiers.sandbox.runner", "fcntl"): POSIX_ONLY + " (the host reads plain data with it)",
     ("iprime.quiet", "transformers"): ONLY_IF_LOADED,
     ("iprime.verifiers.registry", "iprime.verifiers.math"): "sympy (~1 s): loaded by name, when used",
     ("iprime.verifiers.registry", "iprime.verifiers.code"): "the code sandbox: loaded by name, when used",

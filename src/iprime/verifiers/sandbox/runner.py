@@ -782,11 +782,17 @@ def _kill_tree(pid: int) -> None:
 # ----------------------------------------------------------------------------- solution phase
 
 
-def _fork_test(fn, timeout_s: float, limit: int) -> tuple[str, str]:
+def _fork_test(fn, timeout_s: float, limit: int, *, exit_zero_finishes: bool = False) -> tuple[str, str]:
     """Run ``fn() -> str`` in a forked child with its own process group.
 
     Returns ``("ok", text)``, ``("error", reason)`` or ``("timeout", reason)``. Runs in the
     (untrusted) solution process: it only organises the candidate's own work.
+
+    A test finishes when ``fn`` returns. With ``exit_zero_finishes`` (a stdin/stdout program,
+    whose result is its output, compared on the host) a child that ends itself with status 0
+    before ``fn`` returns (``os._exit(0)`` after flushing, as competitive programs do) has
+    finished too, with the text ``""``; where ``fn`` computes a value (calls), ending early
+    proves nothing and stays an error.
     """
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
@@ -840,6 +846,8 @@ def _fork_test(fn, timeout_s: float, limit: int) -> tuple[str, str]:
         return "ok", text[1:]
     if text.startswith("E"):
         return "error", text[1:4001]
+    if exit_zero_finishes and not text and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return "ok", ""
     return "error", f"test process {_describe_status(status)} without finishing"
 
 
@@ -882,8 +890,12 @@ def _resolve_function(namespace: dict, name: str):
     raise NameError(f"the code defines no function {name!r} (nor a class Solution with that method)")
 
 
-def solution_phase(job: dict, values_fd: int) -> None:
-    """In ``S``: load the code, evaluate every call (or run every input), report to the host."""
+def solution_phase(job: dict, values_fd: int, input_fds: list[int | str] | None = None) -> None:
+    """In ``S``: load the code, evaluate every call (or run every input), report to the host.
+
+    ``input_fds`` (stdio mode): per stdin input, the runner's read-only file holding it
+    (:func:`input_files`), or why it could not be made.
+    """
     deadline = time.monotonic() + float(job["deadline_s"])
     test_timeout = float(job["test_timeout_s"])
     limit = int(job["limits"]["file_size_bytes"])
@@ -916,14 +928,18 @@ def solution_phase(job: dict, values_fd: int) -> None:
         if not _load(job, namespace, values_fd, with_code=False):
             return
         solution_code = namespace.pop("__solution_code__")
-        for index, text in enumerate(job["stdin_inputs"]):
+        input_fds = list(input_fds or [])
+        open_inputs = {fd for fd in input_fds if isinstance(fd, int)}  # those not yet run (and closed)
+        for index in range(len(job["stdin_inputs"])):
             remaining = deadline - time.monotonic()
+            in_fd = input_fds[index] if index < len(input_fds) else "no input file"
             if remaining <= 0:
                 send(values_fd, i=index, ok=False, stdout="", reason="not run: sample time limit reached")
                 continue
+            if not isinstance(in_fd, int):
+                send(values_fd, i=index, ok=False, stdout="", reason=f"could not prepare the test: {in_fd}")
+                continue
             try:
-                in_fd = os.open(f"stdin_{index}.txt", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-                _write_all(in_fd, text.encode())
                 os.lseek(in_fd, 0, os.SEEK_SET)
                 out_fd = os.open(f"stdout_{index}.txt", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             except OSError as exc:
@@ -934,7 +950,8 @@ def solution_phase(job: dict, values_fd: int) -> None:
                 os.close(values_fd)
                 os.dup2(in_fd, 0)
                 os.dup2(out_fd, 1)
-                os.close(in_fd)
+                for fd in open_inputs:  # every input's file: the program keeps only its own, as fd 0
+                    os.close(fd)
                 os.close(out_fd)
                 program_ns = dict(namespace, __name__="__main__")
                 try:
@@ -944,15 +961,17 @@ def solution_phase(job: dict, values_fd: int) -> None:
                         raise RuntimeError(f"program exited with status {exc.code!r}") from None
                 return ""
 
-            status, reason = _fork_test(run_program, min(test_timeout, remaining), 4096)
+            # Exit status 0 ends a stdio program normally, os._exit(0) included; what it printed
+            # but left in Python's buffer at os._exit is lost, as in CPython anywhere.
+            status, reason = _fork_test(run_program, min(test_timeout, remaining), 4096, exit_zero_finishes=True)
             os.close(in_fd)
+            open_inputs.discard(in_fd)
             out = os.pread(out_fd, limit + 1, 0)  # from our descriptor: whatever the path became
             os.close(out_fd)
-            for name in (f"stdin_{index}.txt", f"stdout_{index}.txt"):
-                try:
-                    os.unlink(name)
-                except OSError:
-                    pass
+            try:
+                os.unlink(f"stdout_{index}.txt")
+            except OSError:
+                pass
             send(
                 values_fd,
                 i=index,
@@ -1190,6 +1209,49 @@ def rpc_server(job: dict, req_fd: int, resp_fd: int) -> None:
 
 # ----------------------------------------------------------------------------- the runner
 
+# Sealed: no write, resize or new seal, by anyone, through any descriptor of the file.
+_INPUT_SEALS = ("F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE")
+
+
+def input_files(texts: list[str], first_fd: int) -> list[int | str]:
+    """Each stdin input as a sealed, read-only memory file, made by the runner: per input its
+    descriptor (numbered from ``first_fd`` up), or the reason it could not be made.
+
+    The runner writes them because it has no file-size limit: an input is the test's, so it must
+    not count against what the program may write (``RLIMIT_FSIZE``, the ``/tmp`` quota), which
+    it would if the sandboxed process wrote it into its own directory. A memory file (like the
+    file a judge redirects) is regular, seekable, its size known to ``fstat``, unlike a pipe.
+    The descriptors sit at ``first_fd`` and above (``max_open_files``, the sandbox process's
+    own limit), so they take none of the numbers the program may open; the soft descriptor
+    limit of the runner is raised to its hard limit for them.
+    """
+    import fcntl  # POSIX only, like resource (see _apply_limits); the runner imports both in main
+    import resource
+
+    seals = 0
+    for name in _INPUT_SEALS:
+        seals |= getattr(fcntl, name)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass  # then fewer inputs get a file; each one that does not says why
+    result: list[int | str] = []
+    for index, text in enumerate(texts):
+        fd = -1
+        try:
+            fd = os.memfd_create(f"stdin_{index}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            _write_all(fd, text.encode())
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+            result.append(fcntl.fcntl(fd, fcntl.F_DUPFD, first_fd))
+        except OSError as exc:
+            result.append(f"could not store the input: {exc}")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return result
+
 
 class Runner:
     def __init__(self, job: dict) -> None:
@@ -1279,8 +1341,14 @@ class Runner:
     def run(self) -> None:
         job = self.job
         if job["mode"] in ("calls", "stdio"):
-            keep = {self.values_fd}
-            pid = self.fork("solution", keep, lambda: solution_phase(job, self.values_fd), own_pid_ns=True)
+            inputs: list[int | str] = []
+            if job["mode"] == "stdio":
+                inputs = input_files(job["stdin_inputs"], int(job["limits"]["max_open_files"]))
+            keep = {self.values_fd, *(fd for fd in inputs if isinstance(fd, int))}
+            pid = self.fork("solution", keep, lambda: solution_phase(job, self.values_fd, inputs), own_pid_ns=True)
+            for fd in inputs:
+                if isinstance(fd, int):
+                    os.close(fd)
             if not self.wait([pid], self.deadline):
                 self.report(event="timed_out")
             self.kill_all([pid])
@@ -1353,7 +1421,9 @@ def _kill_uids(uids: set[int]) -> None:
 def main() -> None:
     # Everything the sandbox processes import from the standard library is imported while
     # the runner can still read it (with "rlimits" they may run as a uid that cannot): the
-    # module's imports, and resource, kept out of them for the host's sake (see _apply_limits).
+    # module's imports, and resource and fcntl, kept out of them for the host's sake (see
+    # _apply_limits, input_files).
+    import fcntl  # noqa: F401
     import resource  # noqa: F401
 
     job = json.loads(sys.stdin.buffer.read())
