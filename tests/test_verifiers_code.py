@@ -186,7 +186,7 @@ def test_call_output_matches_like_the_apps_evaluator() -> None:
         ("assert add(1, 2) == 3", ["add(1, 2)"], [4], False),
         ("assert 3 == add(1, 2)", ["add(1, 2)"], [3], True),
         ("assert f(x) != [1]", ["f(x)"], [[2]], True),
-        ("assert f(1) is None", ["bool(f(1) is None)"], [True], True),  # the sandbox says: no secret
+        ("assert f(1) is None", ["f(1)"], [None], True),  # compared here: the sandbox has no secret
         ("assert f(1) in (2, 3)", ["f(1)"], [3], True),
         ("assert f(1) == (1, 2)", ["f(1)"], [[1, 2]], False),  # a list is not a tuple, as in Python
         ("assert set(f((3, 4), (4, 5))) == set((4, 5))", ["f((3, 4), (4, 5))"], [[5, 4]], True),
@@ -195,10 +195,14 @@ def test_call_output_matches_like_the_apps_evaluator() -> None:
         ("assert math.isclose(v(10), 4188.79, rel_tol=0.001)", ["v(10)"], [4000.0], False),
         ("assert abs(f(1) - 0.5) < 1e-06", ["f(1)"], [0.5000001], True),
         ("assert f(1) + f(2) == 5", ["f(1)", "f(2)"], [2, 3], True),
-        ("assert f(1)[0] == 2", ["f(1)[0]"], [2], True),
-        ("assert is_prime(7)", ["bool(is_prime(7))"], [True], True),
-        ("assert is_prime(7)", ["bool(is_prime(7))"], [1], False),  # only a real bool counts
-        ("assert not is_prime(4)", ["bool(is_prime(4))"], [False], True),
+        ("assert f(1)[0] == 2", ["f(1)"], [[2, 3]], True),
+        ("assert is_prime(7)", ["(True if (is_prime(7)) else False)"], [True], True),  # its truth alone
+        ("assert is_prime(7)", ["(True if (is_prime(7)) else False)"], [False], False),
+        ("assert not is_prime(4)", ["(True if (is_prime(4)) else False)"], [False], True),
+        ("assert f(1) == 1 == g(1)", ["f(1)", "g(1)"], [1, 1], True),  # chained
+        ("assert f(1) == 1 == g(1)", ["f(1)", "g(1)"], [1, 2], False),
+        ("assert f(1) == 2 or f(1) == 3", ["f(1)", "f(1)"], [3, 3], True),
+        ("assert check(f(1), 5)", ["(True if (check(f(1), 5)) else False)"], [True], True),  # the candidate's check
         ("assert f(1) == 2, 'message'", ["f(1)"], [2], True),
         ("assert f(1) < 'a'", ["f(1)"], [1], False),  # TypeError on the host: a failed test
     ],
@@ -224,15 +228,12 @@ def test_plan_assert_never_takes_the_candidates_names_for_builtins() -> None:
 @pytest.mark.parametrize(
     ("source", "setup"),
     [
-        ("assert f(x) == y", ""),  # no constant side: the judge runs it
-        ("assert f(1) == g(2)", ""),
-        ("assert f(1) == 1 == g(1)", ""),  # chained
         ("x = f(1)\nassert x == 1", ""),  # more than one statement
         ("def check(c):\n    assert c(1) == 2\ncheck(f)", ""),
-        ("assert check(f(1), 5)", ""),  # the constant is an argument of a function call
         ("assert verify(3)", "def verify(n):\n    return n == 3"),  # the setup's own checker
         ("assert helper(3)", "from math import *"),  # maybe the setup's (star import)
-        ("assert f(1) == 2 or f(1) == 3", ""),
+        ("assert f(1) is g(1)", ""),  # identity of two decoded values means nothing here
+        ("assert decode(encode('a')) == 'a'", "def encode(s):\n    return s"),  # the setup's helper
         ("assert True", ""),
         ("assert f(1) ==", ""),  # does not parse: the judge reports it
     ],

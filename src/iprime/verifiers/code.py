@@ -18,15 +18,17 @@ passed:
   bool, numbers, str, bytes, lists, tuples, dicts, sets; any other object fails) and is
   compared here with the expected value, also unwrapped from a one-element list as the
   APPS/TACO evaluators do.
-* asserts: each snippet is parsed here with :mod:`ast`. One that compares a computed
-  value with a constant (``assert f(x) == 3``, ``!=``, ``<``, ``in``, ``is None``..., also
-  through ``set(...)``, ``sorted(...)``, ``abs(f(x) - 0.5) < 1e-6``, ``math.isclose(...)``)
-  or asserts a call of the candidate's function with constant arguments
-  (``assert is_prime(7)``, ``assert not f(4)``) sends only the computed expressions to
-  the sandbox and evaluates the comparison here: the expected values never enter it.
-  Any other snippet (HumanEval's ``check(candidate)``, LeetCode's multi-line blocks)
-  runs in a separate judge process that holds the test but never the candidate's code;
-  the candidate's functions and objects are remote handles that answer with plain data.
+* asserts: each snippet is parsed here with :mod:`ast`. One ``assert`` the host can evaluate
+  (:func:`plan_assert`: comparisons of any kind, ``is None``/``True``/``False`` included,
+  ``not``/``and``/``or``, arithmetic, subscripts, builtins such as ``set``, ``sorted``, ``abs``,
+  ``isinstance``, and ``math.isclose``/``factorial``/... with the host's own objects) sends only
+  its *holes* to the sandbox, expressions rooted at a name of the candidate's (``f(3)``) with no
+  comparison, builtin or name of the test's in them, and evaluates the rest here with their
+  values (plain data): no expected value and no comparison ever enters the sandbox. Any other
+  snippet (HumanEval's ``check(candidate)``, LeetCode's multi-line blocks, an assert that uses
+  a setup helper or a module the host does not evaluate) runs in a separate judge process that
+  holds the test but never the candidate's code; the candidate's functions and objects are
+  remote handles that answer with plain data, and the test's modules are the judge's own.
 
 **The reward** (``reward=``, the config's ``verify.code_reward``): ``"pass_all"`` is 1.0
 when every test passes, else 0.0; ``"prime"`` is PRIME's scorer's (``prime.py`` and
@@ -52,10 +54,12 @@ the guarantees and their limits.
 from __future__ import annotations
 
 import ast
+import builtins
 import json
 import keyword
 import math
 import re
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -474,10 +478,39 @@ def _short(value: Any, width: int = 80) -> str:
 
 
 # ----------------------------------------------------------------------------- host-judged asserts
+#
+# Where an assert snippet is judged (issue 24). Never in the process that holds the candidate's
+# code, and never with a name of the test taken from the candidate:
+#
+# * on the host (:func:`plan_assert`), from plain data: every comparison (``==``, ``<``, ``in``,
+#   ``is None``/``True``/``False``, chained), ``not``/``and``/``or``, arithmetic, subscripts and
+#   the calls of the builtins and ``math`` functions the test uses (:data:`_SAFE_FUNCS`,
+#   :data:`_SAFE_MATH`), with the host's own builtins and ``math`` module whatever the candidate
+#   or the sandbox bound to those names. The sandbox evaluates only *holes*: expressions rooted
+#   at a name of the candidate's (``f(3)``, ``Solution().two_sum([2, 7], 9)``) made of the
+#   candidate's names, constants, containers, calls, attributes and subscripts alone: no
+#   comparison or boolean operator, no conditional, lambda or comprehension, no builtin (which the
+#   candidate may rebind) and no name of the test's (a helper or import of the setup, a module).
+#   Each hole's value comes back as plain data (:func:`~iprime.verifiers.sandbox.encode_plain`),
+#   so an object with a lying ``__eq__``/``__bool__`` fails, and the source the sandbox sees holds
+#   no expected value for a frame-reading candidate to find.
+# * in the judge process, everything else (several statements, a setup helper, a builtin on the
+#   candidate's side of an input, a module function the host does not know): it runs the setup
+#   and the test but not the candidate's code, whose objects are remote handles answering with
+#   plain data, and binds the test's modules to its own imports (sandbox/runner.py).
+#
+# One name may be the candidate's although it is a builtin's: the task's entry point (MBPP/126
+# asks for a function ``sum``), taken as such when the candidate's code binds it and the test
+# calls it with constant arguments only (``assert sum(10, 15) == 25``); called with anything
+# else (``abs(f(x) - 0.5) < 1e-6``) it is the test's builtin.
 
 
 class _NotHost(Exception):
-    pass
+    """A subexpression the host does not evaluate: it becomes a hole."""
+
+
+class _NotPlannable(Exception):
+    """A hole that may not go to the sandbox: the judge process runs the whole snippet."""
 
 
 _SAFE_FUNCS: dict[str, Callable] = {
@@ -496,8 +529,42 @@ _SAFE_FUNCS: dict[str, Callable] = {
     "float": float,
     "int": int,
     "str": str,
+    "all": all,
+    "any": any,
+    "isinstance": isinstance,
 }
-_SAFE_MATH: dict[str, Callable] = {"isclose": math.isclose, "fabs": math.fabs}
+_SAFE_KEYWORDS = {"sorted": {"reverse"}}
+# Builtin types a test may name as values (``isinstance(f(x), (int, float))``).
+_TYPE_NAMES: dict[str, type] = {
+    t.__name__: t for t in (int, float, complex, str, bytes, bool, list, tuple, dict, set, frozenset)
+}
+# math.factorial's argument is bounded: a value from the sandbox must not make the host compute
+# a million-digit number.
+_MAX_FACTORIAL = 10_000
+
+
+def _factorial(n: Any) -> int:
+    if isinstance(n, int) and n > _MAX_FACTORIAL:
+        raise ValueError(f"factorial argument above {_MAX_FACTORIAL}")
+    return math.factorial(n)
+
+
+_SAFE_MATH: dict[str, Callable] = {
+    "isclose": math.isclose,
+    "fabs": math.fabs,
+    "sqrt": math.sqrt,
+    "floor": math.floor,
+    "ceil": math.ceil,
+    "trunc": math.trunc,
+    "exp": math.exp,
+    "log": math.log,
+    "log2": math.log2,
+    "log10": math.log10,
+    "hypot": math.hypot,
+    "gcd": math.gcd,
+    "factorial": _factorial,
+}
+_MATH_CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau, "inf": math.inf}
 _CONSTANT_TYPES = (int, float, complex, str, bytes, bool, type(None))
 _COMPARE = {
     ast.Eq: lambda a, b: a == b,
@@ -511,6 +578,25 @@ _COMPARE = {
     ast.In: lambda a, b: a in b,
     ast.NotIn: lambda a, b: a not in b,
 }
+# ``is`` means something for plain data only against these (decoding makes them the singletons).
+_SINGLETONS = (None, True, False, Ellipsis)
+# What a hole may not contain: the host makes every comparison and boolean decision, and
+# whatever defines its own scope (a lambda, a comprehension) could hide one.
+_NOT_IN_HOLES = (
+    ast.Compare,
+    ast.BoolOp,
+    ast.IfExp,
+    ast.Lambda,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+    ast.NamedExpr,
+    ast.Await,
+    ast.Yield,
+    ast.YieldFrom,
+    ast.Starred,
+)
 _MAX_PRODUCT = 10**7
 
 
@@ -538,38 +624,182 @@ def _binop(op: ast.operator, a: Any, b: Any) -> Any:
     raise _NotHost
 
 
-def _compile(node: ast.expr, holes: list[str], shadowed: frozenset[str] = frozenset()) -> Callable[[list], Any]:
-    """Compile ``node`` for evaluation on the host; subexpressions outside the safe
-    grammar become *holes* (their source goes to the sandbox, their value comes back).
-    Names in ``shadowed`` (bound by the setup or the candidate's code) are never taken
-    for the builtins of the safe grammar: ``sum(10, 15)`` may be the candidate's ``sum``."""
+@dataclass(frozen=True)
+class _Scope:
+    """Whose each name of an assert is.
+
+    ``test_names``: what the setup binds (its helpers and imports), less the stubs the candidate
+    fills in (:func:`~iprime.verifiers.sandbox.stub_names`); ``setup_imports``: those of them bound
+    by a plain ``import m``; ``setup_star``: the setup star-imports (it may bind any name);
+    ``code_names``: what the candidate's code binds at top level.
+    """
+
+    test_names: frozenset[str]
+    setup_imports: frozenset[str]
+    setup_star: bool
+    code_names: frozenset[str]
+
+    def builtin(self, name: str) -> bool:
+        """``name`` is the test's builtin, evaluated with the host's own."""
+        return hasattr(builtins, name) and name not in self.test_names and not self.setup_star
+
+    def host_math(self) -> bool:
+        """``math`` is the test's math module (the setup imports it, or it is not bound at all:
+        an MBPP row without ``test_imports``), evaluated with the host's own whatever the
+        candidate binds to the name."""
+        return not self.setup_star and ("math" not in self.test_names or "math" in self.setup_imports)
+
+    def candidate(self, name: str, entry_point: bool = False) -> bool:
+        """``name`` is the candidate's (resolved in the sandbox). ``entry_point``: the test calls
+        it with constant arguments only, where a builtin's name the code binds is the task's."""
+        if name in self.test_names or (self.setup_star and name not in self.code_names):
+            return False
+        if hasattr(builtins, name):
+            return entry_point and name in self.code_names
+        return True
+
+
+def _compile(node: ast.expr, holes: list[str], scope: _Scope, truth: bool = False) -> Callable[[list], Any]:
+    """Compile ``node`` for evaluation on the host; a subexpression outside the host's grammar
+    becomes a *hole* (its source goes to the sandbox, its value comes back as plain data) when
+    :func:`_check_hole` allows it, else :class:`_NotPlannable` is raised.
+
+    ``truth``: only the truth value of ``node`` matters (the assert's whole test, an operand of
+    ``not``, of ``and``/``or`` there). A hole there asks the sandbox for the truth value alone
+    (``(True if f(x) else False)``), so ``assert re.match(...)``-style answers that are no plain
+    data still count: the truth of the candidate's value is its whole answer, and no expected
+    value is involved."""
     try:
-        return _compile_safe(node, holes, shadowed)
+        return _compile_safe(node, holes, scope, truth)
     except _NotHost:
+        _check_hole(node, scope)
         index = len(holes)
-        holes.append(ast.unparse(node))
+        holes.append(f"(True if ({ast.unparse(node)}) else False)" if truth else ast.unparse(node))
         return lambda values: values[index]
 
 
-def _compile_safe(node: ast.expr, holes: list[str], shadowed: frozenset[str]) -> Callable[[list], Any]:
+def _pure(node: ast.expr, scope: _Scope) -> bool:
+    """``node`` is computed on the host alone (constants and the test's builtins, no hole)."""
+    holes: list[str] = []
+    try:
+        _compile(node, holes, scope)
+    except _NotPlannable:
+        return False
+    return not holes
+
+
+def _hole_root(node: ast.expr) -> ast.expr:
+    while isinstance(node, (ast.Call, ast.Attribute, ast.Subscript)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node
+
+
+def _check_hole(node: ast.expr, scope: _Scope) -> None:
+    """Raise :class:`_NotPlannable` unless ``node`` may be evaluated in the sandbox: rooted at a
+    name of the candidate's, and holding nothing but the candidate's names, constants,
+    containers, calls, attributes and subscripts (the rule above)."""
+    root = _hole_root(node)
+    if not isinstance(root, ast.Name):
+        raise _NotPlannable
+    entry_point = (
+        isinstance(node, ast.Call)
+        and node.func is root
+        and all(_pure(a, scope) for a in node.args)
+        and all(k.arg is not None and _pure(k.value, scope) for k in node.keywords)
+    )
+    for sub in ast.walk(node):
+        if isinstance(sub, _NOT_IN_HOLES) or (isinstance(sub, ast.UnaryOp) and isinstance(sub.op, ast.Not)):
+            raise _NotPlannable
+        if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name):
+            if sub.value.id in sys.stdlib_module_names:  # a module: the test's, never the candidate's
+                raise _NotPlannable
+        if isinstance(sub, ast.Name) and not scope.candidate(sub.id, entry_point and sub is root):
+            raise _NotPlannable
+
+
+def _compile_call(node: ast.Call, holes: list[str], scope: _Scope) -> Callable[[list], Any]:
+    if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+        raise _NotHost
+    fn, allowed = None, set()
+    if isinstance(node.func, ast.Name):
+        name = node.func.id
+        entry_point = all(_pure(a, scope) for a in node.args) and all(_pure(k.value, scope) for k in node.keywords)
+        if name in _SAFE_FUNCS and scope.builtin(name) and not scope.candidate(name, entry_point):
+            fn, allowed = _SAFE_FUNCS[name], _SAFE_KEYWORDS.get(name, set())
+    elif (
+        isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "math"
+        and scope.host_math()
+        and node.func.attr in _SAFE_MATH
+    ):
+        fn = _SAFE_MATH[node.func.attr]
+        allowed = {"rel_tol", "abs_tol"} if node.func.attr == "isclose" else set()
+    if fn is None or any(k.arg not in allowed for k in node.keywords):
+        raise _NotHost
+    args = [_compile(a, holes, scope) for a in node.args]
+    kwargs = {k.arg: _compile(k.value, holes, scope) for k in node.keywords}
+    return lambda values: fn(*(a(values) for a in args), **{k: v(values) for k, v in kwargs.items()})
+
+
+def _compile_compare(node: ast.Compare, holes: list[str], scope: _Scope) -> Callable[[list], Any]:
+    sides = [node.left, *node.comparators]
+    for i, op in enumerate(node.ops):
+        if isinstance(op, (ast.Is, ast.IsNot)) and not any(
+            isinstance(n, ast.Constant) and any(n.value is s for s in _SINGLETONS) for n in sides[i : i + 2]
+        ):
+            raise _NotHost  # identity of two decoded values means nothing: the judge process runs it
+    parts = [_compile(n, holes, scope) for n in sides]
+    ops = [_COMPARE[type(op)] for op in node.ops]
+
+    def compare(values):
+        a = parts[0](values)
+        for op, right in zip(ops, parts[1:]):
+            b = right(values)
+            if not op(a, b):
+                return False
+            a = b
+        return True
+
+    return compare
+
+
+def _compile_safe(node: ast.expr, holes: list[str], scope: _Scope, truth: bool = False) -> Callable[[list], Any]:
     if isinstance(node, ast.Constant):
         if type(node.value) not in _CONSTANT_TYPES:
             raise _NotHost
         value = node.value
         return lambda values: value
+    if isinstance(node, ast.Name):
+        if node.id not in _TYPE_NAMES or not scope.builtin(node.id):
+            raise _NotHost
+        cls = _TYPE_NAMES[node.id]
+        return lambda values: cls
+    if isinstance(node, ast.Attribute):
+        if not (
+            isinstance(node.value, ast.Name)
+            and node.value.id == "math"
+            and scope.host_math()
+            and node.attr in _MATH_CONSTANTS
+        ):
+            raise _NotHost
+        constant = _MATH_CONSTANTS[node.attr]
+        return lambda values: constant
     if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
         if any(isinstance(e, ast.Starred) for e in node.elts):
             raise _NotHost
-        parts = [_compile(e, holes, shadowed) for e in node.elts]
+        parts = [_compile(e, holes, scope) for e in node.elts]
         build = {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)]
         return lambda values: build(p(values) for p in parts)
     if isinstance(node, ast.Dict):
         if any(k is None for k in node.keys):
             raise _NotHost
-        pairs = [(_compile(k, holes, shadowed), _compile(v, holes, shadowed)) for k, v in zip(node.keys, node.values)]
+        pairs = [(_compile(k, holes, scope), _compile(v, holes, scope)) for k, v in zip(node.keys, node.values)]
         return lambda values: {k(values): v(values) for k, v in pairs}
+    if isinstance(node, ast.Subscript):
+        return _compile_subscript(node, holes, scope)
     if isinstance(node, ast.UnaryOp):
-        operand = _compile(node.operand, holes, shadowed)
+        operand = _compile(node.operand, holes, scope, isinstance(node.op, ast.Not))
         op = {ast.USub: lambda x: -x, ast.UAdd: lambda x: +x, ast.Not: lambda x: not x, ast.Invert: lambda x: ~x}[
             type(node.op)
         ]
@@ -577,54 +807,43 @@ def _compile_safe(node: ast.expr, holes: list[str], shadowed: frozenset[str]) ->
     if isinstance(node, ast.BinOp):
         if not isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)):
             raise _NotHost
-        left, right, op = _compile(node.left, holes, shadowed), _compile(node.right, holes, shadowed), node.op
+        left, right, op = _compile(node.left, holes, scope), _compile(node.right, holes, scope), node.op
         return lambda values: _binop(op, left(values), right(values))
     if isinstance(node, ast.BoolOp):
-        parts = [_compile(v, holes, shadowed) for v in node.values]
-        if isinstance(node.op, ast.And):
-            return lambda values: all(p(values) for p in parts)
-        return lambda values: any(p(values) for p in parts)
+        # Python's values: ``a or b`` is ``a`` when ``a`` is true, else ``b`` (every hole was
+        # evaluated already, so a hole past the deciding operand may have failed the test).
+        parts = [_compile(v, holes, scope, truth) for v in node.values]
+        stop_when = not isinstance(node.op, ast.And)
+
+        def boolop(values):
+            for p in parts:
+                value = p(values)
+                if bool(value) is stop_when:
+                    return value
+            return value
+
+        return boolop
     if isinstance(node, ast.Compare):
-        left = _compile(node.left, holes, shadowed)
-        rights = [_compile(c, holes, shadowed) for c in node.comparators]
-        ops = [_COMPARE[type(op)] for op in node.ops]
-
-        def compare(values):
-            a = left(values)
-            for op, right in zip(ops, rights):
-                b = right(values)
-                if not op(a, b):
-                    return False
-                a = b
-            return True
-
-        return compare
-    if isinstance(node, ast.Call) and not any(isinstance(a, ast.Starred) for a in node.args):
-        fn = None
-        allowed_keywords: set[str] = set()
-        if isinstance(node.func, ast.Name) and node.func.id in _SAFE_FUNCS and node.func.id not in shadowed:
-            fn = _SAFE_FUNCS[node.func.id]
-        elif (
-            isinstance(node.func, ast.Attribute)
-            and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "math"
-            and "math" not in shadowed
-            and node.func.attr in _SAFE_MATH
-        ):
-            fn = _SAFE_MATH[node.func.attr]
-            allowed_keywords = {"rel_tol", "abs_tol"} if node.func.attr == "isclose" else set()
-        if fn is None or any(k.arg not in allowed_keywords for k in node.keywords):
-            raise _NotHost
-        args = [_compile(a, holes, shadowed) for a in node.args]
-        kwargs = {k.arg: _compile(k.value, holes, shadowed) for k in node.keywords}
-        return lambda values: fn(*(a(values) for a in args), **{k: v(values) for k, v in kwargs.items()})
+        return _compile_compare(node, holes, scope)
+    if isinstance(node, ast.Call):
+        return _compile_call(node, holes, scope)
     raise _NotHost
 
 
-def _pure(node: ast.expr, shadowed: frozenset[str] = frozenset()) -> bool:
-    holes: list[str] = []
-    _compile(node, holes, shadowed)
-    return not holes
+def _compile_subscript(node: ast.Subscript, holes: list[str], scope: _Scope) -> Callable[[list], Any]:
+    """``value[index]`` or ``value[lower:upper:step]`` on the host, on plain data."""
+    index = node.slice
+    if isinstance(index, ast.Slice):
+        bounds = [None if b is None else _compile(b, holes, scope) for b in (index.lower, index.upper, index.step)]
+        value = _compile(node.value, holes, scope)
+
+        def key(values):
+            return slice(*(None if b is None else b(values) for b in bounds))
+
+    else:
+        value = _compile(node.value, holes, scope)
+        key = _compile(index, holes, scope)
+    return lambda values: value(values)[key(values)]
 
 
 @dataclass(frozen=True)
@@ -634,13 +853,15 @@ class _HostAssert:
     check: Callable[[list], Any]  # on the host, with their values
 
 
-def _bound_names(source: str) -> tuple[set[str], bool]:
-    """Names ``source`` binds at top level, and whether it has a star import (or does not parse)."""
+def _bound_names(source: str) -> tuple[set[str], set[str], bool]:
+    """Names ``source`` binds at top level, those of them bound by a plain ``import m``, and
+    whether it has a star import (or does not parse)."""
     try:
         tree = ast.parse(source or "")
     except SyntaxError:
-        return set(), True
+        return set(), set(), True
     names: set[str] = set()
+    imports: set[str] = set()
     star = False
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -649,34 +870,27 @@ def _bound_names(source: str) -> tuple[set[str], bool]:
             for alias in node.names:
                 if alias.name == "*":
                     star = True
-                else:
-                    names.add((alias.asname or alias.name).split(".")[0])
+                    continue
+                names.add((alias.asname or alias.name).split(".")[0])
+                if isinstance(node, ast.Import) and alias.asname is None:
+                    imports.add(alias.name.split(".")[0])
         else:
             for sub in ast.walk(node):
                 if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
                     names.add(sub.id)
-    return names, star
-
-
-_SINGLETONS = (None, True, False)
+    return names, imports, star
 
 
 def plan_assert(source: str, setup: str = "", code: str = "") -> _HostAssert | None:
-    """How the host judges assert snippet ``source``, or None if it fits no such pattern.
+    """How the host judges assert snippet ``source`` (one ``assert`` statement, its message
+    ignored), or None where the judge process must run it (the rule in the comment above).
 
-    Patterns (one ``assert`` statement, its message ignored):
-
-    * a comparison with a single operator where one side is built from constants only
-      (and safe builtins: ``set``, ``sorted``, ``abs``, ``round``, ``math.isclose``... unless
-      the setup or the candidate's ``code`` binds that name): the other side's non-constant
-      subexpressions are evaluated in the sandbox, the comparison here;
-    * ``math.isclose(a, b, rel_tol=..., abs_tol=...)`` with ``a`` or ``b`` constant;
-    * ``assert f(consts...)`` / ``assert not f(consts...)`` where ``f`` is not bound by the
-      setup (it is the candidate's), and ``x is None`` / ``is not None`` / ``is True`` /
-      ``is False``: the sandbox computes the truth value (there is no expected value to
-      hide: "true" is all the test asks, and any function can return ``True``).
-
-    The constant side (the expected value) stays on the host.
+    The whole test is compiled for the host (:func:`_compile`): comparisons of any kind,
+    ``not``/``and``/``or``, arithmetic, subscripts, the test's builtins and ``math`` functions.
+    What it cannot evaluate becomes a hole, one expression of the candidate's names the sandbox
+    evaluates and returns as plain data; ``assert f(3)`` is one hole, judged by its truth value
+    here. None when a hole would hold a comparison, a builtin, or a name of the test (a setup
+    helper, a module), or when there is no hole at all (nothing of the candidate's to ask).
     """
     try:
         tree = ast.parse(source)
@@ -684,55 +898,31 @@ def plan_assert(source: str, setup: str = "", code: str = "") -> _HostAssert | N
         return None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
         return None
-    test = tree.body[0].test
-    setup_names, setup_star = _bound_names(setup)
+    setup_names, setup_imports, setup_star = _bound_names(setup)
     setup_names -= stub_names(setup)
-    code_names, code_star = _bound_names(code)
-    shadowed = frozenset(setup_names | code_names)
-    if setup_star or code_star:  # a star import may bind any of them
-        shadowed |= frozenset(_SAFE_FUNCS) | {"math"}
-    pure = lambda node: _pure(node, shadowed)  # noqa: E731
+    code_names, _, _ = _bound_names(code)
+    scope = _Scope(frozenset(setup_names), frozenset(setup_imports & setup_names), setup_star, frozenset(code_names))
     holes: list[str] = []
-    check = None
-    negate = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
-    inner = test.operand if negate else test
-    if (
-        isinstance(test, ast.Compare)
-        and len(test.ops) == 1
-        and isinstance(test.ops[0], (ast.Is, ast.IsNot))
-        and any(isinstance(n, ast.Constant) and n.value in _SINGLETONS for n in (test.left, test.comparators[0]))
-    ):
-        holes.append(f"bool({ast.unparse(test)})")
-        check = lambda values: values[0] is True  # noqa: E731
-    elif isinstance(test, ast.Compare) and len(test.ops) == 1:
-        if pure(test.left) != pure(test.comparators[0]):
-            check = _compile(test, holes, shadowed)
-    elif (
-        isinstance(test, ast.Call)
-        and isinstance(test.func, ast.Attribute)
-        and isinstance(test.func.value, ast.Name)
-        and test.func.value.id == "math"
-        and "math" not in shadowed
-        and test.func.attr == "isclose"
-        and len(test.args) == 2
-        and all(pure(k.value) for k in test.keywords)
-    ):
-        if pure(test.args[0]) != pure(test.args[1]):
-            check = _compile(test, holes, shadowed)
-    elif (
-        isinstance(inner, ast.Call)
-        and isinstance(inner.func, ast.Name)
-        and not setup_star
-        and inner.func.id not in setup_names
-        and (inner.func.id not in _SAFE_FUNCS or inner.func.id in code_names)
-        and all(pure(a) for a in inner.args)
-        and all(k.arg is not None and pure(k.value) for k in inner.keywords)
-    ):
-        holes.append(f"bool({ast.unparse(inner)})")
-        check = (lambda values: values[0] is False) if negate else (lambda values: values[0] is True)
-    if check is None or not holes:
+    try:
+        check = _compile(tree.body[0].test, holes, scope, truth=True)
+    except _NotPlannable:
+        return None
+    if not holes:
+        return None
+    if len(holes) > 1 and any(hasattr(builtins, _hole_root_name(h)) for h in holes):
+        # A builtin's name taken for the task's entry point is the candidate's answer only where
+        # nothing else of the candidate's is asked: ``sorted([3, 1]) == my_sort([3, 1])`` means
+        # the real sorted, which the judge process has.
         return None
     return _HostAssert(source, holes, check)
+
+
+def _hole_root_name(source: str) -> str:
+    node = ast.parse(source, mode="eval").body
+    if isinstance(node, ast.IfExp):  # a truth-tested hole: (True if (expr) else False)
+        node = node.test
+    root = _hole_root(node)
+    return root.id if isinstance(root, ast.Name) else ""
 
 
 # ----------------------------------------------------------------------------- verification

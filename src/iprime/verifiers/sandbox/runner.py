@@ -1093,6 +1093,22 @@ def stub_names(setup: str) -> set[str]:
     }
 
 
+def test_modules(source: str) -> set[str]:
+    """Standard-library modules ``source`` uses by name (``math`` in ``math.isclose(...)``): the
+    names that are the base of an attribute and a module's name."""
+    try:
+        tree = ast.parse(source or "")
+    except (SyntaxError, ValueError, RecursionError):
+        return set()
+    return {
+        node.value.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in sys.stdlib_module_names
+    }
+
+
 def judge_process(job: dict, tests_fd: int, index: int, req_fd: int, resp_fd: int, verdict_fd: int) -> None:
     """In ``J``: run test ``index`` with the solution's names standing for remote objects."""
     deadline = time.monotonic() + float(job["judge_timeout_s"])
@@ -1119,6 +1135,15 @@ def judge_process(job: dict, tests_fd: int, index: int, req_fd: int, resp_fd: in
                 return False
             return not hasattr(builtins, name) and (name not in namespace or name in stubs)
 
+        for name in sorted(test_modules(setup) | test_modules(source)):
+            # The modules the test uses by name are its own, imported here, even where it never
+            # imports them (MBPP rows without test_imports): never a name the candidate bound,
+            # which could be an object posing as the module.
+            if name not in namespace:
+                try:
+                    namespace[name] = importlib.import_module(name)
+                except ImportError:
+                    pass
         for name, module in modules.items():
             # The tests may use what the solution imported (MBPP's do): the judge imports
             # the same standard-library module itself; nothing else is taken.
