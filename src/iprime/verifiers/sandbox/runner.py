@@ -821,11 +821,7 @@ def _fork_test(fn, timeout_s: float, limit: int, *, exit_zero_finishes: bool = F
             except BaseException:  # noqa: BLE001
                 message = "E" + type(exc).__name__
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            except BaseException:  # noqa: BLE001
-                pass
+            _flush_before_exit()
             try:
                 _write_all(write_fd, message.encode(errors="replace"))
             except BaseException:  # noqa: BLE001
@@ -1321,11 +1317,7 @@ class Runner:
             except BaseException:  # noqa: BLE001
                 pass
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            except BaseException:  # noqa: BLE001
-                pass
+            _flush_before_exit()
             os._exit(code)
 
     def wait(self, pids: list[int], deadline: float) -> bool:
@@ -1426,6 +1418,16 @@ class Runner:
         if passed and self.statuses.get(judge) != 0:
             return False, "the judge process did not exit cleanly"
         return passed, str(verdict.get("reason", ""))[:600]
+
+
+def _flush_before_exit() -> None:
+    """Flush stdout and stderr in a child about to ``os._exit``; a failure (a closed or full
+    descriptor, an exception from the program's own stream objects) must not stop the exit."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # noqa: BLE001
+        pass
 
 
 def _kill_uids(uids: set[int]) -> None:
