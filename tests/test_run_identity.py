@@ -448,3 +448,24 @@ def test_a_trainer_resume_past_a_directory_state_pt_equals_the_uninterrupted_run
     with pytest.warns(C.CheckpointWarning, match="step-000002/state.pt: a directory"):
         run(out, 3, resume=True)
     assert metrics(out) == metrics(tmp_path / "whole")
+
+
+def test_sft_and_a_dry_run_name_the_live_holder_of_a_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from iprime.cli import app, prepare_out_dir
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        data = tmp_path / "sft.jsonl"
+        data.write_text(json.dumps({"prompt": "1 + 1 =", "response": "2"}) + "\n")
+        result = CliRunner().invoke(app, ["sft", "--model", "some/model", "--data", str(data), "--out", str(run)])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"is in use by a live run: pid {holder.pid} on host" in text, text
+        with pytest.raises(ValueError, match=rf"in use by a live run: pid {holder.pid} .*--overwrite will not delete"):
+            prepare_out_dir(run, resume=False, overwrite=True, dry_run=True)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -418,8 +418,7 @@ class PrimeTrainer:
         meta = load_run_checkpoint(self.out_dir, *self._parts(), self.dist, restore=self._restore)
         if meta is None:
             return False
-        saved = meta.get("config")
-        changes = config_changes(saved, self.cfg.to_dict()) if isinstance(saved, dict) else []
+        changes = self._config_changes(meta)
         where = f"the config saved with the checkpoint of step {self.step} in {self.out_dir / 'checkpoints'}"
         check_changes(changes, allow_change, where)  # every rank: the same checkpoint, the same command line
         follow_optimizer_settings(self.cfg, self.optimizers, [c.key for c in changes])
@@ -427,6 +426,20 @@ class PrimeTrainer:
         if Capability.SYNC_WEIGHTS in self.generator.capabilities:  # it loaded the starting weights
             self._sync_engine()
         return True
+
+    def _config_changes(self, meta: dict[str, Any]) -> list[Change]:
+        """This config against the one ``meta`` recorded. A policy given in Python (``model``
+        argument, ``model.policy`` unset) counts as the ``model.policy`` it was loaded from, on
+        both sides (``meta["model_source"]``)."""
+        saved = meta.get("config")
+        if not isinstance(saved, dict):
+            return []
+        given = self.cfg.to_dict()
+        for config, source in ((saved, meta.get("model_source")), (given, self.model_source)):
+            model = config.get("model")
+            if isinstance(model, dict) and not model.get("policy") and source:
+                model["policy"] = source
+        return config_changes(saved, given)
 
     def _restore(self, meta: dict[str, Any]) -> None:
         """Everything of a checkpoint's ``meta`` besides the models and optimizers; a missing or
