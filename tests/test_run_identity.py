@@ -188,7 +188,7 @@ def test_a_resume_refuses_fixed_keys_and_applies_changeable_ones(op, tmp_path, t
     refused = op.train(run, *changed, "--resume")
     assert refused.returncode == 2, refused.text[-3000:]
     text = refused.text
-    assert "resume refused: --resume: this config changes 3 key(s) that cannot change in the middle of a run" in text
+    assert "resume refused: this config changes 3 key(s) that cannot change in the middle of a run" in text
     assert f"model.policy: '{op.model}' -> '{tiny_prm_dir}'" in text
     assert "prm.beta: 0.05 -> 0.1" in text and "train.seed: 0 -> 7" in text
     assert "--allow-change model.policy --allow-change prm.beta --allow-change train.seed" in text

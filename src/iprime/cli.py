@@ -14,6 +14,7 @@ import functools
 import os
 import shutil
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
@@ -54,6 +55,25 @@ def _flags_show_no_type() -> None:
 
 
 _flags_show_no_type()
+
+
+def _iprime_warnings_plain() -> None:
+    """Print iprime's own warnings (a skipped checkpoint, a config change applied on resume, a
+    torn metrics line) as ``warning: <message>``: they are messages for whoever runs the
+    command, not for a developer, so without the file, line and source line Python adds.
+    Warnings of other categories (``UserWarning``, third-party libraries) keep Python's format."""
+    shown = warnings.formatwarning
+    if getattr(shown, "_iprime", False):
+        return
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if category.__module__.startswith("iprime."):
+            return f"warning: {message}\n"
+        return shown(message, category, filename, lineno, line)
+
+    formatwarning._iprime = True
+    warnings.formatwarning = formatwarning
+
 
 ROOT_EXAMPLES = """Examples:
 iprime quickstart                                          (tiny model on the CPU: SFT, eval, PRIME, eval)
@@ -98,6 +118,7 @@ def _root(
 ) -> None:
     """iprime: train LLM reasoning with implicit process rewards, and serve the implicit PRM."""
     silence_third_party_progress()
+    _iprime_warnings_plain()
 
 
 @app.command("algo-demo", epilog="Examples:\niprime algo-demo\niprime algo-demo --beta 0.05 --rm-coef 5")

@@ -295,9 +295,7 @@ def check_changes(changes: Iterable[Change], allow: Iterable[str], source: str) 
     refused = [c for c in changes if c.fixed and c.key not in allow]
     if not refused:
         return
-    lines = [
-        f"--resume: this config changes {len(refused)} key(s) that cannot change in the middle of a run ({source}):"
-    ]
+    lines = [f"this config changes {len(refused)} key(s) that cannot change in the middle of a run ({source}):"]
     lines += [f"  {c.text()}   [{group_of(c.key)}]" for c in refused]
     flags = " ".join(f"--allow-change {c.key}" for c in refused)
     lines.append(
