@@ -293,7 +293,7 @@ def test_a_new_learning_rate_reaches_the_optimizer_and_the_schedule_at_the_step_
     new = build_optimizers(cfg, models)
     new.policy.load_state_dict(old.policy.state_dict())
     new.scheduler.load_state_dict(old.scheduler.state_dict())
-    assert new.policy.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor(2, 10, 2, schedule))  # restored: old
+    assert new.policy.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor(3, 10, 2, schedule))  # restored: old
     I.follow_optimizer_settings(cfg, new, ["optim.lr", "train.steps", "optim.weight_decay"])
     group = new.policy.param_groups[0]
     assert group["lr"] == 5e-2 * lr_factor(3, 12, 2, schedule) and group["weight_decay"] == 0.1
