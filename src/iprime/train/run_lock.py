@@ -105,8 +105,9 @@ class RunLock:
 
 
 def _refusal(out_dir: Path, info: dict | None, doing: str) -> RunLockedError:
+    doing = f" {doing}" if doing else ""
     return RunLockedError(
-        f"{out_dir} is in use by a live run: {describe(info)}. {doing} Wait for it to end or stop it "
+        f"{out_dir} is in use by a live run: {describe(info)}.{doing} Wait for it to end or stop it "
         f"(its lock is {out_dir / LOCK_NAME}), or choose another folder."
     )
 
