@@ -51,8 +51,9 @@ from typing import Any
 __all__ = ["HostLimitExceeded", "call_bounded", "warm", "DEFAULT_MEMORY_BYTES", "REPLY_GRACE_S"]
 
 # What a task may allocate above the helper's own size (~30 MiB resident after its imports).
-# An honest sample's values are at most PLAIN_MAX_NODES (1M) parts and result_bytes (64 MiB) of
-# JSON: decoding the largest takes ~400 MiB (measured: benchmarks/host_bounds.py).
+# An honest call's values are at most PLAIN_MAX_NODES (1M) parts and file_size_bytes (16 MiB) of
+# JSON, decoded one call at a time: judging three calls of a million strings each, or a call of
+# 500,000 one-element lists against its expected value, peaked at 240-270 MiB resident (sampled).
 DEFAULT_MEMORY_BYTES = 768 << 20
 # How long past a task's wall limit the caller waits for its reply: the fork, writing the reply.
 REPLY_GRACE_S = 0.5
