@@ -115,6 +115,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.verifiers.math", "math_verify"): "math_verify imports sympy (~1 s); verifier workers load it",
     ("iprime.verifiers.math", "sympy"): "~1 s; for the rare tiny-number comparison only",
     ("iprime.verifiers._pool", "resource"): POSIX_ONLY + "; needed only for a worker memory limit",
+    ("iprime.verifiers.bounded", "resource"): POSIX_ONLY + "; in the bounded helper's task children only",
     # the runner also imports it once before the sandbox is set up (main), while it can still read the stdlib
     ("iprime.verifiers.sandbox.runner", "resource"): POSIX_ONLY + " (the host reads plain data with it)",
     ("iprime.verifiers.sandbox.runner", "fcntl"): POSIX_ONLY + " (the host reads plain data with it)",
