@@ -847,6 +847,19 @@ def _fork_test(fn, timeout_s: float, limit: int, *, exit_zero_finishes: bool = F
     return "error", f"test process {_describe_status(status)} without finishing"
 
 
+def _module_namespace(name: str) -> dict:
+    """A fresh module registered as ``sys.modules[name]``; its ``__dict__`` is the namespace the
+    code runs in. What finds a definition through its module's name finds the candidate's:
+    ``pickle`` (``multiprocessing.Pool.map`` of a function the code defines), ``dataclasses``
+    (which reads ``sys.modules[cls.__module__].__dict__``), ``typing.get_type_hints``. This
+    process (or the forked test child it is in) is the candidate's own, so the registration
+    changes nothing any other process sees."""
+    module = types.ModuleType(name)
+    module.__dict__["__builtins__"] = builtins
+    sys.modules[name] = module
+    return module.__dict__
+
+
 def _load(job: dict, namespace: dict, values_fd: int, with_code: bool) -> bool:
     try:
         setup_code = compile(job.get("setup") or "", "<setup>", "exec")
@@ -895,7 +908,7 @@ def solution_phase(job: dict, values_fd: int, input_fds: list[int | str] | None 
     deadline = time.monotonic() + float(job["deadline_s"])
     test_timeout = float(job["test_timeout_s"])
     limit = int(job["limits"]["file_size_bytes"])
-    namespace: dict = {"__name__": "__solution__", "__builtins__": builtins}
+    namespace = _module_namespace("__solution__")
     if job["mode"] == "calls":
         if not _load(job, namespace, values_fd, with_code=True):
             return
@@ -949,7 +962,8 @@ def solution_phase(job: dict, values_fd: int, input_fds: list[int | str] | None 
                 for fd in open_inputs:  # every input's file: the program keeps only its own, as fd 0
                     os.close(fd)
                 os.close(out_fd)
-                program_ns = dict(namespace, __name__="__main__")
+                program_ns = _module_namespace("__main__")  # as `python program.py` runs it
+                program_ns.update((k, v) for k, v in namespace.items() if k not in program_ns)
                 try:
                     exec(solution_code, program_ns)
                 except SystemExit as exc:  # exit()/sys.exit() ends a stdio program normally
@@ -990,9 +1004,12 @@ class SolutionError(RuntimeError):
 class _Remote:
     """The judge's stand-in for an object that lives in the solution process.
 
-    Calling it or reading an attribute asks the solution process, which answers with
-    plain data or another handle. It has no other behaviour: no ``__eq__`` but identity,
-    no ``__len__``, no iteration, so it never agrees with an expected value by itself.
+    Calling it, reading an attribute or iterating it asks the solution process, which answers
+    with plain data or another handle (iteration: ``iter`` gives a handle to the solution's
+    iterator, each ``next`` its next item, ``StopIteration`` at the end, as a generator the test
+    consumes in process). It has no other behaviour: no ``__eq__`` but identity, no
+    ``__len__``, no ``__contains__`` (``in`` iterates, comparing the plain items here), so it
+    never agrees with an expected value by itself.
     """
 
     __slots__ = ("_ref", "_rpc")
@@ -1008,6 +1025,12 @@ class _Remote:
         if name.startswith("__"):
             raise AttributeError(name)
         return self._rpc.request("getattr", self._ref, name=name)
+
+    def __iter__(self):
+        return self._rpc.request("iter", self._ref)
+
+    def __next__(self):
+        return self._rpc.request("next", self._ref)
 
     def __setattr__(self, name, value) -> None:
         raise AttributeError("objects of the solution are read-only to the tests")
@@ -1049,13 +1072,72 @@ class _RpcClient:
             raise TypeError(str(exc)) from None
         _write_all(self.req_fd, (json.dumps({"op": op, "ref": ref, **payload}) + "\n").encode())
         answer = self.receive()
+        if op == "call":
+            self._copy_back(answer.get("mutated"), fields.get("args", []), fields.get("kwargs", {}))
         if "error" in answer:
-            name, text = (list(answer["error"]) + ["", ""])[:2]
-            cls = getattr(builtins, str(name), None)
-            if not (isinstance(cls, type) and issubclass(cls, Exception)):
-                cls = SolutionError
-            raise cls(f"{str(text)[:500]}")
+            raise self._exception(answer["error"])
         return self._decode(answer.get("value"))
+
+    def _exception(self, error) -> Exception:
+        """The test's exception for the solution's: the builtin class nearest it (a candidate's
+        ``class NegativeError(ValueError)`` is a ``ValueError`` here) with the same ``args``
+        when they are plain data (``str(e)`` and ``e.args`` as the test would see them in
+        process), else the solution's text."""
+        name, text, args = (list(error) + ["", "", None])[:3] if type(error) is list else ("", "", None)
+        cls = getattr(builtins, str(name), None)
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            cls = SolutionError
+        if args is not None and cls is not SolutionError:
+            try:
+                return cls(*decode_plain(args))
+            except Exception:  # noqa: BLE001 - args the class does not take, or not plain data
+                pass
+        return cls(f"{str(text)[:500]}")
+
+    def _copy_back(self, mutated, args: list, kwargs: dict) -> None:
+        """Apply to the test's own arguments what the call changed in the solution's copies
+        (``a = [3, 1]; sort_in_place(a); assert a == [1, 3]``): arguments cross the pipe as plain
+        data, so without this an in-place change would be lost."""
+        if type(mutated) is not dict:
+            return
+        for where, key, data in [("a", i, d) for i, d in (mutated.get("args") or [])] + [
+            ("k", k, d) for k, d in (mutated.get("kwargs") or [])
+        ]:
+            try:
+                target = args[int(key)] if where == "a" else kwargs[str(key)]
+                _assign_in_place(target, self._decode(data))
+            except (LookupError, TypeError, ValueError):
+                continue
+
+
+def _assign_in_place(target, value) -> bool:
+    """Make the container ``target`` equal to ``value`` in place, keeping the identity of
+    ``target`` and, where the shapes agree, of the containers inside it (a test may hold a row
+    of the matrix it passed). False when ``target`` cannot take ``value`` in place (another
+    type, an immutable value): its holder keeps it, as a call in process would leave it."""
+    if type(target) is list and type(value) is list:
+        if len(target) == len(value):
+            for i, item in enumerate(value):
+                if not _assign_in_place(target[i], item):
+                    target[i] = item
+        else:
+            target[:] = value
+        return True
+    if type(target) is dict and type(value) is dict:
+        for key in [k for k in target if k not in value]:
+            del target[key]
+        for key, item in value.items():
+            if not (key in target and _assign_in_place(target[key], item)):
+                target[key] = item
+        return True
+    if type(target) is set and type(value) is set:
+        target.clear()
+        target.update(value)
+        return True
+    if type(target) is tuple and type(value) is tuple and len(target) == len(value):
+        # A tuple cannot change, but the lists inside it can.
+        return all(_assign_in_place(t, v) or t == v for t, v in zip(target, value))
+    return False
 
 
 def stub_names(setup: str) -> set[str]:
@@ -1170,7 +1252,7 @@ def judge_process(job: dict, tests_fd: int, index: int, req_fd: int, resp_fd: in
 
 def rpc_server(job: dict, req_fd: int, resp_fd: int) -> None:
     """In the solution process of a judged test: load the code, then answer the judge."""
-    namespace: dict = {"__name__": "__solution__", "__builtins__": builtins}
+    namespace = _module_namespace("__solution__")
     if not _load(job, namespace, resp_fd, with_code=False):
         return
     before = {name: id(value) for name, value in namespace.items()}
@@ -1208,6 +1290,8 @@ def rpc_server(job: dict, req_fd: int, resp_fd: int) -> None:
         line = reader.readline(None)
         if line is None:
             return
+        answer: dict = {}
+        args, kwargs = [], {}
         try:
             request = json.loads(line)
             target = objects[int(request["ref"])]
@@ -1217,15 +1301,51 @@ def rpc_server(job: dict, req_fd: int, resp_fd: int) -> None:
                 result = target(*args, **{str(k): v for k, v in kwargs.items()})
             elif request["op"] == "getattr":
                 result = getattr(target, str(decode_plain(request["name"])))
+            elif request["op"] == "iter":
+                result = iter(target)
+            elif request["op"] == "next":
+                result = next(target)
             else:
                 raise ValueError(f"unknown request {request['op']!r}")
-            answer = {"value": encode_plain(result, handle)}
+            answer["value"] = encode_plain(result, handle)
         except BaseException as exc:  # noqa: BLE001 - the judge sees the exception
-            if isinstance(exc, SystemExit):
-                answer = {"error": ["SystemExit", f"exit({exc.code!r}) called"]}
-            else:
-                answer = {"error": [type(exc).__name__, str(_short_exc(exc))]}
+            answer["error"] = _error_answer(exc)
+        if args or kwargs:  # also after an exception: what the call changed before it raised
+            answer["mutated"] = _mutated(request, args, kwargs, handle)
         _write_all(resp_fd, (json.dumps(answer, separators=(",", ":")) + "\n").encode())
+
+
+def _error_answer(exc: BaseException) -> list:
+    """``[builtin class name, text, args]`` of the solution's exception for the judge
+    (:meth:`_RpcClient._exception`): the nearest builtin class in its MRO, its message, and its
+    ``args`` as plain data (None when they are not)."""
+    if isinstance(exc, SystemExit):
+        return ["SystemExit", f"exit({exc.code!r}) called", None]
+    base = next((c for c in type(exc).__mro__ if getattr(builtins, c.__name__, None) is c), BaseException)
+    try:
+        args = encode_plain(tuple(BaseException.args.__get__(exc)))
+    except BaseException:  # noqa: BLE001 - args that are not plain data, or a hostile args attribute
+        args = None
+    return [base.__name__, str(_short_exc(exc)), args]
+
+
+def _mutated(request: dict, args: list, kwargs: dict, handle) -> dict:
+    """``{"args": [[i, value]...], "kwargs": [[name, value]...]}``: each container argument of a
+    call whose plain-data encoding the call changed (an in-place change), encoded for the judge."""
+    sent_args = dict(enumerate(request["args"][1]))
+    sent_kwargs = {pair[0]: pair[1] for pair in request["kwargs"][1]}
+    changed: dict = {"args": [], "kwargs": []}
+    for where, items, sent in (("args", enumerate(args), sent_args), ("kwargs", kwargs.items(), sent_kwargs)):
+        for key, value in items:
+            if type(value) not in (list, dict, set, tuple):
+                continue
+            try:
+                now = encode_plain(value, handle)
+            except BaseException:  # noqa: BLE001 - made unencodable (a cycle): the test keeps its own
+                continue
+            if now != sent.get(key):
+                changed[where].append([key, now])
+    return changed
 
 
 # ----------------------------------------------------------------------------- the runner
