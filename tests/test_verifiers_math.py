@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 import threading
 import time
 
@@ -175,3 +177,77 @@ def test_final_statement_reading() -> None:
     # a box or "the answer is" comes first
     assert extract_final_answer("The answer is 4. So x = 5.") == "4"
     assert extract_final_answer("\\boxed{3} and x = 5.") == "3"
+
+
+# ------------------------------------------------------------------ box reading is linear
+
+
+# The per-box scanner last_boxed used before (kept as the reference): it scanned from every box
+# to the end of the text, quadratic in a response of unclosed boxes.
+def _reference_brace_group(text: str, start: int) -> tuple[str, int] | None:
+    if start >= len(text) or text[start] != "{":
+        return None
+    depth, i = 0, start
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+        i += 1
+    return None
+
+
+def _reference_last_boxed(text: str, strict: bool = False) -> str | None:
+    for match in reversed(list(re.finditer(r"\\(?:boxed|fbox)(?![A-Za-z])", text))):
+        pos = match.end()
+        if strict:
+            if match.group(0) != "\\boxed" or not text.startswith("{", pos):
+                continue
+            group = _reference_brace_group(text, pos)
+            return None if group is None else group[0].strip()
+        while pos < len(text) and text[pos] == " ":
+            pos += 1
+        if pos < len(text) and text[pos] == "{":
+            group = _reference_brace_group(text, pos)
+            if group is not None:
+                return group[0].strip()
+            continue
+        token = re.match(r"[^\s$]+", text[pos:])
+        if match.end() < pos and token:
+            return token.group(0).strip()
+    return None
+
+
+class TestBoxReadingIsLinear:
+    """Math responses of unclosed boxes read at once (the same host-side bound as issue 24's item 4
+    for code blocks): 100k unclosed ``\\boxed{`` took minutes with a scan from each box."""
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "\\boxed{" * 50_000,
+            "\\boxed{\\boxed{\\[" * 30_000,
+            "\\fbox{{" * 50_000 + "}",
+            "\\boxed " * 50_000,
+            "$$\\boxed{" * 60_000,
+        ],
+    )
+    def test_hostile_response_reads_fast(self, text: str) -> None:
+        start = time.monotonic()
+        extract_final_answer(text)
+        last_boxed(text, strict=True)
+        assert time.monotonic() - start < 3.0
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_same_boxes_as_the_per_box_scanner(self, seed: int) -> None:
+        rng = random.Random(seed)
+        pieces = ["\\boxed", "\\fbox", "{", "}", "\\{", "\\}", "\\", " ", "x", "1", "$", "\n", "\\boxedx"]
+        for _ in range(5000):
+            text = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 12)))
+            for strict in (False, True):
+                assert last_boxed(text, strict=strict) == _reference_last_boxed(text, strict), repr(text)
