@@ -134,20 +134,33 @@ def extract_final_answer(text: str) -> str | None:
 
 
 def strip_math_delimiters(text: str) -> str:
-    """Remove surrounding ``$``/``\\(``/``\\[`` delimiters and trailing periods."""
-    s = text.strip()
+    """Remove surrounding ``$``/``\\(``/``\\[`` delimiters and trailing periods.
+
+    Works on the bounds ``[i, j)`` of ``text`` rather than on sliced copies, so nested delimiters
+    and runs of periods cost time linear in the text (slicing a copy per layer was quadratic:
+    100k nested ``\\( \\)`` took seconds)."""
+    i, j = _strip_bounds(text, 0, len(text))
     changed = True
-    while changed and s:
+    while changed and i < j:
         changed = False
         for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-            if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
-                s = s[len(left) : len(s) - len(right)].strip()
+            if j - i >= len(left) + len(right) and text.startswith(left, i, j) and text.endswith(right, i, j):
+                i, j = _strip_bounds(text, i + len(left), j - len(right))
                 changed = True
-        # A final answer never ends in a period; it is the sentence's.
-        if s.endswith("."):
-            s = s[:-1].rstrip()
+        # A final answer never ends in a period; it is the sentence's (the spaces between go too).
+        while i < j and (text[j - 1] == "." or text[j - 1].isspace()):
+            j -= 1
             changed = True
-    return s
+    return text[i:j]
+
+
+def _strip_bounds(text: str, i: int, j: int) -> tuple[int, int]:
+    """``[i, j)`` less the whitespace at both ends (``text[i:j].strip()``, without the copy)."""
+    while i < j and text[i].isspace():
+        i += 1
+    while j > i and text[j - 1].isspace():
+        j -= 1
+    return i, j
 
 
 # A fence's language tag: the longest run of these characters right after its backticks.
