@@ -738,3 +738,59 @@ case(
     md("print(sum(map(int, input().split())))\n"),
     {"inputs": ["4 5"], "outputs": ["9"]},
 )
+
+# ------------------------------------------------------------------ benchmark-shaped tests
+
+F = "benchmark-shaped tests"
+HE_PROMPT = (
+    'from typing import List\n\n\ndef evens(xs: List[int]) -> List[int]:\n    """Even numbers of xs, in order."""\n'
+)
+HE_TESTS = {
+    "setup": HE_PROMPT,
+    "asserts": [
+        "def check(candidate):\n    assert candidate([1, 2, 3, 4]) == [2, 4]\n    assert candidate([]) == []\n"
+        "    assert list(candidate([6])) == [6]\n\ncheck(evens)"
+    ],
+}
+case(
+    F,
+    "humaneval_check_chatty_with_helper",
+    md(
+        "from typing import List\n\ndef _is_even(x):\n    return x % 2 == 0\n\n"
+        "def evens(xs: List[int]) -> List[int]:\n    out = [x for x in xs if _is_even(x)]\n"
+        "    print('evens ->', out)\n    return out\n"
+    ),
+    HE_TESTS,
+    wrong=md("def evens(xs):\n    return [x for x in xs if x % 2]\n"),
+)
+case(
+    F,
+    "humaneval_body_only_completion",
+    "```python\n    return [x for x in xs if x % 2 == 0]\n```",
+    HE_TESTS,
+    limit="a response that is only the body of the prompt's function (an indented block) is dedented and runs "
+    "as a module, where `return` is outside a function: the program must define the function, as the "
+    "prompt's stub is the test's setup and not joined to the response",
+)
+case(
+    F,
+    "mbpp_with_test_imports",
+    md("import math\n\ndef hyp(a, b):\n    return math.sqrt(a * a + b * b)\n"),
+    {"setup": "import math", "asserts": ["assert math.isclose(hyp(3, 4), 5.0)", "assert hyp(5, 12) == 13"]},
+)
+case(
+    F,
+    "leetcode_block",
+    md(
+        "from typing import List\n\nclass Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n"
+        "        seen = {}\n        for i, x in enumerate(nums):\n            if target - x in seen:\n"
+        "                return [seen[target - x], i]\n            seen[x] = i\n        return []\n"
+    ),
+    {
+        "setup": "from typing import *",
+        "asserts": [
+            "my_solution = Solution()\nassert my_solution.twoSum([2, 7, 11, 15], 9) == [0, 1]\n"
+            "assert sorted(my_solution.twoSum([3, 2, 4], 6)) == [1, 2]"
+        ],
+    },
+)
