@@ -444,6 +444,87 @@ case(
     {"asserts": ["a = [1, 2, 3]\nassert reverse(a) is None\nassert a == [3, 2, 1]"]},
 )
 
+# A call's in-place changes land when the test statement that made the call ends (the judge's
+# _Deferred): from the next statement on, in a function of the test, after a loop, in the block
+# after a header that made the call, in the handler of the exception the call raised.
+REMOVE_DUPLICATES = md(
+    "class Solution:\n    def removeDuplicates(self, nums):\n        k = 0\n        for x in nums:\n"
+    "            if k == 0 or nums[k - 1] != x:\n                nums[k] = x\n                k += 1\n"
+    "        return k\n"
+)
+case(
+    F,
+    "in_place_in_check_candidate",
+    md(SORT_IN_PLACE),
+    {
+        "asserts": [
+            "def check(candidate):\n    a = [3, 1, 2]\n    candidate(a)\n    assert a == [1, 2, 3]\n\n"
+            "check(sort_in_place)"
+        ]
+    },
+    wrong=md("def sort_in_place(a):\n    a.reverse()\n"),
+)
+case(
+    F,
+    "in_place_in_a_loop_then_assert",
+    md(SORT_IN_PLACE),
+    {
+        "asserts": [
+            "rows = [[3, 1], [2, 1, 0]]\nfor r in rows:\n    sort_in_place(r)\nassert rows == [[1, 3], [0, 1, 2]]"
+        ]
+    },
+    wrong=md("def sort_in_place(a):\n    a.sort(reverse=True)\n"),
+)
+case(
+    F,
+    "in_place_count_in_if_header",
+    REMOVE_DUPLICATES,
+    {
+        "asserts": [
+            "nums = [1, 1, 2]\nif Solution().removeDuplicates(nums) == 2:\n"
+            "    assert nums[:2] == [1, 2]\nelse:\n    assert False"
+        ]
+    },
+)
+case(
+    F,
+    "in_place_in_a_test_helper",
+    REMOVE_DUPLICATES,
+    {
+        "asserts": [
+            "def run(nums):\n    k = Solution().removeDuplicates(nums)\n    return nums[:k]\n\n"
+            "assert run([1, 1, 2, 2, 3]) == [1, 2, 3]"
+        ]
+    },
+)
+case(
+    F,
+    "in_place_through_a_returning_wrapper",
+    md(SORT_IN_PLACE),
+    {"asserts": ["def run(a):\n    return sort_in_place(a)\n\na = [2, 1]\nrun(a)\nassert a == [1, 2]"]},
+)
+case(
+    F,
+    "in_place_in_a_while_condition",
+    md("def pop_min(a):\n    a.sort()\n    return a.pop(0)\n"),
+    {"asserts": ["a = [5, 1, 3]\nout = []\nwhile a:\n    out.append(pop_min(a))\nassert out == [1, 3, 5] and a == []"]},
+)
+case(
+    F,
+    "in_place_then_raise",
+    md("def drain(a):\n    a.clear()\n    raise ValueError('empty')\n"),
+    {"asserts": ["a = [1]\ntry:\n    drain(a)\nexcept ValueError:\n    assert a == []\nelse:\n    assert False"]},
+)
+case(
+    F,
+    "in_place_read_in_the_same_statement",
+    md(SORT_IN_PLACE),
+    {"asserts": ["a = [3, 1, 2]\nassert sort_in_place(a) is None and a == [1, 2, 3]"]},
+    limit="a call's in-place changes reach the test when the statement that made the call ends: within it the "
+    "test sees its arguments as it built them, so that no expected value it computes from them after the call "
+    "(assert f(d) == sorted(d)) is in the candidate's reach; read them on the next statement",
+)
+
 # ------------------------------------------------------------------ code blocks: lists, fences, backticks
 
 F = "code blocks in lists, fences, backticks"

@@ -1042,8 +1042,9 @@ class _Remote:
 class _RpcClient:
     """The judge's end of the pipe pair to the solution process."""
 
-    def __init__(self, req_fd: int, resp_fd: int, deadline: float) -> None:
+    def __init__(self, req_fd: int, resp_fd: int, deadline: float, deferred: _Deferred) -> None:
         self.req_fd, self.reader, self.deadline = req_fd, _LineReader(resp_fd, _RPC_LIMIT), deadline
+        self.deferred = deferred
 
     def _handle(self, value) -> int:
         if type(value) is _Remote:
@@ -1095,9 +1096,10 @@ class _RpcClient:
         return cls(f"{str(text)[:500]}")
 
     def _copy_back(self, mutated, args: list, kwargs: dict) -> None:
-        """Apply to the test's own arguments what the call changed in the solution's copies
-        (``a = [3, 1]; sort_in_place(a); assert a == [1, 3]``): arguments cross the pipe as plain
-        data, so without this an in-place change would be lost."""
+        """Hand :attr:`deferred` what the call changed in the solution's copies of the test's
+        arguments, for the test's own objects (``a = [3, 1]; sort_in_place(a); assert a == [1, 3]``):
+        arguments cross the pipe as plain data, so without this an in-place change would be lost.
+        The change lands when the test statement that made the call ends (:class:`_Deferred`)."""
         if type(mutated) is not dict:
             return
         for where, key, data in [("a", i, d) for i, d in (mutated.get("args") or [])] + [
@@ -1105,7 +1107,7 @@ class _RpcClient:
         ]:
             try:
                 target = args[int(key)] if where == "a" else kwargs[str(key)]
-                _assign_in_place(target, self._decode(data))
+                self.deferred.record(target, self._decode(data))
             except (LookupError, TypeError, ValueError):
                 continue
 
@@ -1138,6 +1140,81 @@ def _assign_in_place(target, value) -> bool:
         # A tuple cannot change, but the lists inside it can.
         return all(_assign_in_place(t, v) or t == v for t, v in zip(target, value))
     return False
+
+
+# The judge's hooks in the test's code (:func:`defer_changes`): dunder names, which the candidate
+# cannot take (judge_process binds none of its names that starts with "__"). A code object that
+# names the flush hook is a *statement frame*'s: the test's module or one of its instrumented
+# functions.
+_FLUSH = "__iprime_judge_flush__"
+_LEAVE = "__iprime_judge_leave__"
+
+
+def _statement_frame(frame):
+    """The innermost frame from ``frame`` outwards that runs the test's statements (its module or
+    an instrumented function), or None. Lambdas, comprehensions, generator functions and class
+    bodies are not statement frames: what they do belongs to the statement that runs them."""
+    while frame is not None and _FLUSH not in frame.f_code.co_names:
+        frame = frame.f_back
+    return frame
+
+
+class _Deferred:
+    """A call's in-place changes to the test's arguments, held until the test statement that made
+    the call ends (issue 24): within one statement the test sees its arguments as the statement
+    found them, so an expected value it computes from an argument after the call
+    (``assert f(d) == sorted(d)``, ``== len(d)``, a comprehension over ``d``) is out of the
+    candidate's reach; from the next statement on (``f(nums)`` then ``assert nums == [...]``;
+    ``k = f(nums)`` then ``nums[:k]``) the test sees them, as in process.
+
+    Each change is ``(frame, target, value)``: the statement frame that was running the call
+    (:func:`_statement_frame`), the test's object and the plain value the call left in the
+    solution's copy. ``flush`` (after every statement, and first in every block after a header:
+    :func:`defer_changes`) applies the changes of its own frame only, so a statement of a test
+    helper called in the middle of another statement does not apply that statement's changes.
+    ``leave`` (when an instrumented function exits, by ``return`` or an exception) hands its
+    frame's changes to the statement that called it: a ``return candidate(x)`` ends with the
+    caller's statement. A statement that raises keeps its changes for its frame's next flush
+    (first in the ``except`` block that catches it): the call ended, and in process the test
+    would see what it changed before raising."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[object, object, object]] = []
+
+    def record(self, target, value) -> None:
+        frame = _statement_frame(sys._getframe(1))
+        if frame is None:  # no test statement is running: nothing can compare against it
+            _apply([(None, target, value)])
+        else:
+            self.pending.append((frame, target, value))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        frame = sys._getframe(1)
+        mine = [p for p in self.pending if p[0] is frame]
+        self.pending = [p for p in self.pending if p[0] is not frame]
+        _apply(mine)
+
+    def leave(self) -> None:
+        if not self.pending:
+            return
+        frame = sys._getframe(1)
+        outer = _statement_frame(frame.f_back)
+        handed = [(outer, t, v) for f, t, v in self.pending if f is frame]
+        self.pending = [p for p in self.pending if p[0] is not frame]
+        if outer is None:
+            _apply(handed)
+        else:
+            self.pending += handed
+
+
+def _apply(changes: list) -> None:
+    for _, target, value in changes:
+        try:
+            _assign_in_place(target, value)
+        except (LookupError, TypeError, ValueError):  # as a copy the test's object cannot take
+            continue
 
 
 def stub_names(setup: str) -> set[str]:
@@ -1187,6 +1264,84 @@ def test_modules(source: str) -> set[str]:
     }
 
 
+# try/except and, from Python 3.11, try/except*.
+_TRY = (ast.Try, ast.TryStar) if hasattr(ast, "TryStar") else (ast.Try,)
+
+
+def _hook(name: str, where: ast.AST) -> ast.stmt:
+    """``name()`` as a statement, at the location of ``where`` (the test's line numbers stay)."""
+    call = ast.Expr(ast.Call(ast.Name(name, ast.Load()), [], []))
+    return ast.fix_missing_locations(ast.copy_location(call, where))
+
+
+def _is_generator(node: ast.FunctionDef) -> bool:
+    """``node`` yields (a generator function): its frame runs between its consumer's statements."""
+
+    def walk(n):
+        for child in ast.iter_child_nodes(n):
+            if isinstance(child, (ast.Yield, ast.YieldFrom)):
+                return True
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)) and walk(child):
+                return True
+        return False
+
+    return walk(node)
+
+
+def _flushed(body: list[ast.stmt], *, first: bool) -> list[ast.stmt]:
+    """``body`` with a flush after each statement (its nested blocks done too), and one first
+    when ``first`` (a block after a header: the header's calls land before the block runs)."""
+    out = [_hook(_FLUSH, body[0])] if first and body else []
+    for stmt in body:
+        out += [_instrument(stmt), _hook(_FLUSH, stmt)]
+    return out
+
+
+def _instrument(stmt: ast.stmt) -> ast.stmt:
+    """``stmt`` with its blocks flushed (:func:`_flushed`); a function's body also ends, by
+    ``return`` or an exception, with ``leave`` (``try: ... finally: leave()``). Generator and
+    async functions and class bodies are left as they are (not statement frames, see
+    :func:`_statement_frame`), but the methods of a class are instrumented."""
+    if isinstance(stmt, ast.FunctionDef) and not _is_generator(stmt):
+        doc = stmt.body[:1] if ast.get_docstring(stmt, clean=False) is not None else []
+        rest = stmt.body[len(doc) :] or [ast.copy_location(ast.Pass(), stmt)]
+        guarded = ast.Try(body=_flushed(rest, first=False), handlers=[], orelse=[], finalbody=[_hook(_LEAVE, rest[-1])])
+        stmt.body = doc + [ast.copy_location(guarded, rest[0])]
+    elif isinstance(stmt, ast.ClassDef):
+        stmt.body = [_instrument(s) if isinstance(s, (ast.FunctionDef, ast.ClassDef)) else s for s in stmt.body]
+    elif isinstance(stmt, (ast.If, ast.For, ast.While)):
+        stmt.body, stmt.orelse = _flushed(stmt.body, first=True), _flushed(stmt.orelse, first=True)
+    elif isinstance(stmt, ast.With):
+        stmt.body = _flushed(stmt.body, first=True)
+    elif isinstance(stmt, _TRY):
+        stmt.body, stmt.orelse = _flushed(stmt.body, first=True), _flushed(stmt.orelse, first=True)
+        stmt.finalbody = _flushed(stmt.finalbody, first=True)
+        for handler in stmt.handlers:
+            handler.body = _flushed(handler.body, first=True)
+    elif isinstance(stmt, ast.Match):
+        for case in stmt.cases:
+            case.body = _flushed(case.body, first=True)
+    return stmt
+
+
+def defer_changes(source: str) -> ast.Module:
+    """The test's (or setup's) code with the judge's statement hooks (:class:`_Deferred`): a flush
+    after every statement of every block, first in every block after a header (``if``/``while``
+    test, ``for`` iterable, ``with`` items, an exception caught), and a ``leave`` when a function
+    of the test ends. A header's own expression runs with its calls' changes deferred, as one
+    statement. The module's docstring and ``from __future__`` imports stay first. Line numbers are
+    the test's own. Raises SyntaxError as ``compile`` would."""
+    tree = ast.parse(source, mode="exec")
+    head = 0
+    while head < len(tree.body) and (
+        (head == 0 and ast.get_docstring(tree, clean=False) is not None)
+        or (isinstance(tree.body[head], ast.ImportFrom) and tree.body[head].module == "__future__")
+    ):
+        head += 1
+    tree.body = tree.body[:head] + _flushed(tree.body[head:], first=False)
+    return tree
+
+
 def judge_process(job: dict, tests_fd: int, index: int, req_fd: int, resp_fd: int, verdict_fd: int) -> None:
     """In ``J``: run test ``index`` with the solution's names standing for remote objects."""
     deadline = time.monotonic() + float(job["judge_timeout_s"])
@@ -1195,13 +1350,15 @@ def judge_process(job: dict, tests_fd: int, index: int, req_fd: int, resp_fd: in
         judged = json.loads(os.pread(tests_fd, size, 0))
         os.close(tests_fd)
         setup, source = judged["setup"], judged["tests"][index]
-        rpc = _RpcClient(req_fd, resp_fd, deadline)
+        deferred = _Deferred()
+        rpc = _RpcClient(req_fd, resp_fd, deadline, deferred)
         hello = rpc.receive()
         if "load_error" in hello:
             send(verdict_fd, passed=False, reason=str(hello["load_error"])[:600], load_error=True)
             return
         namespace: dict = {"__name__": "__solution__", "__builtins__": builtins}
-        exec(compile(setup or "", "<setup>", "exec"), namespace)
+        namespace[_FLUSH], namespace[_LEAVE] = deferred.flush, deferred.leave
+        exec(compile(defer_changes(setup or ""), "<setup>", "exec"), namespace)
         stubs = stub_names(setup)
         names = hello.get("names")
         modules = hello.get("modules")
@@ -1234,7 +1391,7 @@ def judge_process(job: dict, tests_fd: int, index: int, req_fd: int, resp_fd: in
             if free(name):
                 namespace[name] = rpc._decode(data)
         try:
-            test_code = compile(source, f"<test {index}>", "exec")
+            test_code = compile(defer_changes(source), f"<test {index}>", "exec")
         except SyntaxError as exc:
             send(verdict_fd, passed=False, reason="test does not compile: " + _short_exc(exc))
             return
