@@ -4,6 +4,7 @@ the regular expressions it replaced returned."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
@@ -36,6 +37,14 @@ HOSTILE = {
     # (A valid 500k-character program takes the parser about 0.7 s: linear, but too close to
     # the bound for a slow machine, so it is not a case here.)
     "double_backticks": "`` " * (N // 3),
+    # Fences inside lines of code, which do not close a block: each is looked at once.
+    "inline_runs": "```python\n" + "x```y" * (N // 5),
+    "inline_runs_spaced": "```python\n" + "x ``` " * (N // 6),
+    "spaces_then_run": "```python\n" + " " * N + "```x",
+    "tilde_runs": "~~~" * (N // 3),
+    "tilde_fence_lines": "~~~\n" * (N // 4),
+    "indented_block": "```python\n" + "  x\n" * (N // 4) + "```",
+    "deep_then_shallow_indents": "```python\n" + " " * N + "x\n" + "".join(" " * k + "x\n" for k in range(300, 0, -1)),
 }
 
 
@@ -60,27 +69,56 @@ class TestExtractionIsLinear:
         assert time.monotonic() - start < 2.0
 
 
-# The regular expressions the linear reader replaced (kept here as the reference).
-_FENCE_RE = re.compile(r"```([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
-_OPEN_FENCE_RE = re.compile(r"```([A-Za-z0-9_+.-]*)[^\n]*\n(.*)\Z", re.DOTALL)
-_PARTIAL_FENCE_RE = re.compile(r"\n[ \t]*`{1,2}[ \t]*\Z")
+# The rule the linear reader implements, written the obvious (quadratic) way as the reference:
+# a block opens at a run of 3+ fence characters, its tag is the tag characters after the run,
+# and it closes at the first later run of 3+ that stands alone at the start or at the end of its
+# line; an unclosed last block runs to the end, less a cut closing fence of one or two.
+_TAG_RE = re.compile(r"[A-Za-z0-9_+.-]*")
+_PARTIAL_FENCE_RE = {"`": re.compile(r"\n[ \t]*`{1,2}[ \t]*\Z"), "~": re.compile(r"\n[ \t]*~{1,2}[ \t]*\Z")}
 
 
-def reference_blocks(text: str) -> list[tuple[str, str]]:
-    matches = list(_FENCE_RE.finditer(text))
-    blocks = [(m.group(1), m.group(2)) for m in matches]
-    opened = _OPEN_FENCE_RE.search(text, matches[-1].end() if matches else 0)
-    if opened is not None:
-        blocks.append((opened.group(1), _PARTIAL_FENCE_RE.sub("\n", opened.group(2))))
-    return blocks
+def _closer(text: str, run: re.Match) -> bool:
+    line_start = text.rfind("\n", 0, run.start()) + 1
+    line_end = text.find("\n", run.end())
+    line_end = len(text) if line_end < 0 else line_end
+    return not text[line_start : run.start()].strip(" \t\r") or not text[run.end() : line_end].strip(" \t\r")
+
+
+def reference_blocks(text: str, mark: str = "`") -> list[tuple[str, str]]:
+    runs = list(re.finditer(re.escape(mark) + "{3,}", text))
+    blocks, pos = [], 0
+    while True:
+        opening = next((r for r in runs if r.start() >= pos), None)
+        if opening is None or "\n" not in text[opening.end() :]:
+            return blocks
+        newline = text.index("\n", opening.end())
+        tag = _TAG_RE.match(text, opening.end()).group()
+        closing = next((r for r in runs if r.start() > newline and _closer(text, r)), None)
+        if closing is None:
+            body = text[newline + 1 :]
+            return blocks + [(tag, _PARTIAL_FENCE_RE[mark].sub("\n", body))]
+        blocks.append((tag, text[newline + 1 : closing.start()]))
+        pos = closing.end()
 
 
 def reference_extract(text: str) -> str | None:
     blocks = reference_blocks(text)
+    if not blocks and "```" not in text and "~~~" in text:
+        blocks = reference_blocks(text, "~")
     if not blocks:
         return extract_code(text) if "```" not in text else None  # the unfenced rule is unchanged
     python_blocks = [body for lang, body in blocks if lang.lower() in ("python", "py", "python3")]
-    return python_blocks[-1] if python_blocks else blocks[-1][1]
+    return reference_dedent(python_blocks[-1] if python_blocks else blocks[-1][1])
+
+
+def reference_dedent(code: str) -> str:
+    """Less the longest indentation every non-blank line starts with."""
+    lines = code.split("\n")
+    indents = [line[: len(line) - len(line.lstrip(" \t"))] for line in lines if line.strip()]
+    margin = os.path.commonprefix(indents) if indents else ""
+    if not margin:
+        return code
+    return "\n".join(line[len(margin) :] if line.startswith(margin) else line.lstrip(" \t") for line in lines)
 
 
 class TestSameResultsAsTheRegularExpressions:
@@ -100,6 +138,11 @@ class TestSameResultsAsTheRegularExpressions:
             "```python\na\n```\n```\nb",
             "x = 1\n",
             "",
+            "1. Code:\n   ```python\n   def f():\n       return 1\n   ```\n",
+            '```python\ns = "```"\nt = 1\n```\n',
+            "~~~python\nx = 1\n~~~\n",
+            "```python\nx = 1```\n",
+            "```python\r\nx = 1\r\n```\r\n",
         ],
     )
     def test_examples(self, text: str) -> None:
@@ -108,7 +151,23 @@ class TestSameResultsAsTheRegularExpressions:
     @pytest.mark.parametrize("seed", range(5))
     def test_random_responses(self, seed: int) -> None:
         rng = random.Random(seed)
-        pieces = ["`", "```", "```python", "```py", "```Py3", "\n", " ", "\t", "x", "=", "1", "c++", "``"]
+        pieces = [
+            "`",
+            "```",
+            "```python",
+            "```py",
+            "```Py3",
+            "\n",
+            " ",
+            "\t",
+            "x",
+            "=",
+            "1",
+            "c++",
+            "``",
+            "~~~",
+            "\r\n",
+        ]
         for _ in range(2000):
             text = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 14)))
             assert extract_code(text) == reference_extract(text), repr(text)

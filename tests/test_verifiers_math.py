@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 import threading
 import time
 
@@ -9,7 +11,12 @@ import pytest
 
 from iprime.data.boxed import last_boxed
 from iprime.verifiers import verify_math, verify_math_detailed
-from iprime.verifiers.extract import answer_is_fallback, extract_final_answer, final_statement_answer
+from iprime.verifiers.extract import (
+    answer_is_fallback,
+    extract_final_answer,
+    final_statement_answer,
+    strip_math_delimiters,
+)
 from iprime.verifiers.rows import aime_golds, amc_golds, math500_golds, minerva_golds, olympiadbench_golds
 
 
@@ -175,3 +182,100 @@ def test_final_statement_reading() -> None:
     # a box or "the answer is" comes first
     assert extract_final_answer("The answer is 4. So x = 5.") == "4"
     assert extract_final_answer("\\boxed{3} and x = 5.") == "3"
+
+
+# ------------------------------------------------------------------ box reading is linear
+
+
+# The per-box scanner last_boxed used before (kept as the reference): it scanned from every box
+# to the end of the text, quadratic in a response of unclosed boxes.
+def _reference_brace_group(text: str, start: int) -> tuple[str, int] | None:
+    if start >= len(text) or text[start] != "{":
+        return None
+    depth, i = 0, start
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+        i += 1
+    return None
+
+
+def _reference_last_boxed(text: str, strict: bool = False) -> str | None:
+    for match in reversed(list(re.finditer(r"\\(?:boxed|fbox)(?![A-Za-z])", text))):
+        pos = match.end()
+        if strict:
+            if match.group(0) != "\\boxed" or not text.startswith("{", pos):
+                continue
+            group = _reference_brace_group(text, pos)
+            return None if group is None else group[0].strip()
+        while pos < len(text) and text[pos] == " ":
+            pos += 1
+        if pos < len(text) and text[pos] == "{":
+            group = _reference_brace_group(text, pos)
+            if group is not None:
+                return group[0].strip()
+            continue
+        token = re.match(r"[^\s$]+", text[pos:])
+        if match.end() < pos and token:
+            return token.group(0).strip()
+    return None
+
+
+class TestBoxReadingIsLinear:
+    """Math answers read in time linear in the response (the host-side bound issue 24's item 4 sets
+    for code blocks): unclosed boxes (10k ``\\boxed{`` took 52 s with a scan from each box), runs
+    of periods and nested delimiters (1.28M periods took 44 s, one sliced copy per period)."""
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "\\boxed{" * 50_000,
+            "\\boxed{\\boxed{\\[" * 30_000,
+            "\\fbox{{" * 50_000 + "}",
+            "\\boxed " * 50_000,
+            "$$\\boxed{" * 60_000,
+            # Final statements: a run of periods, nested delimiters (each layer was a sliced copy).
+            "." * 400_000,
+            ". " * 200_000,
+            "\\(" * 100_000 + "x" + "\\)" * 100_000,
+            "$" * 400_000,
+        ],
+    )
+    def test_hostile_response_reads_fast(self, text: str) -> None:
+        start = time.monotonic()
+        extract_final_answer(text)
+        last_boxed(text, strict=True)
+        assert time.monotonic() - start < 3.0
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_same_boxes_as_the_per_box_scanner(self, seed: int) -> None:
+        rng = random.Random(seed)
+        pieces = ["\\boxed", "\\fbox", "{", "}", "\\{", "\\}", "\\", " ", "x", "1", "$", "\n", "\\boxedx"]
+        for _ in range(5000):
+            text = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 12)))
+            for strict in (False, True):
+                assert last_boxed(text, strict=strict) == _reference_last_boxed(text, strict), repr(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "stripped"),
+    [
+        ("$x$.", "x"),
+        ("\\( \\[ 5 \\] \\) . .", "5"),
+        ("$x.$", "x"),
+        ("$$ $1$ $$", "1"),
+        ("x . .  .", "x"),
+        ("\\(\\)", ""),
+        ("$", "$"),
+        ("  3.5 ", "3.5"),
+    ],
+)
+def test_strip_math_delimiters(text: str, stripped: str) -> None:
+    assert strip_math_delimiters(text) == stripped

@@ -29,29 +29,34 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _INT = re.compile(r"[+-]?\d+")
 
 
-def _brace_group(text: str, start: int) -> tuple[str, int] | None:
-    """``(content, end)`` of the brace group opening at ``text[start]``; ``None`` if it never closes.
+def _brace_ends(text: str) -> dict[int, int]:
+    """``{i: j}`` for every brace group of ``text``: ``text[i]`` its opening ``{``, ``text[j - 1]``
+    the ``}`` that closes it; an opening brace that never closes has no entry. One pass.
 
     Escaped braces (``\\{`` and ``\\}``) are literal text, not grouping, so set answers such
-    as ``\\boxed{\\{1,2\\}}`` keep their inner braces.
+    as ``\\boxed{\\{1,2\\}}`` keep their inner braces. A box's ``{`` follows ``\\boxed`` or
+    spaces, never a backslash, so the pass reads it as an opening brace, as a scan starting there
+    would; one pass for all the boxes of a response, where a scan from each box to its end made
+    a response of unclosed boxes quadratic (a few thousand ``\\boxed{`` took seconds).
     """
-    if start >= len(text) or text[start] != "{":
-        return None
-    depth = 0
-    i = start
+    ends: dict[int, int] = {}
+    opened: list[int] = []
+    i = 0
     while i < len(text):
         ch = text[i]
         if ch == "\\":
             i += 2  # skip the escaped character, whatever it is
             continue
         if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
+            opened.append(i)
+        elif ch == "}" and opened:
+            ends[opened.pop()] = i + 1
         i += 1
-    return None  # unbalanced: the box was never closed
+    return ends
+
+
+# The brace-less "\boxed 5" form: one token up to whitespace or "$".
+_TOKEN = re.compile(r"[^\s$]+")
 
 
 def last_boxed(text: str, *, strict: bool = False) -> str | None:
@@ -60,26 +65,28 @@ def last_boxed(text: str, *, strict: bool = False) -> str | None:
     Nested braces are kept (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``). Lenient (default):
     the last *complete* ``\\boxed{...}`` / ``\\fbox{...}`` or brace-less ``\\boxed 5`` (one token
     up to whitespace or ``$``); unclosed boxes are skipped. ``strict``: the last ``\\boxed{...}``
-    only, and ``None`` when that box is unclosed (see the module docstring for why).
+    only, and ``None`` when that box is unclosed (see the module docstring for why). Linear in
+    ``text`` (:func:`_brace_ends`).
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
+    ends: dict[int, int] | None = None
     for match in reversed(list(_BOX_RE.finditer(text))):
         pos = match.end()
         if strict:
             if match.group(0) != "\\boxed" or not text.startswith("{", pos):
                 continue
-            group = _brace_group(text, pos)
-            return None if group is None else group[0].strip()
+            end = _brace_ends(text).get(pos)
+            return None if end is None else text[pos + 1 : end - 1].strip()
         while pos < len(text) and text[pos] == " ":
             pos += 1
         if pos < len(text) and text[pos] == "{":
-            group = _brace_group(text, pos)
-            if group is not None:
-                return group[0].strip()
+            ends = _brace_ends(text) if ends is None else ends
+            end = ends.get(pos)
+            if end is not None:
+                return text[pos + 1 : end - 1].strip()
             continue
-        # "\boxed 5" form: a single token.
-        token = re.match(r"[^\s$]+", text[pos:])
+        token = _TOKEN.match(text, pos)
         if match.end() < pos and token:
             return token.group(0).strip()
     return None

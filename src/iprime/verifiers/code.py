@@ -547,6 +547,10 @@ _SAFE_FUNCS: dict[str, Callable] = {
     "isinstance": isinstance,
 }
 _SAFE_KEYWORDS = {"sorted": {"reverse"}}
+# The builtins whose first argument is any iterable: a hole there is iterated in the sandbox
+# (``[*(f(x))]``, no name the candidate could rebind), so ``list(gen(3))`` and ``sum(map(...))``
+# judge a generator, a map or a dict view by its items, as in process.
+_ITERABLE_FIRST = frozenset({"list", "tuple", "set", "frozenset", "sorted", "sum", "min", "max", "all", "any"})
 # Builtin types a test may name as values (``isinstance(f(x), (int, float))``).
 _TYPE_NAMES: dict[str, type] = {
     t.__name__: t for t in (int, float, complex, str, bytes, bool, list, tuple, dict, set, frozenset)
@@ -672,7 +676,9 @@ class _Scope:
         return True
 
 
-def _compile(node: ast.expr, holes: list[str], scope: _Scope, truth: bool = False) -> Callable[[list], Any]:
+def _compile(
+    node: ast.expr, holes: list[str], scope: _Scope, truth: bool = False, items: bool = False
+) -> Callable[[list], Any]:
     """Compile ``node`` for evaluation on the host; a subexpression outside the host's grammar
     becomes a *hole* (its source goes to the sandbox, its value comes back as plain data) when
     :func:`_check_hole` allows it, else :class:`_NotPlannable` is raised.
@@ -681,13 +687,18 @@ def _compile(node: ast.expr, holes: list[str], scope: _Scope, truth: bool = Fals
     ``not``, of ``and``/``or`` there). A hole there asks the sandbox for the truth value alone
     (``(True if f(x) else False)``), so ``assert re.match(...)``-style answers that are no plain
     data still count: the truth of the candidate's value is its whole answer, and no expected
-    value is involved."""
+    value is involved.
+
+    ``items``: ``node`` is the iterable argument of a builtin that only iterates it
+    (:data:`_ITERABLE_FIRST`). A hole there asks for its items (``[*(f(x))]``), so a generator
+    or a ``map`` object, which is no plain data, still answers ``list(f(x)) == [...]``."""
     try:
         return _compile_safe(node, holes, scope, truth)
     except _NotHost:
         _check_hole(node, scope)
         index = len(holes)
-        holes.append(f"(True if ({ast.unparse(node)}) else False)" if truth else ast.unparse(node))
+        source = ast.unparse(node)
+        holes.append(f"(True if ({source}) else False)" if truth else f"[*({source})]" if items else source)
         return lambda values: values[index]
 
 
@@ -750,7 +761,10 @@ def _compile_call(node: ast.Call, holes: list[str], scope: _Scope) -> Callable[[
         allowed = {"rel_tol", "abs_tol"} if node.func.attr == "isclose" else set()
     if fn is None or any(k.arg not in allowed for k in node.keywords):
         raise _NotHost
-    args = [_compile(a, holes, scope) for a in node.args]
+    name = node.func.id if isinstance(node.func, ast.Name) else None
+    # min/max take an iterable only as their one positional argument; sum's first is always one.
+    iterated = name in _ITERABLE_FIRST and (len(node.args) == 1 or name == "sum")
+    args = [_compile(a, holes, scope, items=iterated and i == 0) for i, a in enumerate(node.args)]
     kwargs = {k.arg: _compile(k.value, holes, scope) for k in node.keywords}
     return lambda values: fn(*(a(values) for a in args), **{k: v(values) for k, v in kwargs.items()})
 
@@ -934,6 +948,8 @@ def _hole_root_name(source: str) -> str:
     node = ast.parse(source, mode="eval").body
     if isinstance(node, ast.IfExp):  # a truth-tested hole: (True if (expr) else False)
         node = node.test
+    if isinstance(node, ast.List) and len(node.elts) == 1 and isinstance(node.elts[0], ast.Starred):
+        node = node.elts[0].value  # an iterated hole: [*(expr)]
     root = _hole_root(node)
     return root.id if isinstance(root, ast.Name) else ""
 

@@ -10,6 +10,7 @@ box reader (lenient here: the last complete box).
 from __future__ import annotations
 
 import ast
+import os
 import re
 
 from iprime.data.boxed import last_boxed
@@ -133,20 +134,33 @@ def extract_final_answer(text: str) -> str | None:
 
 
 def strip_math_delimiters(text: str) -> str:
-    """Remove surrounding ``$``/``\\(``/``\\[`` delimiters and trailing periods."""
-    s = text.strip()
+    """Remove surrounding ``$``/``\\(``/``\\[`` delimiters and trailing periods.
+
+    Works on the bounds ``[i, j)`` of ``text`` rather than on sliced copies, so nested delimiters
+    and runs of periods cost time linear in the text (slicing a copy per layer was quadratic:
+    100k nested ``\\( \\)`` took seconds)."""
+    i, j = _strip_bounds(text, 0, len(text))
     changed = True
-    while changed and s:
+    while changed and i < j:
         changed = False
         for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-            if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
-                s = s[len(left) : len(s) - len(right)].strip()
+            if j - i >= len(left) + len(right) and text.startswith(left, i, j) and text.endswith(right, i, j):
+                i, j = _strip_bounds(text, i + len(left), j - len(right))
                 changed = True
-        # A final answer never ends in a period; it is the sentence's.
-        if s.endswith("."):
-            s = s[:-1].rstrip()
+        # A final answer never ends in a period; it is the sentence's (the spaces between go too).
+        while i < j and (text[j - 1] == "." or text[j - 1].isspace()):
+            j -= 1
             changed = True
-    return s
+    return text[i:j]
+
+
+def _strip_bounds(text: str, i: int, j: int) -> tuple[int, int]:
+    """``[i, j)`` less the whitespace at both ends (``text[i:j].strip()``, without the copy)."""
+    while i < j and text[i].isspace():
+        i += 1
+    while j > i and text[j - 1].isspace():
+        j -= 1
+    return i, j
 
 
 # A fence's language tag: the longest run of these characters right after its backticks.
@@ -171,11 +185,11 @@ def _fence_tag(text: str, start: int, end: int) -> str:
     return text[start:stop]
 
 
-def _drop_cut_fence(body: str) -> str:
-    """``body`` less a last line of one or two backticks (a closing fence cut at the token
+def _drop_cut_fence(body: str, mark: str = "`") -> str:
+    """``body`` less a last line of one or two fence characters (a closing fence cut at the token
     limit), between spaces or tabs: ``"x = 1\\n ``\t"`` -> ``"x = 1\\n"``."""
     cut = body.rstrip(" \t")
-    ticks = len(cut) - len(cut.rstrip("`"))
+    ticks = len(cut) - len(cut.rstrip(mark))
     if ticks not in (1, 2):
         return body
     line_start = cut[:-ticks].rstrip(" \t")
@@ -184,36 +198,86 @@ def _drop_cut_fence(body: str) -> str:
     return line_start
 
 
-def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+# What may stand beside a closing fence on its line.
+_FENCE_LINE_SPACE = frozenset(" \t\r")
+
+
+def _run_end(text: str, start: int, mark: str) -> int:
+    """The end of the run of ``mark`` characters that starts at ``text[start]``."""
+    end = start
+    while end < len(text) and text[end] == mark:
+        end += 1
+    return end
+
+
+def _closes_line(text: str, start: int, end: int) -> bool:
+    """Whether the fence run ``text[start:end]`` can close a block: nothing but spaces before it
+    on its line (a fence line, as Markdown has it), or nothing but spaces after it (a fence
+    glued to the last line of code, ``return x```). A run inside a line of code, such as the
+    one in ``s = "```"``, is part of the program. Each scan stops at the first other character,
+    so the scans of successive runs never overlap: linear in all."""
+    before = start - 1
+    while before >= 0 and text[before] in _FENCE_LINE_SPACE:
+        before -= 1
+    if before < 0 or text[before] == "\n":
+        return True
+    after = end
+    while after < len(text) and text[after] in _FENCE_LINE_SPACE:
+        after += 1
+    return after == len(text) or text[after] == "\n"
+
+
+def _fenced_blocks(text: str, fence: str = "```") -> list[tuple[str, str]]:
     """``[(language tag, body), ...]`` of the response's fenced blocks, in order; in one pass.
 
-    A block opens at three backticks; its language tag is the run of tag characters after them,
-    the rest of that line is ignored, and its body runs from the next line to the next three
-    backticks (the closing fence). A last opening fence without a closing one (a response cut
-    at the token limit) gives a block to the end of the text, less a cut closing fence
-    (:func:`_drop_cut_fence`). Each search starts where the previous one ended, so the work is
-    linear in the response: the regular expressions this replaces
-    (``````([A-Za-z0-9_+.-]*)[^\\n]*\\n(.*?)`````` and its unclosed twin) rescanned the rest of
-    the text from every backtick of a fence without a newline after it, quadratic in a response
-    of backticks. Where a fence has no newline after it, no later one has, and where a body has
-    no closing fence, no later body has, so stopping there loses no block they would find.
+    ``fence`` is ```` ``` ```` or ``~~~`` (Markdown's two fences). A block opens at a run of three
+    or more fence characters; its language tag is the run of tag characters after them, the rest
+    of that line is ignored, and its body runs from the next line to the closing fence: the next
+    run of three or more that stands alone at the start of its line or at the end of its line
+    (:func:`_closes_line`), so a fence inside a string of the program (``s = "```"``) does not
+    end it. A last opening fence without a closing one (a response cut at the token limit)
+    gives a block to the end of the text, less a cut closing fence (:func:`_drop_cut_fence`).
+    Each search starts where the previous one ended, and every run is skipped whole, so the
+    work is linear in the response: the regular expressions this replaces
+    (``````([A-Za-z0-9_+.-]*)[^\\n]*\\n(.*?)`````` and its unclosed twin) rescanned the rest
+    of the text from every backtick of a fence without a newline after it, quadratic in a
+    response of backticks. Where a fence has no newline after it, no later one has, and where a
+    body has no closing fence, no later body has, so stopping there loses no block.
     """
+    mark = fence[0]
     blocks: list[tuple[str, str]] = []
     pos = 0
     while True:
-        opening = text.find("```", pos)
+        opening = text.find(fence, pos)
         if opening < 0:
             return blocks
-        newline = text.find("\n", opening + 3)
+        tag_start = _run_end(text, opening, mark)
+        newline = text.find("\n", tag_start)
         if newline < 0:
             return blocks
-        tag = _fence_tag(text, opening + 3, newline)
-        closing = text.find("```", newline + 1)
-        if closing < 0:
-            blocks.append((tag, _drop_cut_fence(text[newline + 1 :])))
-            return blocks
+        tag = _fence_tag(text, tag_start, newline)
+        search = newline + 1
+        while True:
+            closing = text.find(fence, search)
+            if closing < 0:
+                blocks.append((tag, _drop_cut_fence(text[newline + 1 :], mark)))
+                return blocks
+            search = _run_end(text, closing, mark)
+            if _closes_line(text, closing, search):
+                break
         blocks.append((tag, text[newline + 1 : closing]))
-        pos = closing + 3
+        pos = search
+
+
+def _dedent(code: str) -> str:
+    """``code`` less the indentation all its non-blank lines share: a block written inside a
+    Markdown list is indented as a whole, which no Python program is (it would not compile)."""
+    lines = code.split("\n")
+    margins = [line[: len(line) - len(line.lstrip(" \t"))] for line in lines if line.strip()]
+    margin = os.path.commonprefix(margins) if margins else ""  # linear: compares min and max only
+    if not margin:
+        return code
+    return "\n".join(line[len(margin) :] if line.startswith(margin) else line.lstrip(" \t") for line in lines)
 
 
 def extract_code(text: str) -> str | None:
@@ -231,14 +295,18 @@ def extract_code(text: str) -> str | None:
 
     Unlike the original, a ```py (or ```python3, ```Python) block counts as Python, and an
     untagged block is taken when there is no Python one: the original's split reads only the
-    exact tag ```python and otherwise runs the prose before the first fence.
+    exact tag ```python and otherwise runs the prose before the first fence. Three more shapes
+    a policy writes run as it meant them: a fence inside the program's strings does not end the
+    block (:func:`_fenced_blocks`); a block indented as a whole (inside a numbered list) is
+    dedented (:func:`_dedent`); a response fenced only with ``~~~`` is read as one fenced with
+    backticks.
     """
     blocks = _fenced_blocks(text)
+    if not blocks and "```" not in text and "~~~" in text:
+        blocks = _fenced_blocks(text, "~~~")
     if not blocks:
         if "```" not in text and text.strip() and _parses_as_python(text):
             return text
         return None
     python_blocks = [body for lang, body in blocks if lang.lower() in _PYTHON_TAGS]
-    if python_blocks:
-        return python_blocks[-1]
-    return blocks[-1][1]
+    return _dedent(python_blocks[-1] if python_blocks else blocks[-1][1])

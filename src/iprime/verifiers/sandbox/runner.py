@@ -847,6 +847,19 @@ def _fork_test(fn, timeout_s: float, limit: int, *, exit_zero_finishes: bool = F
     return "error", f"test process {_describe_status(status)} without finishing"
 
 
+def _module_namespace(name: str) -> dict:
+    """A fresh module registered as ``sys.modules[name]``; its ``__dict__`` is the namespace the
+    code runs in. What finds a definition through its module's name finds the candidate's:
+    ``pickle`` (``multiprocessing.Pool.map`` of a function the code defines), ``dataclasses``
+    (which reads ``sys.modules[cls.__module__].__dict__``), ``typing.get_type_hints``. This
+    process (or the forked test child it is in) is the candidate's own, so the registration
+    changes nothing any other process sees."""
+    module = types.ModuleType(name)
+    module.__dict__["__builtins__"] = builtins
+    sys.modules[name] = module
+    return module.__dict__
+
+
 def _load(job: dict, namespace: dict, values_fd: int, with_code: bool) -> bool:
     try:
         setup_code = compile(job.get("setup") or "", "<setup>", "exec")
@@ -895,7 +908,7 @@ def solution_phase(job: dict, values_fd: int, input_fds: list[int | str] | None 
     deadline = time.monotonic() + float(job["deadline_s"])
     test_timeout = float(job["test_timeout_s"])
     limit = int(job["limits"]["file_size_bytes"])
-    namespace: dict = {"__name__": "__solution__", "__builtins__": builtins}
+    namespace = _module_namespace("__solution__")
     if job["mode"] == "calls":
         if not _load(job, namespace, values_fd, with_code=True):
             return
@@ -949,7 +962,8 @@ def solution_phase(job: dict, values_fd: int, input_fds: list[int | str] | None 
                 for fd in open_inputs:  # every input's file: the program keeps only its own, as fd 0
                     os.close(fd)
                 os.close(out_fd)
-                program_ns = dict(namespace, __name__="__main__")
+                program_ns = _module_namespace("__main__")  # as `python program.py` runs it
+                program_ns.update((k, v) for k, v in namespace.items() if k not in program_ns)
                 try:
                     exec(solution_code, program_ns)
                 except SystemExit as exc:  # exit()/sys.exit() ends a stdio program normally
@@ -990,9 +1004,12 @@ class SolutionError(RuntimeError):
 class _Remote:
     """The judge's stand-in for an object that lives in the solution process.
 
-    Calling it or reading an attribute asks the solution process, which answers with
-    plain data or another handle. It has no other behaviour: no ``__eq__`` but identity,
-    no ``__len__``, no iteration, so it never agrees with an expected value by itself.
+    Calling it, reading an attribute or iterating it asks the solution process, which answers
+    with plain data or another handle (iteration: ``iter`` gives a handle to the solution's
+    iterator, each ``next`` its next item, ``StopIteration`` at the end, as a generator the test
+    consumes in process). It has no other behaviour: no ``__eq__`` but identity, no
+    ``__len__``, no ``__contains__`` (``in`` iterates, comparing the plain items here), so it
+    never agrees with an expected value by itself.
     """
 
     __slots__ = ("_ref", "_rpc")
@@ -1009,6 +1026,12 @@ class _Remote:
             raise AttributeError(name)
         return self._rpc.request("getattr", self._ref, name=name)
 
+    def __iter__(self):
+        return self._rpc.request("iter", self._ref)
+
+    def __next__(self):
+        return self._rpc.request("next", self._ref)
+
     def __setattr__(self, name, value) -> None:
         raise AttributeError("objects of the solution are read-only to the tests")
 
@@ -1019,8 +1042,9 @@ class _Remote:
 class _RpcClient:
     """The judge's end of the pipe pair to the solution process."""
 
-    def __init__(self, req_fd: int, resp_fd: int, deadline: float) -> None:
+    def __init__(self, req_fd: int, resp_fd: int, deadline: float, deferred: _Deferred) -> None:
         self.req_fd, self.reader, self.deadline = req_fd, _LineReader(resp_fd, _RPC_LIMIT), deadline
+        self.deferred = deferred
 
     def _handle(self, value) -> int:
         if type(value) is _Remote:
@@ -1049,13 +1073,148 @@ class _RpcClient:
             raise TypeError(str(exc)) from None
         _write_all(self.req_fd, (json.dumps({"op": op, "ref": ref, **payload}) + "\n").encode())
         answer = self.receive()
+        if op == "call":
+            self._copy_back(answer.get("mutated"), fields.get("args", []), fields.get("kwargs", {}))
         if "error" in answer:
-            name, text = (list(answer["error"]) + ["", ""])[:2]
-            cls = getattr(builtins, str(name), None)
-            if not (isinstance(cls, type) and issubclass(cls, Exception)):
-                cls = SolutionError
-            raise cls(f"{str(text)[:500]}")
+            raise self._exception(answer["error"])
         return self._decode(answer.get("value"))
+
+    def _exception(self, error) -> Exception:
+        """The test's exception for the solution's: the builtin class nearest it (a candidate's
+        ``class NegativeError(ValueError)`` is a ``ValueError`` here) with the same ``args``
+        when they are plain data (``str(e)`` and ``e.args`` as the test would see them in
+        process), else the solution's text."""
+        name, text, args = (list(error) + ["", "", None])[:3] if type(error) is list else ("", "", None)
+        cls = getattr(builtins, str(name), None)
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            cls = SolutionError
+        if args is not None and cls is not SolutionError:
+            try:
+                return cls(*decode_plain(args))
+            except Exception:  # noqa: BLE001 - args the class does not take, or not plain data
+                pass
+        return cls(f"{str(text)[:500]}")
+
+    def _copy_back(self, mutated, args: list, kwargs: dict) -> None:
+        """Hand :attr:`deferred` what the call changed in the solution's copies of the test's
+        arguments, for the test's own objects (``a = [3, 1]; sort_in_place(a); assert a == [1, 3]``):
+        arguments cross the pipe as plain data, so without this an in-place change would be lost.
+        The change lands when the test statement that made the call ends (:class:`_Deferred`)."""
+        if type(mutated) is not dict:
+            return
+        for where, key, data in [("a", i, d) for i, d in (mutated.get("args") or [])] + [
+            ("k", k, d) for k, d in (mutated.get("kwargs") or [])
+        ]:
+            try:
+                target = args[int(key)] if where == "a" else kwargs[str(key)]
+                self.deferred.record(target, self._decode(data))
+            except (LookupError, TypeError, ValueError):
+                continue
+
+
+def _assign_in_place(target, value) -> bool:
+    """Make the container ``target`` equal to ``value`` in place, keeping the identity of
+    ``target`` and, where the shapes agree, of the containers inside it (a test may hold a row
+    of the matrix it passed). False when ``target`` cannot take ``value`` in place (another
+    type, an immutable value): its holder keeps it, as a call in process would leave it."""
+    if type(target) is list and type(value) is list:
+        if len(target) == len(value):
+            for i, item in enumerate(value):
+                if not _assign_in_place(target[i], item):
+                    target[i] = item
+        else:
+            target[:] = value
+        return True
+    if type(target) is dict and type(value) is dict:
+        for key in [k for k in target if k not in value]:
+            del target[key]
+        for key, item in value.items():
+            if not (key in target and _assign_in_place(target[key], item)):
+                target[key] = item
+        return True
+    if type(target) is set and type(value) is set:
+        target.clear()
+        target.update(value)
+        return True
+    if type(target) is tuple and type(value) is tuple and len(target) == len(value):
+        # A tuple cannot change, but the lists inside it can.
+        return all(_assign_in_place(t, v) or t == v for t, v in zip(target, value))
+    return False
+
+
+# The judge's hooks in the test's code (:func:`defer_changes`): dunder names, which the candidate
+# cannot take (judge_process binds none of its names that starts with "__"). A code object that
+# names the flush hook is a *statement frame*'s: the test's module or one of its instrumented
+# functions.
+_FLUSH = "__iprime_judge_flush__"
+_LEAVE = "__iprime_judge_leave__"
+
+
+def _statement_frame(frame):
+    """The innermost frame from ``frame`` outwards that runs the test's statements (its module or
+    an instrumented function), or None. Lambdas, comprehensions, generator functions and class
+    bodies are not statement frames: what they do belongs to the statement that runs them."""
+    while frame is not None and _FLUSH not in frame.f_code.co_names:
+        frame = frame.f_back
+    return frame
+
+
+class _Deferred:
+    """A call's in-place changes to the test's arguments, held until the test statement that made
+    the call ends (issue 24): within one statement the test sees its arguments as the statement
+    found them, so an expected value it computes from an argument after the call
+    (``assert f(d) == sorted(d)``, ``== len(d)``, a comprehension over ``d``) is out of the
+    candidate's reach; from the next statement on (``f(nums)`` then ``assert nums == [...]``;
+    ``k = f(nums)`` then ``nums[:k]``) the test sees them, as in process.
+
+    Each change is ``(frame, target, value)``: the statement frame that was running the call
+    (:func:`_statement_frame`), the test's object and the plain value the call left in the
+    solution's copy. ``flush`` (after every statement, and first in every block after a header:
+    :func:`defer_changes`) applies the changes of its own frame only, so a statement of a test
+    helper called in the middle of another statement does not apply that statement's changes.
+    ``leave`` (when an instrumented function exits, by ``return`` or an exception) hands its
+    frame's changes to the statement that called it: a ``return candidate(x)`` ends with the
+    caller's statement. A statement that raises keeps its changes for its frame's next flush
+    (first in the ``except`` block that catches it): the call ended, and in process the test
+    would see what it changed before raising."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[object, object, object]] = []
+
+    def record(self, target, value) -> None:
+        frame = _statement_frame(sys._getframe(1))
+        if frame is None:  # no test statement is running: nothing can compare against it
+            _apply([(None, target, value)])
+        else:
+            self.pending.append((frame, target, value))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        frame = sys._getframe(1)
+        mine = [p for p in self.pending if p[0] is frame]
+        self.pending = [p for p in self.pending if p[0] is not frame]
+        _apply(mine)
+
+    def leave(self) -> None:
+        if not self.pending:
+            return
+        frame = sys._getframe(1)
+        outer = _statement_frame(frame.f_back)
+        handed = [(outer, t, v) for f, t, v in self.pending if f is frame]
+        self.pending = [p for p in self.pending if p[0] is not frame]
+        if outer is None:
+            _apply(handed)
+        else:
+            self.pending += handed
+
+
+def _apply(changes: list) -> None:
+    for _, target, value in changes:
+        try:
+            _assign_in_place(target, value)
+        except (LookupError, TypeError, ValueError):  # as a copy the test's object cannot take
+            continue
 
 
 def stub_names(setup: str) -> set[str]:
@@ -1105,6 +1264,84 @@ def test_modules(source: str) -> set[str]:
     }
 
 
+# try/except and, from Python 3.11, try/except*.
+_TRY = (ast.Try, ast.TryStar) if hasattr(ast, "TryStar") else (ast.Try,)
+
+
+def _hook(name: str, where: ast.AST) -> ast.stmt:
+    """``name()`` as a statement, at the location of ``where`` (the test's line numbers stay)."""
+    call = ast.Expr(ast.Call(ast.Name(name, ast.Load()), [], []))
+    return ast.fix_missing_locations(ast.copy_location(call, where))
+
+
+def _is_generator(node: ast.FunctionDef) -> bool:
+    """``node`` yields (a generator function): its frame runs between its consumer's statements."""
+
+    def walk(n):
+        for child in ast.iter_child_nodes(n):
+            if isinstance(child, (ast.Yield, ast.YieldFrom)):
+                return True
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)) and walk(child):
+                return True
+        return False
+
+    return walk(node)
+
+
+def _flushed(body: list[ast.stmt], *, first: bool) -> list[ast.stmt]:
+    """``body`` with a flush after each statement (its nested blocks done too), and one first
+    when ``first`` (a block after a header: the header's calls land before the block runs)."""
+    out = [_hook(_FLUSH, body[0])] if first and body else []
+    for stmt in body:
+        out += [_instrument(stmt), _hook(_FLUSH, stmt)]
+    return out
+
+
+def _instrument(stmt: ast.stmt) -> ast.stmt:
+    """``stmt`` with its blocks flushed (:func:`_flushed`); a function's body also ends, by
+    ``return`` or an exception, with ``leave`` (``try: ... finally: leave()``). Generator and
+    async functions and class bodies are left as they are (not statement frames, see
+    :func:`_statement_frame`), but the methods of a class are instrumented."""
+    if isinstance(stmt, ast.FunctionDef) and not _is_generator(stmt):
+        doc = stmt.body[:1] if ast.get_docstring(stmt, clean=False) is not None else []
+        rest = stmt.body[len(doc) :] or [ast.copy_location(ast.Pass(), stmt)]
+        guarded = ast.Try(body=_flushed(rest, first=False), handlers=[], orelse=[], finalbody=[_hook(_LEAVE, rest[-1])])
+        stmt.body = doc + [ast.copy_location(guarded, rest[0])]
+    elif isinstance(stmt, ast.ClassDef):
+        stmt.body = [_instrument(s) if isinstance(s, (ast.FunctionDef, ast.ClassDef)) else s for s in stmt.body]
+    elif isinstance(stmt, (ast.If, ast.For, ast.While)):
+        stmt.body, stmt.orelse = _flushed(stmt.body, first=True), _flushed(stmt.orelse, first=True)
+    elif isinstance(stmt, ast.With):
+        stmt.body = _flushed(stmt.body, first=True)
+    elif isinstance(stmt, _TRY):
+        stmt.body, stmt.orelse = _flushed(stmt.body, first=True), _flushed(stmt.orelse, first=True)
+        stmt.finalbody = _flushed(stmt.finalbody, first=True)
+        for handler in stmt.handlers:
+            handler.body = _flushed(handler.body, first=True)
+    elif isinstance(stmt, ast.Match):
+        for case in stmt.cases:
+            case.body = _flushed(case.body, first=True)
+    return stmt
+
+
+def defer_changes(source: str) -> ast.Module:
+    """The test's (or setup's) code with the judge's statement hooks (:class:`_Deferred`): a flush
+    after every statement of every block, first in every block after a header (``if``/``while``
+    test, ``for`` iterable, ``with`` items, an exception caught), and a ``leave`` when a function
+    of the test ends. A header's own expression runs with its calls' changes deferred, as one
+    statement. The module's docstring and ``from __future__`` imports stay first. Line numbers are
+    the test's own. Raises SyntaxError as ``compile`` would."""
+    tree = ast.parse(source, mode="exec")
+    head = 0
+    while head < len(tree.body) and (
+        (head == 0 and ast.get_docstring(tree, clean=False) is not None)
+        or (isinstance(tree.body[head], ast.ImportFrom) and tree.body[head].module == "__future__")
+    ):
+        head += 1
+    tree.body = tree.body[:head] + _flushed(tree.body[head:], first=False)
+    return tree
+
+
 def judge_process(job: dict, tests_fd: int, index: int, req_fd: int, resp_fd: int, verdict_fd: int) -> None:
     """In ``J``: run test ``index`` with the solution's names standing for remote objects."""
     deadline = time.monotonic() + float(job["judge_timeout_s"])
@@ -1113,13 +1350,15 @@ def judge_process(job: dict, tests_fd: int, index: int, req_fd: int, resp_fd: in
         judged = json.loads(os.pread(tests_fd, size, 0))
         os.close(tests_fd)
         setup, source = judged["setup"], judged["tests"][index]
-        rpc = _RpcClient(req_fd, resp_fd, deadline)
+        deferred = _Deferred()
+        rpc = _RpcClient(req_fd, resp_fd, deadline, deferred)
         hello = rpc.receive()
         if "load_error" in hello:
             send(verdict_fd, passed=False, reason=str(hello["load_error"])[:600], load_error=True)
             return
         namespace: dict = {"__name__": "__solution__", "__builtins__": builtins}
-        exec(compile(setup or "", "<setup>", "exec"), namespace)
+        namespace[_FLUSH], namespace[_LEAVE] = deferred.flush, deferred.leave
+        exec(compile(defer_changes(setup or ""), "<setup>", "exec"), namespace)
         stubs = stub_names(setup)
         names = hello.get("names")
         modules = hello.get("modules")
@@ -1152,7 +1391,7 @@ def judge_process(job: dict, tests_fd: int, index: int, req_fd: int, resp_fd: in
             if free(name):
                 namespace[name] = rpc._decode(data)
         try:
-            test_code = compile(source, f"<test {index}>", "exec")
+            test_code = compile(defer_changes(source), f"<test {index}>", "exec")
         except SyntaxError as exc:
             send(verdict_fd, passed=False, reason="test does not compile: " + _short_exc(exc))
             return
@@ -1170,7 +1409,7 @@ def judge_process(job: dict, tests_fd: int, index: int, req_fd: int, resp_fd: in
 
 def rpc_server(job: dict, req_fd: int, resp_fd: int) -> None:
     """In the solution process of a judged test: load the code, then answer the judge."""
-    namespace: dict = {"__name__": "__solution__", "__builtins__": builtins}
+    namespace = _module_namespace("__solution__")
     if not _load(job, namespace, resp_fd, with_code=False):
         return
     before = {name: id(value) for name, value in namespace.items()}
@@ -1208,6 +1447,8 @@ def rpc_server(job: dict, req_fd: int, resp_fd: int) -> None:
         line = reader.readline(None)
         if line is None:
             return
+        answer: dict = {}
+        args, kwargs = [], {}
         try:
             request = json.loads(line)
             target = objects[int(request["ref"])]
@@ -1217,15 +1458,51 @@ def rpc_server(job: dict, req_fd: int, resp_fd: int) -> None:
                 result = target(*args, **{str(k): v for k, v in kwargs.items()})
             elif request["op"] == "getattr":
                 result = getattr(target, str(decode_plain(request["name"])))
+            elif request["op"] == "iter":
+                result = iter(target)
+            elif request["op"] == "next":
+                result = next(target)
             else:
                 raise ValueError(f"unknown request {request['op']!r}")
-            answer = {"value": encode_plain(result, handle)}
+            answer["value"] = encode_plain(result, handle)
         except BaseException as exc:  # noqa: BLE001 - the judge sees the exception
-            if isinstance(exc, SystemExit):
-                answer = {"error": ["SystemExit", f"exit({exc.code!r}) called"]}
-            else:
-                answer = {"error": [type(exc).__name__, str(_short_exc(exc))]}
+            answer["error"] = _error_answer(exc)
+        if args or kwargs:  # also after an exception: what the call changed before it raised
+            answer["mutated"] = _mutated(request, args, kwargs, handle)
         _write_all(resp_fd, (json.dumps(answer, separators=(",", ":")) + "\n").encode())
+
+
+def _error_answer(exc: BaseException) -> list:
+    """``[builtin class name, text, args]`` of the solution's exception for the judge
+    (:meth:`_RpcClient._exception`): the nearest builtin class in its MRO, its message, and its
+    ``args`` as plain data (None when they are not)."""
+    if isinstance(exc, SystemExit):
+        return ["SystemExit", f"exit({exc.code!r}) called", None]
+    base = next((c for c in type(exc).__mro__ if getattr(builtins, c.__name__, None) is c), BaseException)
+    try:
+        args = encode_plain(tuple(BaseException.args.__get__(exc)))
+    except BaseException:  # noqa: BLE001 - args that are not plain data, or a hostile args attribute
+        args = None
+    return [base.__name__, str(_short_exc(exc)), args]
+
+
+def _mutated(request: dict, args: list, kwargs: dict, handle) -> dict:
+    """``{"args": [[i, value]...], "kwargs": [[name, value]...]}``: each container argument of a
+    call whose plain-data encoding the call changed (an in-place change), encoded for the judge."""
+    sent_args = dict(enumerate(request["args"][1]))
+    sent_kwargs = {pair[0]: pair[1] for pair in request["kwargs"][1]}
+    changed: dict = {"args": [], "kwargs": []}
+    for where, items, sent in (("args", enumerate(args), sent_args), ("kwargs", kwargs.items(), sent_kwargs)):
+        for key, value in items:
+            if type(value) not in (list, dict, set, tuple):
+                continue
+            try:
+                now = encode_plain(value, handle)
+            except BaseException:  # noqa: BLE001 - made unencodable (a cycle): the test keeps its own
+                continue
+            if now != sent.get(key):
+                changed[where].append([key, now])
+    return changed
 
 
 # ----------------------------------------------------------------------------- the runner
