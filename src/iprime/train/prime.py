@@ -24,6 +24,7 @@ data parallelism come from :mod:`iprime.train.microbatches`. Models and optimize
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -56,7 +57,7 @@ from iprime.train.logging import MetricsLogger
 from iprime.train.passes import ForwardPasses
 from iprime.train.ppo_update import PolicyUpdate, update_value, value_estimates
 from iprime.train.prm_update import process_rewards, score_and_update, step_delimiter_ids
-from iprime.train.progress import batch_metrics, progress_bar
+from iprime.train.progress import batch_metrics, empty_step_message, progress_bar
 from iprime.train.record import StepRecord
 from iprime.train.scoring import RolloutScorer
 
@@ -85,6 +86,13 @@ class PrimeTrainer:
     is evaluated on ``eval_dataset`` (rows like the training rows), ``data.eval_path`` and
     ``train.eval_benchmarks``, logged as ``eval/<name>/acc`` (a fresh run also logs the starting
     policy as step 0), and ``eval_fn(trainer)`` returns metrics logged as ``eval/<key>``.
+
+    ``log(line)`` (rank 0's; ``None``: silent) hears what the run is doing before its first step
+    line: the models as they load, the dataset against ``rollout.prompts_per_step``, each
+    generation round (``step 1: round 2 of 4: kept 3 groups, 5 of 16``); these info lines are
+    left out when ``train.progress=none``. Warnings (an empty step, prompts per step over the
+    dataset's size) go to ``log`` always, as ``warning: ...``, or to :func:`warnings.warn`
+    without a ``log``.
     """
 
     def __init__(
@@ -100,9 +108,11 @@ class PrimeTrainer:
         eval_dataset: Sequence[Mapping[str, Any]] | None = None,
         eval_fn: Callable[[PrimeTrainer], dict[str, float]] | None = None,
         generator=None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg = config
         self.dist, self.device = D.init_distributed(cfg.model.device)
+        self.log = log if self.dist.is_main else None  # rank 0 speaks for the run
         D.check_config(cfg, self.dist)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
@@ -114,9 +124,12 @@ class PrimeTrainer:
         self.eval_sets = build_eval_sets(
             cfg, eval_dataset, tokenizer, self.scorer, model=model, has_eval_fn=eval_fn is not None
         )
+        self._warn_small_dataset(len(self.data.rows))
+        t0 = time.perf_counter()
         self.models = build_models(
-            cfg, model, self.device, tokenizer=tokenizer, prm_model=prm_model, ref_model=ref_model
+            cfg, model, self.device, tokenizer=tokenizer, prm_model=prm_model, ref_model=ref_model, log=self._info
         )
+        self._info(f"models loaded in {time.perf_counter() - t0:.1f} s")
         # where the policy started: the reference a saved PRM is read against (model.reference=sft)
         self.model_source = str(model) if isinstance(model, (str, Path)) else (cfg.model.policy or None)
         prompts = [render_prompt(self.tokenizer, prompt) for prompt in self.data.prompts]
@@ -137,6 +150,7 @@ class PrimeTrainer:
             self.scorer,
             roots.get(id(self.policy)) if sampler_runs_policy else None,
         )
+        self.collector.log = self._info
         self.reuse_sampling_logprobs = reuses_sampling_logprobs(cfg, self.generator, self.policy)
         self.optimizers = build_optimizers(cfg, self.models)
         self.delimiter_ids = step_delimiter_ids(self.tokenizer, cfg)
@@ -146,6 +160,31 @@ class PrimeTrainer:
         self.logger: MetricsLogger | None = None
         # an update far outside the run's history (a loss, gradient or weight-norm spike) is not checkpointed
         self.guard = UpdateGuard()
+
+    # what the run says (rank 0)
+    def _info(self, line: str) -> None:
+        """An info line to ``log``; none with ``train.progress=none``."""
+        if self.log is not None and self.cfg.train.progress != "none":
+            self.log(line)
+
+    def _warn(self, message: str) -> None:
+        """A warning: to ``log`` (always: it says something went wrong), else :func:`warnings.warn`."""
+        if self.log is not None:
+            self.log(f"warning: {message}")
+        elif self.dist.is_main:
+            warnings.warn(message, stacklevel=3)
+
+    def _warn_small_dataset(self, rows: int) -> None:
+        """``rollout.prompts_per_step`` over the dataset's size: every round then samples rows
+        more than once (the prompt stream runs through its epochs), so a step's groups repeat."""
+        r = self.cfg.rollout
+        if r.prompts_per_step > rows:
+            per_round = math.ceil(r.prompts_per_step * r.oversample)
+            self._warn(
+                f"rollout.prompts_per_step={r.prompts_per_step} exceeds the {rows} rows of the training data: each "
+                f"round samples {per_round} prompts (x oversample {r.oversample}), every row about "
+                f"{per_round / rows:.0f} times; set rollout.prompts_per_step={rows} or less for a small dataset"
+            )
 
     # the models and optimizers by role
     policy = property(lambda self: self.models.policy)
@@ -175,6 +214,7 @@ class PrimeTrainer:
             self._sync_weights(step)  # an external engine (vLLM) samples the next step
             self._observe(step)  # diagnostics: PRM ranking, process share, first error; samples
         self._end(step)  # the schedule, the step counter, the stop counters
+        self._empty_step_samples(step)  # an empty step shows what was generated, when samples are due
         self._review(step)  # the update guard, evaluation, the log; a stop is raised here
         self._checkpoint()  # when due, unless the guard rejected the update
         return step.metrics
@@ -291,10 +331,31 @@ class PrimeTrainer:
                 lowest_tokens=t.log_sample_tokens,
             )
 
+    def _empty_step_samples(self, step: StepRecord) -> None:
+        """On a step that trained nothing (no group passed the filter), the rows it generated go
+        to ``samples.jsonl`` when samples are due: the one moment a user needs to see them. The
+        first ``train.log_sample_groups`` groups, before the filter, without PRM rewards (no
+        PRM pass ran)."""
+        t, generated = self.cfg.train, self.collector.last_generated
+        if step.rollouts is not None or generated is None or not len(generated):
+            return
+        if t.log_samples_every and t.log_sample_groups and step.index % t.log_samples_every == 0:
+            step.samples = sample_records(
+                generated,
+                self.collector.references,
+                self.tokenizer,
+                groups=t.log_sample_groups,
+                group_size=self.cfg.rollout.n,
+            )
+
     def _end(self, step: StepRecord) -> None:
         """Advance the schedule and the step counter; count bad and empty steps in a row, and
-        note a stop (``step.stop``) when either run reaches its limit."""
-        self.optimizers.scheduler.step()
+        note a stop (``step.stop``) when either run reaches its limit. The schedule advances
+        only on a step that ran the optimizer: a step with nothing to train on leaves the
+        learning rate where it was (and torch's ``lr_scheduler.step() before optimizer.step()``
+        warning never fires); so ``optim.schedule`` counts updates, not steps."""
+        if step.rollouts is not None:
+            self.optimizers.scheduler.step()
         self.step += 1
         m = step.metrics
         m["time/step"] = time.perf_counter() - step.started
@@ -320,6 +381,7 @@ class PrimeTrainer:
             return
         self.empty_steps += 1
         metrics["empty"] = "every reward was 0" if all_zero else "no group passed the filter"
+        self._warn(empty_step_message(self.cfg, metrics, self.step))
         if self.empty_steps < self.cfg.train.max_empty_steps:
             return
         c = self.cfg
