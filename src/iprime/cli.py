@@ -309,7 +309,9 @@ def train(
         help="the starting (SFT) model, path or hub id: sets model.policy; the PRM and the reference start "
         "from it too unless model.prm / model.reference say otherwise",
     ),
-    data: str = typer.Option(None, "--data", help="the training data (file, directory or hf:NAME): sets data.train_path"),
+    data: str = typer.Option(
+        None, "--data", help="the training data (file, directory or hf:NAME): sets data.train_path"
+    ),
 ) -> None:
     """Run PRIME (or a baseline): iprime train --config FILE.yaml \\[dotted.key=value ...]
 
@@ -358,7 +360,8 @@ def train(
     final = trainer.save_pretrained(out_dir / "final")
     if not trainer.dist.is_main:
         return
-    if empty := empty_steps_summary(cfg, history, out_dir):  # a run that trained little must not end as if all went well
+    # a run that trained little must not end as if all went well
+    if empty := empty_steps_summary(cfg, history, out_dir):
         say(("warning: ", "yellow"), empty)
     trained = not history or any(not m.get("empty") for m in history)
     for line in final_model_lines(final, trainer.prm is not None, trained=trained):

@@ -38,9 +38,7 @@ console = Console()
 model_app = typer.Typer(no_args_is_help=True, help="Build models: the quickstart's tiny model.")
 
 
-def build_tiny_model(
-    out: str | Path, *, seed: int = 0, sft_steps: int = 0, log: Callable[[str], None] = print
-) -> Path:
+def build_tiny_model(out: str | Path, *, seed: int = 0, sft_steps: int = 0, log: Callable[[str], None] = print) -> Path:
     """Write the quickstart's tiny model and tokenizer to ``out`` and return it.
 
     ``sft_steps == 0``: randomly initialised (:func:`iprime.models.make_tiny_model` with

@@ -10,7 +10,8 @@ from typing import Any
 from iprime.progress import progress_bar
 from iprime.rollout.types import RolloutBatch
 
-__all__ = ["batch_metrics", "empty_step_message", "empty_steps_summary", "progress_bar"]  # progress_bar: still read from here by train/prime.py
+# progress_bar: still read from here by train/prime.py
+__all__ = ["batch_metrics", "empty_step_message", "empty_steps_summary", "progress_bar"]
 
 
 def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
