@@ -38,7 +38,9 @@ __all__ = [
     "Record",
     "get_field",
     "iter_jsonl_lines",
+    "problem_message",
     "prepare_rows",
+    "prompt_problems",
     "read_records",
     "resolve_reference_key",
 ]
@@ -440,7 +442,7 @@ class _Examined:
     bad: set[str]
 
 
-def _prompt_problems(prompt: Any, prompt_key: str) -> list[tuple[str, str]]:
+def prompt_problems(prompt: Any, prompt_key: str) -> list[tuple[str, str]]:
     """``(field, problem)`` for a prompt that is neither a non-empty string nor a non-empty list
     of ``{"role", "content"}`` messages with string contents."""
     if isinstance(prompt, str):
@@ -498,7 +500,7 @@ def _examine(
             except MissingField as err:
                 problems.append((prompt_key, str(err)))
             else:
-                problems += _prompt_problems(prompt, prompt_key)
+                problems += prompt_problems(prompt, prompt_key)
             try:
                 reference = get_field(row, key)
             except MissingField as err:
@@ -548,7 +550,7 @@ def _count_tokens(
     return counts, problems
 
 
-def _problem_message(problems: Sequence[tuple[str, str, str]], n_rows: int, n_bad: int) -> str:
+def problem_message(problems: Sequence[tuple[str, str, str]], n_rows: int, n_bad: int) -> str:
     head = f"{len(problems)} problem(s) in {n_bad} of {n_rows} rows:"
     lines = [f"  {w}: {f}: {p}" for w, f, p in problems[:MAX_LISTED_PROBLEMS]]
     if len(problems) > MAX_LISTED_PROBLEMS:
@@ -606,7 +608,7 @@ def prepare_rows(
             found.bad |= {w for w, _ in over}
     if found.problems:
         raise DataError(
-            _problem_message(found.problems, len(records), len(found.bad)),
+            problem_message(found.problems, len(records), len(found.bad)),
             where=found.problems[0][0],
             field=found.problems[0][1],
             problems=found.problems,
