@@ -43,6 +43,7 @@ __all__ = [
     "prompt_problems",
     "read_records",
     "resolve_reference_key",
+    "with_system",
 ]
 
 DEFAULT_MAX_ROW_BYTES = 16 << 20
@@ -468,7 +469,9 @@ def prompt_problems(prompt: Any, prompt_key: str) -> list[tuple[str, str]]:
     return [(prompt_key, f"must be a string or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}")]
 
 
-def _with_system(prompt: str | Sequence[Mapping], system_prompt: str | None) -> str | list[dict]:
+def with_system(prompt: str | Sequence[Mapping], system_prompt: str | None) -> str | list[dict]:
+    """A string prompt with ``system_prompt`` before it as a system message (two messages), or
+    as it is without one; a message list as it is (it says its own system message, if any)."""
     if isinstance(prompt, str):
         if system_prompt is None:
             return prompt
@@ -520,7 +523,7 @@ def _examine(
             found.problems += [(where, f, p) for f, p in problems]
             continue
         found.records.append(record)
-        found.prompts.append(_with_system(prompt, system_prompt))
+        found.prompts.append(with_system(prompt, system_prompt))
         found.references.append(reference)
     return found
 

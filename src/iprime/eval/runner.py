@@ -47,7 +47,7 @@ from iprime.rollout.vllm import EVAL_HINT, VLLMGenerator, require_vllm
 from iprime.verifiers import VerifierPool, verify_batch
 
 from .answers import EQUIVALENCES, equality_for, extract_answer, group_answers
-from .benchmarks import load_benchmark
+from .benchmarks import is_file_benchmark, load_benchmark
 from .loop import chunked, scored_chunks
 from .metrics import VOTE_WEIGHTS, summarize_rows
 
@@ -89,7 +89,8 @@ class EvalConfig:
     :data:`~iprime.prm.metadata.DEFAULT_BETA`.
     vote_weight: ``sigmoid`` | ``exp`` | ``one``. equivalence: ``math`` (merge answers
     math-verify finds equal) | ``exact``. verify_workers: verifier processes (0 = inline).
-    jsonl_options: prompt_key / answer_key / id_key / kind / add_suffix for .jsonl benchmarks.
+    jsonl_options: prompt_key / answer_key / id_key / kind / add_suffix / system_prompt for
+    benchmark files (:func:`iprime.eval.benchmarks.load_file_benchmark`).
     engine: ``hf`` (the built-in sampler, ``device`` / ``dtype``) | ``vllm`` (a vLLM engine in
     ``dtype``, :meth:`~iprime.rollout.vllm.VLLMGenerator.for_eval`; vLLM picks its GPUs);
     tensor_parallel_size: GPUs one vLLM engine spreads the model over; gpu_memory_utilization:
@@ -347,9 +348,7 @@ def run_eval(
 
     # Load rows first: a bad benchmark name fails before minutes of model loading.
     benchmarks = {
-        name: load_benchmark(
-            name, limit=config.limit, **(config.jsonl_options if name.endswith((".jsonl", ".jsonl.gz")) else {})
-        )
+        name: load_benchmark(name, limit=config.limit, **(config.jsonl_options if is_file_benchmark(name) else {}))
         for name in config.benchmarks
     }
     names = {rows[0]["benchmark"] for rows in benchmarks.values()}
