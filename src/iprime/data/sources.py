@@ -515,7 +515,8 @@ def _examine(
                     problems.append((key, "reference is an empty string"))
                 elif check_row is not None:
                     try:
-                        problems += [(key, str(p)) for p in check_row(reference, row) or ()]
+                        # a problem may name its own field (an unknown ability is not the reference's fault)
+                        problems += [(getattr(p, "field", key), str(p)) for p in check_row(reference, row) or ()]
                     except Exception as err:  # a verifier's check must not hide the other rows' problems
                         problems.append((key, f"row check failed: {type(err).__name__}: {err}"))
         if problems:
