@@ -22,6 +22,7 @@ from iprime.prm.metadata import (
     DEFAULT_BETA,
     DEFAULT_STEP_DELIMITER,
     PRMMetadata,
+    portable_reference,
     resolve_prm_settings,
     save_prm_metadata,
 )
@@ -422,7 +423,7 @@ def train(
         delim = _unescape(step_delimiter)
         meta = PRMMetadata(
             beta=config.beta,
-            reference=_model_id(ref or model),
+            reference=portable_reference(_model_id(ref or model), out),
             step_delimiter=DEFAULT_STEP_DELIMITER if delim is None else delim,
             loss=config.loss,
         )

@@ -441,7 +441,15 @@ class PrimeTrainer:
             "world_size": self.dist.world_size,
             "model_source": self.model_source,  # lets `iprime export` find the architecture
         }
-        path = save_run_checkpoint(self.out_dir, self.step, self.checkpoint_format, *self._parts(), meta, self.dist)
+        path = save_run_checkpoint(
+            self.out_dir,
+            self.step,
+            self.checkpoint_format,
+            *self._parts(),
+            meta,
+            self.dist,
+            keep=self.cfg.train.keep_checkpoints,
+        )
         if self.cfg.train.save_hf:
             self._save_hf(path)
         return path
