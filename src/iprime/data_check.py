@@ -167,14 +167,17 @@ def _count_table(title: str, column: str, counts: Counter) -> Table:
 
 
 def prompt_kinds_line(prompts: Sequence, rows: int) -> str:
-    """What the usable rows' prompts are: ``prompts of the 12 usable rows: 4 strings, 8 chat
+    """What the usable rows' prompts are: ``prompts of 12 usable rows: 4 strings, 8 chat
     message lists``; with no usable row, says so and points at the bad rows instead of
     counting zeros."""
     if not prompts:
         return f"prompts: none usable: all {rows} rows are bad (the table below says why)"
+    def count(n: int, what: str) -> str:
+        return f"{n} {what}" + ("" if n == 1 else "s")
+
     n_str = sum(isinstance(p, str) for p in prompts)
-    kinds = [f"{n} {what}" for n, what in ((n_str, "strings"), (len(prompts) - n_str, "chat message lists")) if n]
-    return f"prompts of the {len(prompts)} usable rows: {', '.join(kinds)}"
+    kinds = [count(n, what) for n, what in ((n_str, "string"), (len(prompts) - n_str, "chat message list")) if n]
+    return f"prompts of {count(len(prompts), 'usable row')}: {', '.join(kinds)}"
 
 
 @data_app.command("check", epilog=CHECK_EXAMPLES)
