@@ -275,6 +275,9 @@ def test_eval_and_training_read_a_validation_parquet_alike(tmp_path, tiny_model_
         {"role": "user", "content": "Compute 2 + 2.\n\nPresent the answer in LaTex format: \\boxed{Your answer}"},
     ]
 
+    shipped = load_benchmark("arithmetic", limit=1, system_prompt="Be brief.")[0]["prompt"]
+    assert shipped[0] == {"role": "system", "content": "Be brief."} and shipped[1]["content"].startswith("Compute ")
+
     out = tmp_path / "eval"
     result = invoke(
         "eval", "--model", tiny_model_dir, "--benchmarks", path, "--max-new-tokens", "4", "--workers", "0", "--out", out

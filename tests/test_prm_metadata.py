@@ -4,7 +4,6 @@ read them (prm score, prm rerank, eval --prm) without flags."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

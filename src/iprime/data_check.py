@@ -172,6 +172,7 @@ def prompt_kinds_line(prompts: Sequence, rows: int) -> str:
     counting zeros."""
     if not prompts:
         return f"prompts: none usable: all {rows} rows are bad (the table below says why)"
+
     def count(n: int, what: str) -> str:
         return f"{n} {what}" + ("" if n == 1 else "s")
 

@@ -215,11 +215,14 @@ def is_file_benchmark(name: str) -> bool:
     return name.endswith(FILE_SUFFIXES) or name.startswith("hf:") or Path(name).is_dir()
 
 
-def load_benchmark(name: str, *, limit: int | None = None, **file_options) -> list[dict]:
+def load_benchmark(
+    name: str, *, limit: int | None = None, system_prompt: str | None = None, **file_options
+) -> list[dict]:
     """Rows of a shipped benchmark, or of a data file (``.jsonl(.gz)``, ``.json``, ``.parquet``,
     a directory of them or ``hf:NAME[:SPLIT]``; ``file_options`` go to
-    :func:`load_file_benchmark`). ``limit`` keeps the first rows. Ids are checked unique, since
-    resuming an evaluation keys on them."""
+    :func:`load_file_benchmark`). ``limit`` keeps the first rows. ``system_prompt`` goes before
+    every string prompt as a system message (a message-list prompt is kept as it is). Ids are
+    checked unique, since resuming an evaluation keys on them."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     yearly = re.fullmatch(r"(aime|amc)(\d{4})", name)
@@ -237,6 +240,8 @@ def load_benchmark(name: str, *, limit: int | None = None, **file_options) -> li
             f"unknown benchmark {name!r}; shipped: {benchmark_names()} (or aimeYYYY, amcYYYY, a .jsonl / .json / "
             ".parquet file, a directory of them, hf:NAME[:SPLIT])"
         )
+    if system_prompt is not None:
+        rows = [{**r, "prompt": with_system(r["prompt"], system_prompt)} for r in rows]
     seen: set[str] = set()
     for r in rows:
         if r["id"] in seen:

@@ -84,7 +84,9 @@ def eval_command(
         True, help="benchmark files: append the paper's math/code instruction to string prompts"
     ),
     system_prompt: str = typer.Option(
-        None, help="benchmark files: a system message before string prompts (as data.system_prompt in training)"
+        None,
+        help="a system message before every string prompt, shipped benchmarks and files alike (as "
+        "data.system_prompt in training; the paper's evaluation used Eurus's system prompt)",
     ),
     dtype: str = typer.Option("float32", help="weights of the model (and the PRM): float32 | bfloat16 | float16"),
     device: str = typer.Option("cpu", help="device of the hf engine and the PRM (vLLM picks its own GPUs)"),
@@ -131,8 +133,8 @@ def eval_command(
                 "id_key": id_key,
                 "kind": kind,
                 "add_suffix": prompt_suffix,
-                "system_prompt": system_prompt,
             },
+            system_prompt=system_prompt,
         )
         run_eval(config, console=console)
     except (ValueError, FileExistsError, FileNotFoundError, VLLMNotInstalled) as err:

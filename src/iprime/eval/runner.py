@@ -67,9 +67,10 @@ _GENERATION_KEYS = (
     "beta",
     "equivalence",
     "engine",
+    "system_prompt",
 )
 # what a run saved before a setting existed ran with (its config.json lacks the key)
-_SAVED_BEFORE = {"engine": "hf"}
+_SAVED_BEFORE = {"engine": "hf", "system_prompt": None}
 
 ENGINES = ("hf", "vllm")
 
@@ -89,8 +90,9 @@ class EvalConfig:
     :data:`~iprime.prm.metadata.DEFAULT_BETA`.
     vote_weight: ``sigmoid`` | ``exp`` | ``one``. equivalence: ``math`` (merge answers
     math-verify finds equal) | ``exact``. verify_workers: verifier processes (0 = inline).
-    jsonl_options: prompt_key / answer_key / id_key / kind / add_suffix / system_prompt for
-    benchmark files (:func:`iprime.eval.benchmarks.load_file_benchmark`).
+    jsonl_options: prompt_key / answer_key / id_key / kind / add_suffix for benchmark files
+    (:func:`iprime.eval.benchmarks.load_file_benchmark`). system_prompt: a system message
+    before every string prompt, of shipped benchmarks and files alike.
     engine: ``hf`` (the built-in sampler, ``device`` / ``dtype``) | ``vllm`` (a vLLM engine in
     ``dtype``, :meth:`~iprime.rollout.vllm.VLLMGenerator.for_eval`; vLLM picks its GPUs);
     tensor_parallel_size: GPUs one vLLM engine spreads the model over; gpu_memory_utilization:
@@ -120,6 +122,7 @@ class EvalConfig:
     device: str = "cpu"
     resume: bool = False
     jsonl_options: dict = field(default_factory=dict)
+    system_prompt: str | None = None
     engine: str = "hf"
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
@@ -348,7 +351,12 @@ def run_eval(
 
     # Load rows first: a bad benchmark name fails before minutes of model loading.
     benchmarks = {
-        name: load_benchmark(name, limit=config.limit, **(config.jsonl_options if is_file_benchmark(name) else {}))
+        name: load_benchmark(
+            name,
+            limit=config.limit,
+            system_prompt=config.system_prompt,
+            **(config.jsonl_options if is_file_benchmark(name) else {}),
+        )
         for name in config.benchmarks
     }
     names = {rows[0]["benchmark"] for rows in benchmarks.values()}
