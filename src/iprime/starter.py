@@ -35,7 +35,12 @@ EXAMPLE_SOURCE = "iprime/arithmetic"
 its ``ability`` (math), as an unknown source of one's own data would be."""
 
 console = Console()
-model_app = typer.Typer(no_args_is_help=True, help="Build models: the quickstart's tiny model.")
+model_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Models to start from: the quickstart's tiny model, in a folder.",
+    epilog="Examples:\niprime model tiny models/tiny --sft-steps 300\niprime model tiny --help",
+)
 
 
 def build_tiny_model(out: str | Path, *, seed: int = 0, sft_steps: int = 0, log: Callable[[str], None] = print) -> Path:
