@@ -124,12 +124,7 @@ class PrimeTrainer:
         self.eval_sets = build_eval_sets(
             cfg, eval_dataset, tokenizer, self.scorer, model=model, has_eval_fn=eval_fn is not None
         )
-        self._warn_small_dataset(len(self.data.rows))
-        t0 = time.perf_counter()
-        self.models = build_models(
-            cfg, model, self.device, tokenizer=tokenizer, prm_model=prm_model, ref_model=ref_model, log=self._info
-        )
-        self._info(f"models loaded in {time.perf_counter() - t0:.1f} s")
+        self.models = self._load_models(model, tokenizer, prm_model, ref_model)
         # where the policy started: the reference a saved PRM is read against (model.reference=sft)
         self.model_source = str(model) if isinstance(model, (str, Path)) else (cfg.model.policy or None)
         prompts = [render_prompt(self.tokenizer, prompt) for prompt in self.data.prompts]
@@ -185,6 +180,17 @@ class PrimeTrainer:
                 f"round samples {per_round} prompts (x oversample {r.oversample}), every row about "
                 f"{per_round / rows:.0f} times; set rollout.prompts_per_step={rows} or less for a small dataset"
             )
+
+    def _load_models(self, model, tokenizer, prm_model, ref_model):
+        """:func:`build_models`, saying what loads and how long it took; first, a dataset
+        smaller than a step's prompts is a warning (the data is read, the models not yet)."""
+        self._warn_small_dataset(len(self.data.rows))
+        t0 = time.perf_counter()
+        models = build_models(
+            self.cfg, model, self.device, tokenizer=tokenizer, prm_model=prm_model, ref_model=ref_model, log=self._info
+        )
+        self._info(f"models loaded in {time.perf_counter() - t0:.1f} s")
+        return models
 
     # the models and optimizers by role
     policy = property(lambda self: self.models.policy)
@@ -351,13 +357,14 @@ class PrimeTrainer:
     def _end(self, step: StepRecord) -> None:
         """Advance the schedule and the step counter; count bad and empty steps in a row, and
         note a stop (``step.stop``) when either run reaches its limit. The schedule advances
-        only on a step that ran the optimizer: a step with nothing to train on leaves the
-        learning rate where it was (and torch's ``lr_scheduler.step() before optimizer.step()``
-        warning never fires); so ``optim.schedule`` counts updates, not steps."""
-        if step.rollouts is not None:
+        only on a step that ran the policy's optimizer: a step with nothing to train on, or
+        whose every update was skipped as non-finite, leaves the learning rate where it was (and
+        torch's ``lr_scheduler.step() before optimizer.step()`` warning never fires); so
+        ``optim.schedule`` counts steps that updated the policy."""
+        m = step.metrics
+        if step.rollouts is not None and m.get("policy/updates", 1) > m.get("policy/skipped_updates", 0):
             self.optimizers.scheduler.step()
         self.step += 1
-        m = step.metrics
         m["time/step"] = time.perf_counter() - step.started
         self._check_not_blind(step)
         if step.rollouts is None:
