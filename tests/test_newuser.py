@@ -68,6 +68,7 @@ def test_model_tiny_writes_a_model_both_loaders_open(tmp_path):
     assert again.exit_code == 2 and "already holds a model" in again.output
 
 
+@pytest.mark.slow  # a subprocess run, or SFT steps
 def test_model_tiny_sft_steps_fine_tune_it(tmp_path):
     import torch
 
@@ -123,6 +124,7 @@ def test_train_model_and_data_options_are_the_config_keys():
 
 
 # ------------------------------------------- 2, 3, 7. a run on data its model cannot solve at all
+@pytest.mark.slow  # a subprocess run, or SFT steps
 def test_an_all_empty_run_says_so_from_start_to_end(tmp_path):
     """A random tiny model on arithmetic: every reward is 0. Issue 26 saw 90 s of silence, then
     ``final policy: ...`` as if all was well, no samples.jsonl and a torch warning."""
@@ -348,6 +350,7 @@ def readme_commands() -> list[list[str]]:
     return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # a subprocess run, or SFT steps
 def test_the_readme_path_runs_as_written(tmp_path):
     commands = readme_commands()
     assert [c[:3] for c in commands] == [
