@@ -79,7 +79,7 @@ ENGINES = ("hf", "vllm")
 class EvalConfig:
     """Settings of one evaluation run.
 
-    model: policy directory (or hub id). benchmarks: names or .jsonl paths
+    model: policy directory (or hub id). benchmarks: names, or data files / directories / hf: datasets
     (:func:`iprime.eval.benchmarks.load_benchmark`). n / temperature / top_p /
     max_new_tokens / seed: sampling (temperature 0 = greedy, then use n=1). ks: the k of
     pass@k / maj@k / bon@k / wvote@k (default 1 and n). batch_size: rows per generation
