@@ -320,6 +320,12 @@ def test_a_prm_copied_with_its_policy_finds_its_reference(tmp_path):
     assert load_prm_metadata(copy / "prm").reference == str((copy / "policy").resolve())
     assert resolve_prm_settings(copy / "prm").reference == str((copy / "policy").resolve())
 
+    meta = json.loads((copy / "prm" / "iprime_prm.json").read_text())
+    (copy / "prm" / "iprime_prm.json").write_text(json.dumps({**meta, "reference": "policy"}))  # edited by hand
+    assert resolve_prm_settings(copy / "prm").reference == "policy"  # no prm/policy: kept (a hub id, maybe)
+    (copy / "prm" / "policy").mkdir()
+    assert resolve_prm_settings(copy / "prm").reference == str((copy / "prm" / "policy").resolve())  # relative first
+
     sft = tmp_path / "sft"  # a starting model outside the run: absolute, and missing elsewhere
     sft.mkdir()
     save_prm_metadata(copy / "prm", run_prm_metadata(load_config(None, []), str(sft), copy))

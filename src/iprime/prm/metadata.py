@@ -153,10 +153,14 @@ def portable_reference(reference: str | Path | None, prm_dir: str | Path) -> str
 
 
 def _resolved_reference(reference: str | None, prm_dir: Path) -> str | None:
-    """A stored reference as a loader uses it: one written relative to the PRM's folder
-    (:data:`RELATIVE`) made absolute against ``prm_dir``; any other as stored."""
-    if reference is not None and reference.startswith(RELATIVE):
-        return str((prm_dir / reference).resolve())
+    """A stored reference as a loader uses it, tried relative to the PRM's folder first: one
+    written so (:data:`RELATIVE`) made absolute against ``prm_dir``, as is any other relative
+    path that exists there (a file edited by hand); else as stored (an absolute path, a hub id)."""
+    if reference is None or Path(reference).is_absolute():
+        return reference
+    beside = prm_dir / reference
+    if reference.startswith(RELATIVE) or beside.exists():
+        return str(beside.resolve())
     return reference
 
 
