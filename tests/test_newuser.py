@@ -223,6 +223,8 @@ def test_prm_score_takes_chat_prompts_and_checks_rows_before_loading(tmp_path, t
     scores = json.loads((tmp_path / "view" / "scores.json").read_text())
     assert len(scores) == 2 and scores[0]["label"] == 1
     assert abs(scores[0]["seq_reward"]) < 1e-6  # the PRM is its own reference: every reward 0
+    assert scores[0]["prompt"] == "<|im_start|>user\nCompute 1 + 2.<|im_end|>\n<|im_start|>assistant\n"
+    assert "&lt;|im_start|&gt;user\nCompute 1 + 2." in (tmp_path / "view" / "scores.html").read_text()
 
     bad = [{"prompt": [{"role": "user"}], "response": "x"}, {"prompt": "ok", "response": 3}, {"response": "r"}]
     (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
