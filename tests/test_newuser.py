@@ -152,8 +152,12 @@ def test_an_all_empty_run_says_so_from_start_to_end(tmp_path):
     )
     lines = text.splitlines()
     # before the first step: the dataset against prompts_per_step (16 > 6), then the loads
-    assert lines[0].startswith("warning: rollout.prompts_per_step=16 exceeds the 6 rows of the training data")
-    assert lines[1:4] == [
+    assert lines[0] == (
+        "training data: 6 rows; a step wants 16 prompts of medium difficulty x 2 responses, from up to 1 round of 16 "
+        "prompts"
+    )
+    assert lines[1].startswith("warning: rollout.prompts_per_step=16 exceeds the 6 rows of the training data")
+    assert lines[2:5] == [
         "loading policy from tiny",
         "loading reference: a frozen copy of the starting policy (model.reference=sft)",
         "loading PRM: a copy of the starting policy (model.prm not set)",
@@ -200,8 +204,9 @@ def test_progress_none_keeps_info_lines_out_but_not_warnings(tmp_path, tiny_mode
         )
         heard.append([])
         PrimeTrainer(str(tiny_model_dir), cfg, rows, log=heard[-1].append)
-    assert heard[0][0].startswith("warning: rollout.prompts_per_step=8 exceeds the 4 rows") and len(heard[0]) == 5
-    assert heard[1] == heard[0][:1]  # the warning only
+    assert heard[0][0].startswith("training data: 4 rows") and len(heard[0]) == 6
+    assert heard[0][1].startswith("warning: rollout.prompts_per_step=8 exceeds the 4 rows")
+    assert heard[1] == heard[0][1:2]  # the warning only
 
 
 # ------------------------------------------------------------------------------- 4. prm score

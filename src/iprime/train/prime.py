@@ -169,12 +169,17 @@ class PrimeTrainer:
         elif self.dist.is_main:
             warnings.warn(message, stacklevel=3)
 
-    def _warn_small_dataset(self, rows: int) -> None:
-        """``rollout.prompts_per_step`` over the dataset's size: every round then samples rows
-        more than once (the prompt stream runs through its epochs), so a step's groups repeat."""
+    def _announce_data(self, rows: int) -> None:
+        """The data and a step's shape, as an info line; ``rollout.prompts_per_step`` over the
+        dataset's size is a warning: every round then samples rows more than once (the prompt
+        stream runs through its epochs), so a step's groups repeat."""
         r = self.cfg.rollout
+        per_round = math.ceil(r.prompts_per_step * r.oversample)
+        self._info(
+            f"training data: {rows} rows; a step wants {r.prompts_per_step} prompts of medium difficulty x "
+            f"{r.n} responses, from up to {r.max_rounds} round{'s' * (r.max_rounds != 1)} of {per_round} prompts"
+        )
         if r.prompts_per_step > rows:
-            per_round = math.ceil(r.prompts_per_step * r.oversample)
             self._warn(
                 f"rollout.prompts_per_step={r.prompts_per_step} exceeds the {rows} rows of the training data: each "
                 f"round samples {per_round} prompts (x oversample {r.oversample}), every row about "
@@ -184,7 +189,7 @@ class PrimeTrainer:
     def _load_models(self, model, tokenizer, prm_model, ref_model):
         """:func:`build_models`, saying what loads and how long it took; first, a dataset
         smaller than a step's prompts is a warning (the data is read, the models not yet)."""
-        self._warn_small_dataset(len(self.data.rows))
+        self._announce_data(len(self.data.rows))
         t0 = time.perf_counter()
         models = build_models(
             self.cfg, model, self.device, tokenizer=tokenizer, prm_model=prm_model, ref_model=ref_model, log=self._info
