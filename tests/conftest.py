@@ -22,6 +22,7 @@ SLOW_FILES = frozenset(
         "test_example_minimal.py",
         "test_export.py",
         "test_golden_runs.py",
+        "test_host_bounds.py",
         "test_memory_options.py",
         "test_models.py",
         "test_plots.py",
@@ -54,6 +55,7 @@ MODEL_FIXTURES = frozenset({"tiny_model_dir", "tiny_prm_dir", "boxed8_model_dir"
 # no sandbox process outlives its sample, and another worker's live sandbox would look like one.
 SANDBOX_FILES = frozenset(
     {
+        "test_host_bounds.py",
         "test_sandbox.py",
         "test_sandbox_attacks.py",
         "test_verifiers_batch.py",

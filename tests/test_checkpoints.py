@@ -424,6 +424,7 @@ def test_trainer_state_round_trips_and_resume_equals_uninterrupted(tiny_model_di
     a = [_comparable(full.train_step()) for _ in range(2)]
     C.set_rng_state(rng_at_save)
     b = [_comparable(resumed.train_step()) for _ in range(2)]
+    assert b[0].pop("config/changed") == "train.steps: 1 -> 3"  # a changeable key, said at the step it applies
     assert a[0]["rollout/rounds"] == 0  # served from the buffer
     for x, y in zip(a, b):
         assert x.keys() == y.keys()

@@ -112,7 +112,7 @@ def test_prepare_out_dir(tmp_path):
     assert is_iprime_run(run)
     assert prepare_out_dir(run, resume=True, overwrite=False) is None  # has a checkpoint
     note = prepare_out_dir(run, resume=False, overwrite=True)
-    assert note == f"--overwrite: deleted the previous run in {run}" and not run.exists()
+    assert note == f"--overwrite: deleted the previous run in {run}" and list(run.iterdir()) == []  # emptied
     with pytest.raises(ValueError, match="give one of them"):
         prepare_out_dir(run, resume=True, overwrite=True)
     (tmp_path / "file").write_text("x")
@@ -141,7 +141,7 @@ class FakeTrainer:
         self.dist = types.SimpleNamespace(is_main=True)
         FakeTrainer.calls.append(("init", model, len(records)))
 
-    def train(self, *, resume, progress):
+    def train(self, *, resume, progress, allow_change=()):
         FakeTrainer.calls.append(("train", resume, progress))
         out = Path(self.cfg.train.out_dir)
         out.mkdir(parents=True, exist_ok=True)

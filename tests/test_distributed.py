@@ -94,12 +94,8 @@ def test_torchrun_run_writes_dcp_and_resumes_on_one_process(tiny_model_dir, tmp_
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in worker.ROWS))
     out = tmp_path / "run"
-    overrides = worker.train_overrides(out, 2) + [
-        f"model.policy={tiny_model_dir}",
-        f"data.train_path={data}",
-        "data.verifier=arithmetic",
-        "train.num_threads=1",
-    ]
+    same_run = [f"model.policy={tiny_model_dir}", f"data.train_path={data}", "data.verifier=arithmetic"]
+    overrides = worker.train_overrides(out, 2) + same_run + ["train.num_threads=1"]
     cmd = [
         sys.executable,
         "-m",
@@ -129,9 +125,8 @@ def test_torchrun_run_writes_dcp_and_resumes_on_one_process(tiny_model_dir, tmp_
     from iprime.train.prime import PrimeTrainer
 
     final = load_model(out / "final" / "policy").state_dict()  # gathered by save_pretrained
-    trainer = PrimeTrainer(
-        str(tiny_model_dir), load_config(None, worker.train_overrides(out, 3)), worker.ROWS, worker.parity_verifier
-    )
+    cfg = load_config(None, worker.train_overrides(out, 3) + same_run)  # the run's models and data: its identity
+    trainer = PrimeTrainer(str(tiny_model_dir), cfg, worker.ROWS, worker.parity_verifier)
     assert trainer.resume() and trainer.step == 2
     for name, w in trainer.policy.state_dict().items():
         assert torch.equal(w, final[name]), name

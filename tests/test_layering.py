@@ -85,6 +85,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.cli", "iprime.train.progress"): LIGHT_CLI,  # the empty-steps summary at the end of a run
     ("iprime.cli", "iprime.train.sft"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.distributed"): LIGHT_CLI,  # `iprime sft` joins torchrun's process group
+    ("iprime.cli", "iprime.train.identity"): LIGHT_CLI,  # it imports iprime.config (the estimator registry)
     ("iprime.cli", "iprime.preflight"): LIGHT_CLI,  # it imports torch and iprime.config
     ("iprime.config_show", "iprime.config"): LIGHT_CLI,
     ("iprime.starter", "iprime.presets"): LIGHT_CLI,
@@ -120,9 +121,11 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.verifiers.math", "math_verify"): "math_verify imports sympy (~1 s); verifier workers load it",
     ("iprime.verifiers.math", "sympy"): "~1 s; for the rare tiny-number comparison only",
     ("iprime.verifiers._pool", "resource"): POSIX_ONLY + "; needed only for a worker memory limit",
+    ("iprime.verifiers.bounded", "resource"): POSIX_ONLY + "; in the bounded helper's task children only",
     # the runner also imports it once before the sandbox is set up (main), while it can still read the stdlib
     ("iprime.verifiers.sandbox.runner", "resource"): POSIX_ONLY + " (the host reads plain data with it)",
     ("iprime.verifiers.sandbox.runner", "fcntl"): POSIX_ONLY + " (the host reads plain data with it)",
+    ("iprime.train.run_lock", "fcntl"): POSIX_ONLY + "; the run folder's lock, taken by `iprime train` and `sft`",
     ("iprime.quiet", "transformers"): ONLY_IF_LOADED,
     ("iprime.verifiers.registry", "iprime.verifiers.math"): "sympy (~1 s): loaded by name, when used",
     ("iprime.verifiers.registry", "iprime.verifiers.code"): "the code sandbox: loaded by name, when used",

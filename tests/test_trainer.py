@@ -155,6 +155,7 @@ def test_resume_gives_the_same_next_step(tiny_model_dir, tmp_path):
     resumed = PrimeTrainer(str(tiny_model_dir), make_config(tmp_path / "cut"), ROWS, parity_verifier)
     after = resumed.train(resume=True, progress=False)
     assert [m["step"] for m in after] == [3]
+    assert after[0].pop("config/changed") == "train.steps: 2 -> 3"  # changeable: applied, and said so
     a, b = _comparable(uninterrupted[-1]), _comparable(after[0])
     assert a.keys() == b.keys()
     for key in a:

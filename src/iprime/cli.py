@@ -14,6 +14,7 @@ import functools
 import os
 import shutil
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
@@ -31,6 +32,7 @@ from iprime.numerics import cpu_has_avx2, unportable_reason, use_portable_kernel
 from iprime.quiet import silence_third_party_progress
 from iprime.tables import metrics_table
 from iprime.train.checkpoint_store import CheckpointError, resume_candidates
+from iprime.train.run_lock import LOCK_NAME, RunLock, RunLockedError, acquire_run_lock, lock_holder
 
 
 def _flags_show_no_type() -> None:
@@ -53,6 +55,25 @@ def _flags_show_no_type() -> None:
 
 
 _flags_show_no_type()
+
+
+def _iprime_warnings_plain() -> None:
+    """Print iprime's own warnings (a skipped checkpoint, a config change applied on resume, a
+    torn metrics line) as ``warning: <message>``: they are messages for whoever runs the
+    command, not for a developer, so without the file, line and source line Python adds.
+    Warnings of other categories (``UserWarning``, third-party libraries) keep Python's format."""
+    shown = warnings.formatwarning
+    if getattr(shown, "_iprime", False):
+        return
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if category.__module__.startswith("iprime."):
+            return f"warning: {message}\n"
+        return shown(message, category, filename, lineno, line)
+
+    formatwarning._iprime = True
+    warnings.formatwarning = formatwarning
+
 
 ROOT_EXAMPLES = """Examples:
 iprime quickstart                                          (tiny model on the CPU: SFT, eval, PRIME, eval)
@@ -97,6 +118,7 @@ def _root(
 ) -> None:
     """iprime: train LLM reasoning with implicit process rewards, and serve the implicit PRM."""
     silence_third_party_progress()
+    _iprime_warnings_plain()
 
 
 @app.command("algo-demo", epilog="Examples:\niprime algo-demo\niprime algo-demo --beta 0.05 --rm-coef 5")
@@ -221,6 +243,9 @@ def prepare_out_dir(
         raise OutDirError("--resume continues the run in train.out_dir and --overwrite deletes it: give one of them")
     if path.exists() and not path.is_dir():
         raise OutDirError(f"train.out_dir {path} is a file, not a folder")
+    if dry_run and path.is_dir() and (holder := lock_holder(path)):
+        what = "--overwrite will not delete it" if overwrite else "it cannot be used by a second process"
+        raise OutDirError(f"train.out_dir {path} is in use by a live run: {holder}; {what}")
     if resume:
         if not resume_candidates(path):
             raise OutDirError(
@@ -229,7 +254,7 @@ def prepare_out_dir(
                 + "; start the run without --resume"
             )
         return None
-    if not path.exists() or not any(path.iterdir()):
+    if not path.exists() or not _run_files(path):
         return None
     if not overwrite:
         raise OutDirError(
@@ -239,8 +264,41 @@ def prepare_out_dir(
     _check_deletable(path, config_file)
     if dry_run:
         return f"--overwrite would delete the previous run in {path}"
-    shutil.rmtree(path)
+    for child in _run_files(path):  # the lock this command holds stays
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
     return f"--overwrite: deleted the previous run in {path}"
+
+
+def _run_files(path: Path) -> list[Path]:
+    """What a run folder holds besides its lock file (:mod:`iprime.train.run_lock`)."""
+    return [p for p in path.iterdir() if p.name != LOCK_NAME]
+
+
+def claim_out_dir(
+    path: str | Path, *, resume: bool, overwrite: bool, config_file: str | None = None, command: str = "iprime train"
+) -> tuple[RunLock, str | None]:
+    """Take the run folder's lock (:func:`iprime.train.run_lock.acquire_run_lock`), then make
+    it ready (:func:`prepare_out_dir`): ``(lock, note)``. The lock is held until
+    ``lock.release()`` or the process ends. A folder a live process holds is refused with a
+    :class:`~iprime.train.run_lock.RunLockedError` naming its pid, host and start time (for
+    ``--overwrite`` too: nothing is deleted); the other refusals are :class:`OutDirError`."""
+    path = Path(path)
+    doing = (
+        "--overwrite will not delete it."
+        if overwrite
+        else "A second process would write the same checkpoints and metrics."
+    )
+    prepare_out_dir(path, resume=resume, overwrite=overwrite, config_file=config_file, dry_run=True)
+    lock = acquire_run_lock(path, command, doing)
+    try:
+        note = prepare_out_dir(path, resume=resume, overwrite=overwrite, config_file=config_file)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, note
 
 
 def say(*parts: str | tuple[str, str]) -> None:
@@ -275,6 +333,8 @@ iprime train --config configs/eurus2_7b_prime.yaml
 iprime train --model models/tiny-sft --data mine.parquet train.steps=3   (no config file: PrimeConfig's defaults)
 iprime train --config run.yaml train.steps=200 rollout.n=8 train.out_dir=runs/n8
 iprime train --config run.yaml --resume                 (continue from the newest checkpoint in train.out_dir)
+iprime train --config run.yaml --resume optim.lr=5e-7   (a changeable key: applied, recorded in config_history.jsonl)
+iprime train --config run.yaml --resume prm.beta=0.1 --allow-change prm.beta    (a fixed key, changed on purpose)
 iprime train --config run.yaml --overwrite              (delete the run in train.out_dir and start again)
 iprime train --config configs/eurus2_7b_prime.yaml --dry-run --world-size 8   (check everything, load nothing)
 nohup iprime train --config run.yaml > train.log 2>&1 &     (no terminal: one plain line per step)
@@ -303,6 +363,14 @@ def train(
     world_size: int = typer.Option(
         None, "--world-size", min=1, help="with --dry-run: check as if torchrun started this many ranks here"
     ),
+    allow_change: list[str] = typer.Option(
+        [],
+        "--allow-change",
+        metavar="KEY",
+        help="with --resume: accept a change of this fixed config key (model.policy, prm.beta, train.seed, ...) "
+        "on purpose; repeat for more keys. It is recorded in config_history.jsonl. Changeable keys (optim.lr, "
+        "train.steps, eval and logging settings) need no flag",
+    ),
     model: str = typer.Option(
         None,
         "--model",
@@ -330,6 +398,15 @@ def train(
         _fail("config error", err)
     if world_size is not None and not dry_run:
         _fail("error", "--world-size is for --dry-run; a run takes its world size from torchrun")
+    if allow_change:
+        from iprime.train.identity import check_allowed_keys
+
+        if not resume:
+            _fail("error", "--allow-change is for --resume: a new run has no saved config to change")
+        try:
+            check_allowed_keys(allow_change)
+        except ConfigError as err:
+            _fail("config error", err)
     if dry_run:  # every problem in one report, a missing model or data included
         raise typer.Exit(_dry_run(cfg, world_size, resume=resume, overwrite=overwrite, config_file=config))
     if not cfg.model.policy:
@@ -337,17 +414,29 @@ def train(
     if not cfg.data.train_path:
         _fail("config error", "data.train_path: set the training data (file, directory or hf:NAME; --data PATH)")
     _preflight(cfg)
-    out_dir = Path(cfg.train.out_dir)
-    if is_main_process():  # rank 0 alone looks at (and may delete) the folder the run writes
+    lock = None
+    if is_main_process():  # rank 0 alone locks, looks at (and may delete) the folder the run writes
         try:
-            note = prepare_out_dir(out_dir, resume=resume, overwrite=overwrite, config_file=config)
-        except OutDirError as err:
+            lock, note = claim_out_dir(cfg.train.out_dir, resume=resume, overwrite=overwrite, config_file=config)
+        except (OutDirError, RunLockedError) as err:
             _fail("error", err)
         if note:
             say(note)
+    try:
+        _train_run(cfg, resume, allow_change)
+    finally:  # the lock goes with the process anyway; a clean end also removes its file
+        if lock is not None:
+            lock.release()
+
+
+def _train_run(cfg, resume: bool, allow_change: list[str]) -> None:
+    """``iprime train`` once the run folder is this process's: read the data, build the trainer,
+    train, save and print where the final models are."""
+    from iprime.train.identity import ConfigChangeError
     from iprime.train.prime import PrimeTrainer
     from iprime.train.progress import empty_steps_summary
 
+    out_dir = Path(cfg.train.out_dir)
     try:  # every row is read and checked before the model loads
         records = read_records(cfg.data.train_path, max_row_bytes=cfg.data.max_row_bytes)
         _preflight_sandbox(cfg, records)
@@ -356,7 +445,10 @@ def train(
         _fail("data error", err)
     except ValueError as err:  # e.g. train.eval_every with nothing to evaluate
         _fail("error", err)
-    history = trainer.train(resume=resume, progress=cfg.train.progress)
+    try:
+        history = trainer.train(resume=resume, progress=cfg.train.progress, allow_change=allow_change)
+    except ConfigChangeError as err:  # a resume that would change the run: nothing was written
+        _fail("resume refused", err)
     final = trainer.save_pretrained(out_dir / "final")
     if not trainer.dist.is_main:
         return
@@ -538,13 +630,20 @@ def sft(
         check_world_size(config, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError as err:
         _fail("config error", err)
+    lock = None
     try:
         check_sft_out(Path(out), resume=resume)
-    except OutDirError as err:
+        if is_main_process():  # one writer per --out, as for iprime train (iprime.train.run_lock)
+            lock = acquire_run_lock(out, "iprime sft")
+    except (OutDirError, RunLockedError) as err:
         _fail("error", err)
-    tokenizer, sft_data = _sft_data(model, data, config.max_length)
-    run, summary = _sft_run(model, sft_data, config, out, device, resume)
-    run.save_pretrained(out, tokenizer)
+    try:
+        tokenizer, sft_data = _sft_data(model, data, config.max_length)
+        run, summary = _sft_run(model, sft_data, config, out, device, resume)
+        run.save_pretrained(out, tokenizer)
+    finally:
+        if lock is not None:
+            lock.release()
     if run.dist.is_main:
         console.print(metrics_table(summary, "SFT", keys=SFT_SUMMARY_KEYS))
         say(f"saved the fine-tuned model to {out}")

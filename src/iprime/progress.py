@@ -121,6 +121,8 @@ def step_flags(m: dict[str, Any]) -> list[str]:
         flags.append(f"[skipped: {m['skipped']}]")
     if m.get("guard/rejected"):
         flags.append(f"[guard rejected: {m['guard/rejected']}]")
+    if m.get("config/changed"):  # the first step after a resume that changed the config
+        flags.append(f"[config changed: {m['config/changed']}]")
     if (n := _number(m.get("policy/skipped_updates"))) and n > 0:
         flags.append(f"[{n:.0f} non-finite policy updates skipped]")
     if (n := _number(m.get("prm/skipped"))) and n > 0:

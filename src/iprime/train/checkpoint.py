@@ -32,6 +32,7 @@ from __future__ import annotations
 import random
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,15 +166,21 @@ def load_run_checkpoint(
     models: dict[str, torch.nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
     dist: DistContext,
+    restore: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any] | None:
-    """Load the newest *good* checkpoint under ``out_dir`` into ``models`` and ``optimizers``;
-    returns its ``meta`` (``None`` when there is none). A DCP checkpoint loads at any world
-    size, a ``state.pt`` in a single process.
+    """Load the newest checkpoint under ``out_dir`` that loads into ``models`` and ``optimizers``
+    (and that ``restore(meta)`` accepts: the trainer's scheduler, prompt stream, buffer, RNG);
+    returns its ``meta`` (``None`` when there is none). A DCP checkpoint loads at any
+    world size, a ``state.pt`` in a single process.
 
     Each candidate (``LATEST`` first, then older ones, newest first) is verified against its
-    manifest and read as plain data; a bad one is reported in a :class:`CheckpointWarning`
-    naming the file and what is wrong, and the next older one is tried. Partial ``.tmp-step-*``
-    directories are removed first. When every checkpoint is bad: :class:`CheckpointError`."""
+    manifest, read as plain data and loaded; *any* failure of a candidate (a bad checksum, a
+    ``state.pt`` that is a directory, a readable file with the wrong content: a missing role,
+    weights of another shape, a missing meta key) is reported in a :class:`CheckpointWarning`
+    naming the directory and the reason, and the next older one is tried. The next candidate
+    loads every part again, so nothing of a failed one remains. Under torchrun the ranks agree:
+    a candidate that failed on any rank is skipped on all. Partial ``.tmp-step-*`` directories
+    are removed first. When no checkpoint loads: :class:`CheckpointError` listing each."""
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
         return None
@@ -185,15 +192,14 @@ def load_run_checkpoint(
         candidates = [Path(p) for p in all_gather_objects([str(p) for p in candidates], dist)[0]]
     problems: list[str] = []
     for path in candidates:
-        try:
-            meta = _load_candidate(path, models, optimizers, dist)
-        except CheckpointError as err:
-            problems.append(str(err))
-            warnings.warn(f"skipping bad checkpoint {path.name}: {err}", CheckpointWarning, stacklevel=2)
+        meta, problem = _try_candidate(path, models, optimizers, dist, restore)
+        if problem is not None:
+            problems.append(problem)
+            warnings.warn(f"skipping bad checkpoint {path.name}: {problem}", CheckpointWarning, stacklevel=2)
             continue
         if problems:
             warnings.warn(
-                f"resumed from {path} instead of the newest checkpoint, which is bad (see above)",
+                f"resumed from {path} instead of the newest checkpoint, which is unusable (see above)",
                 CheckpointWarning,
                 stacklevel=2,
             )
@@ -203,19 +209,47 @@ def load_run_checkpoint(
     return None
 
 
+def _try_candidate(path: Path, models, optimizers, dist, restore) -> tuple[dict[str, Any] | None, str | None]:
+    """``(meta, None)`` when ``path`` loaded (on every rank), else ``(None, reason)``: the first
+    failing rank's reason. A state.pt checkpoint under torchrun is not a bad file but a wrong
+    launch: that ``ValueError`` is raised."""
+    meta, problem = None, None
+    try:
+        meta = _load_candidate(path, models, optimizers, dist)
+        if restore is not None:
+            restore(meta)
+    except WrongLaunchError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever makes this checkpoint unusable, try the older one
+        problem = str(err) if isinstance(err, CheckpointError) else f"{path}: {type(err).__name__}: {err}"
+    if dist.enabled:
+        problem = next((p for p in all_gather_objects(problem, dist) if p is not None), None)
+    return (None, problem) if problem is not None else (meta, None)
+
+
+class WrongLaunchError(ValueError):
+    """A single-process (``state.pt``) checkpoint resumed under torchrun."""
+
+
 def _load_candidate(path: Path, models, optimizers, dist) -> dict[str, Any]:
-    """Load one checkpoint directory; a bad file raises :class:`CheckpointError`."""
+    """Load one checkpoint directory; a bad file raises :class:`CheckpointError`, bad content
+    whatever ``load_state_dict`` or a missing key raises."""
     if checkpoint_kind(path) == "dcp":
         return load_dcp_checkpoint(path, models, optimizers, dist=dist)
-    if not (path / "state.pt").exists():
-        raise CheckpointError(f"{path}: holds neither state.pt nor DCP files (.metadata, meta.pt)")
+    if not (path / "state.pt").is_file():
+        what = "a directory" if (path / "state.pt").is_dir() else "missing"
+        raise CheckpointError(f"{path / 'state.pt'}: {what}, not a checkpoint file (and no DCP files)")
     if dist.enabled:
-        raise ValueError(
+        raise WrongLaunchError(
             f"{path} is a single-process (state.pt) checkpoint; resume it with one process, "
             'or write it with train.checkpoint_format="dcp" to resume at another world size'
         )
     state = load_checkpoint(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path / 'state.pt'}: holds a {type(state).__name__}, not a checkpoint's dict")
     for role, model in models.items():
+        if not isinstance(state.get(role), dict):
+            raise CheckpointError(f"{path / 'state.pt'}: holds no {role!r} model (saved roles: {_saved_roles(state)})")
         model.load_state_dict(state[role])
         # "optimizer": the policy's optimizer in checkpoints written before the roles were uniform
         optimizers[role].load_state_dict(state.get(f"{role}_optimizer", state.get("optimizer")))

@@ -28,7 +28,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,15 @@ from iprime.train.collect import RolloutCollector, sample_records
 from iprime.train.diagnostics import sampler_gap_metrics, step_diagnostics
 from iprime.train.evaluate import build_eval_sets, eval_due, preserved_training_state, run_evals
 from iprime.train.guards import UpdateGuard
+from iprime.train.identity import (
+    Change,
+    ConfigChangeWarning,
+    append_history,
+    changes_text,
+    check_changes,
+    config_changes,
+    follow_optimizer_settings,
+)
 from iprime.train.logging import MetricsLogger
 from iprime.train.passes import ForwardPasses
 from iprime.train.ppo_update import PolicyUpdate, update_value, value_estimates
@@ -155,6 +164,7 @@ class PrimeTrainer:
         self.logger: MetricsLogger | None = None
         # an update far outside the run's history (a loss, gradient or weight-norm spike) is not checkpointed
         self.guard = UpdateGuard()
+        self.config_changes: list[Change] = []  # a resume's changes of the checkpoint's config
 
     # what the run says (rank 0)
     def _info(self, line: str) -> None:
@@ -246,7 +256,11 @@ class PrimeTrainer:
 
     # the stages, in the order train_step runs them; each reads and fills in the step record
     def _new_step(self) -> StepRecord:
-        return StepRecord(index=self.step + 1, metrics={"step": self.step + 1})
+        metrics: dict[str, Any] = {"step": self.step + 1}
+        if self.config_changes:  # the first step after a resume that changed the config says so
+            metrics["config/changed"] = changes_text(self.config_changes)
+            self.config_changes = []
+        return StepRecord(index=self.step + 1, metrics=metrics)
 
     def _take_rollouts(self, step: StepRecord, rollouts: RolloutBatch | None, stats: dict[str, Any]) -> None:
         """The step's global batch (``None``: nothing passed the filter), this rank's share, and
@@ -476,33 +490,65 @@ class PrimeTrainer:
         D.barrier(self.dist)
         return final
 
-    def resume(self) -> bool:
-        """Load the newest complete checkpoint in ``train.out_dir``; False when there is none."""
-        meta = load_run_checkpoint(self.out_dir, *self._parts(), self.dist)
+    def resume(self, allow_change: Iterable[str] = ()) -> bool:
+        """Load the newest checkpoint in ``train.out_dir`` that loads (older ones are tried when a
+        newer one is unusable); False when there is none. Then compare this config with the one
+        the checkpoint recorded (:mod:`iprime.train.identity`): a changed fixed key not named in
+        ``allow_change`` raises :class:`~iprime.train.identity.ConfigChangeError`; changed
+        learning rates and schedule are written into the restored optimizers and scheduler. The
+        changes are kept in ``self.config_changes`` (logged with the next step)."""
+        meta = load_run_checkpoint(self.out_dir, *self._parts(), self.dist, restore=self._restore)
         if meta is None:
             return False
-        self.optimizers.scheduler.load_state_dict(meta["scheduler"])
-        self.collector.load_state_dict(meta)
-        set_rng_state(meta["rng"])
-        self.step, self.bad_steps = int(meta["step"]), int(meta["bad_steps"])
-        self.empty_steps = int(meta.get("empty_steps", 0))
-        if "guard" in meta:
-            self.guard.load_state_dict(meta["guard"])
+        changes = self._config_changes(meta)
+        where = f"the config saved with the checkpoint of step {self.step} in {self.out_dir / 'checkpoints'}"
+        check_changes(changes, allow_change, where)  # every rank: the same checkpoint, the same command line
+        follow_optimizer_settings(self.cfg, self.optimizers, [c.key for c in changes])
+        self.config_changes = changes
         if Capability.SYNC_WEIGHTS in self.generator.capabilities:  # it loaded the starting weights
             self._sync_engine()
         return True
 
+    def _config_changes(self, meta: dict[str, Any]) -> list[Change]:
+        """This config against the one ``meta`` recorded. A policy given in Python (``model``
+        argument, ``model.policy`` unset) counts as the ``model.policy`` it was loaded from, on
+        both sides (``meta["model_source"]``)."""
+        saved = meta.get("config")
+        if not isinstance(saved, dict):
+            return []
+        given = self.cfg.to_dict()
+        for config, source in ((saved, meta.get("model_source")), (given, self.model_source)):
+            model = config.get("model")
+            if isinstance(model, dict) and not model.get("policy") and source:
+                model["policy"] = source
+        return config_changes(saved, given)
+
+    def _restore(self, meta: dict[str, Any]) -> None:
+        """Everything of a checkpoint's ``meta`` besides the models and optimizers; a missing or
+        malformed part raises (and :func:`load_run_checkpoint` tries the older checkpoint)."""
+        step, bad_steps, empty_steps = int(meta["step"]), int(meta["bad_steps"]), int(meta.get("empty_steps", 0))
+        self.optimizers.scheduler.load_state_dict(meta["scheduler"])
+        self.collector.load_state_dict(meta)
+        if "guard" in meta:
+            self.guard.load_state_dict(meta["guard"])
+        set_rng_state(meta["rng"])
+        self.step, self.bad_steps, self.empty_steps = step, bad_steps, empty_steps
+
     # ------------------------------------------------------------------ the loop
-    def train(self, *, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
-        """Run until ``train.steps``; returns the metrics of the steps run by this call."""
+    def train(
+        self, *, resume: bool = False, progress: bool = True, allow_change: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Run until ``train.steps``; returns the metrics of the steps run by this call.
+        ``allow_change``: fixed config keys a resume may change (:meth:`resume`)."""
         cfg, main = self.cfg, self.dist.is_main  # rank 0 writes config, metrics and samples
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out_dir / "config.yaml")
         D.barrier(self.dist)
-        if resume and not self.resume():
+        if resume and not self.resume(allow_change):
             raise FileNotFoundError(f"--resume: no checkpoint in {self.out_dir / 'checkpoints'}")
-        if main:
+        if main:  # after the resume's checks: config.yaml is the config in force, its changes beside it
+            save_config(cfg, self.out_dir / "config.yaml")
+            self._record_config_changes(allow_change)
             self.logger = MetricsLogger.from_config(self.out_dir, cfg.train, cfg.to_dict(), start_step=self.step)
         history: list[dict[str, Any]] = []
         self.guard.begin(self._parts()[0])
@@ -525,6 +571,19 @@ class PrimeTrainer:
                 self.logger.close()
                 self.logger = None  # a train_step after train() logs nowhere, as one before it
         return history
+
+    def _record_config_changes(self, allow_change: Iterable[str]) -> None:
+        """A resume's config changes: printed (a :class:`ConfigChangeWarning` each) and appended
+        to ``config_history.jsonl`` beside ``config.yaml``; the next step logs them too."""
+        if not self.config_changes:
+            return
+        path = append_history(self.out_dir, self.step, self.config_changes, allow_change)
+        allowed = set(allow_change)
+        for c in self.config_changes:
+            how = "accepted with --allow-change" if c.fixed and c.key in allowed else "applied"
+            warnings.warn(
+                f"resume at step {self.step}: {c.text()} ({how}; recorded in {path})", ConfigChangeWarning, stacklevel=3
+            )
 
     def evaluate(self, *, eval_fn: bool = True) -> dict[str, float]:
         """The policy's metrics on the eval sets (``eval/<name>/...``) and ``eval_fn``'s (``eval/<key>``).

@@ -47,6 +47,11 @@ recurses 10,000 deep, runs as it did there. Recursion deep enough to overflow th
 (through ``functools.lru_cache`` or ``__init__``, tens of thousands of frames on an 8 MiB stack)
 crashes that test's process: the test fails, as the program crashed the original's process.
 
+**Host-side work is bounded.** Extracting the code, planning the asserts, decoding what the
+sandbox sends back and judging it run in a child of :mod:`iprime.verifiers.bounded` (address-space,
+CPU and wall-clock limits), so no response or value can hold the caller past ``timeout_s`` plus a
+few seconds or grow its memory (the comment "host-side bounds" below).
+
 All execution happens in :mod:`iprime.verifiers.sandbox`; ``docs/security.md`` states
 the guarantees and their limits.
 """
@@ -65,13 +70,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .bounded import HostLimitExceeded, call_bounded
+from .bounded import warm as warm_helper
 from .extract import extract_code
 from .result import VerifyResult
 from .sandbox import (
+    CallOutcome,
     PlainDataError,
     SandboxLimits,
     SandboxRun,
+    apply_values,
     check_isolation_available,
+    decode_call,
     encode_plain,
     run_checked,
     stub_names,
@@ -160,7 +170,10 @@ PRIME_TESTS = 10
 FLOAT_RTOL = 1e-5
 FLOAT_ATOL = 1e-8
 # A decimal number as a program prints it (no "_", "inf" or "nan": float() reads those too).
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# Written so that no two parts can match the same digits (``\d+(?:\.\d*)?``, not ``\d+\.?\d*``),
+# which keeps a failed match linear: the other form backtracks quadratically, and a 200,000-digit
+# stdout token took minutes to refuse.
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def _token_matches(got: str, expected: str) -> bool:
@@ -988,6 +1001,14 @@ def verify_code_detailed(
     Bad tests or settings raise ``ValueError``; a machine where the sandbox cannot isolate
     raises :class:`~iprime.verifiers.sandbox.SandboxUnavailable` (whatever the response, even
     one without code: never a silent 0); bad code never raises.
+
+    **Hard cap.** Whatever the response and whatever its code sends back, this returns within
+    ``timeout_s + 4.5 s`` (plus ~0.2 s once per process, to start the bounded helper): extracting
+    and planning (which counts against ``timeout_s``), decoding and judging (what is left of
+    ``timeout_s`` plus :data:`JUDGE_ALLOWANCE_S`) run in a child of the bounded helper
+    (:mod:`iprime.verifiers.bounded`) with their own memory limit, and a sample that breaks
+    one of those limits scores 0 with the step and the limit in its reason. The caller holds at
+    most the channels' capped bytes (``result_bytes`` twice, ``output_bytes``, 4 MiB).
     """
     start = time.monotonic()
     tests = parse_tests(tests)
@@ -1004,75 +1025,89 @@ def verify_code_detailed(
     if prelude not in CODE_PRELUDES:
         raise ValueError(f"prelude must be one of {CODE_PRELUDES}, got {prelude!r}")
     concrete = check_isolation_available(isolation)
-    code = extract_code(response)
-    if code is None or not code.strip():
-        return VerifyResult(0.0, 0, 0, "no code block found", time.monotonic() - start)
-    base = limits or SandboxLimits()
-    limits = SandboxLimits(**{**base.__dict__, "wall_s": timeout_s})
+    total = len(tests["asserts"] if tests["kind"] == "asserts" else tests["inputs"])
+    # Every step on the untrusted response and values runs in a bounded process (module comment
+    # "host-side bounds"); the helper's one-time start is not the sample's time.
+    warm_helper()
+    budget_start = time.monotonic()
     setup = setup_with_prelude(tests, prelude)
     kind = tests["kind"]
-    outcomes: dict[int, tuple[bool, str]] = {}
-    sandbox = {"isolation": concrete, "setup": setup, "limits": limits, "test_timeout_s": test_timeout_s}
+    try:
+        prepared = call_bounded(
+            f"{__name__}:_prepare_sample",
+            (response, kind, tests.get("asserts"), setup),
+            wall_s=timeout_s,
+            what="preparing the test (extracting and planning)",
+        )
+    except HostLimitExceeded as exc:
+        return VerifyResult(0.0, 0, total, str(exc), time.monotonic() - start)
+    code = prepared["code"]
+    if code is None:
+        return VerifyResult(0.0, 0, 0, "no code block found", time.monotonic() - start)
+    wall_s = timeout_s - (time.monotonic() - budget_start)  # preparing counts against the sample's time
+    if wall_s <= 0:
+        return VerifyResult(
+            0.0, 0, total, f"timed out after {timeout_s:g}s preparing the test", time.monotonic() - start
+        )
+    base = limits or SandboxLimits()
+    limits = SandboxLimits(**{**base.__dict__, "wall_s": wall_s})
+    sandbox = {
+        "isolation": concrete,
+        "setup": setup,
+        "limits": limits,
+        "test_timeout_s": test_timeout_s,
+        "decode": False,
+    }
 
+    judged_index: list[int] = []
     if kind == "stdio":
-        inputs, expected = tests["inputs"], tests["outputs"]
-        total = len(inputs)
-        run = run_checked(code, stdin_inputs=inputs, **sandbox)
-        for i in range(total):
-            got = run.outputs[i] if i < len(run.outputs) else None
-            if got is None:
-                outcomes[i] = (False, run.output_reasons[i] if i < len(run.output_reasons) else "not run")
-            elif not run.output_ok[i]:
-                outcomes[i] = (False, run.output_reasons[i])
-            elif outputs_match(got, expected[i], stdout_compare):
-                outcomes[i] = (True, "passed")
-            else:
-                outcomes[i] = (False, f"wrong output: got {_short(got)}, expected {_short(expected[i])}")
+        run = run_checked(code, stdin_inputs=tests["inputs"], **sandbox)
     elif kind == "call":
-        total = len(tests["inputs"])
         calls = [{"i": i, "fn": tests["fn_name"], "args": args} for i, args in enumerate(tests["inputs"])]
         run = run_checked(code, calls=calls, **sandbox)
-        for i, expected in enumerate(tests["outputs"]):
-            outcome = run.calls.get(i)
-            if outcome is None:
-                outcomes[i] = (False, "not run")
-            elif not outcome.ok:
-                outcomes[i] = (False, outcome.reason)
-            elif len(outcome.values) != 1:
-                outcomes[i] = (False, "malformed result")
-            elif call_output_matches(outcome.values[0], expected):
-                outcomes[i] = (True, "passed")
-            else:
-                got = _short(outcome.values[0])
-                outcomes[i] = (False, f"wrong result: {tests['fn_name']} returned {got}, expected {_short(expected)}")
     else:
-        asserts = tests["asserts"]
-        total = len(asserts)
-        plans = [plan_assert(a, setup, code) for a in asserts]
-        calls = [{"i": i, "exprs": p.exprs} for i, p in enumerate(plans) if p is not None]
-        judged_index = [i for i, p in enumerate(plans) if p is None]
+        holes = prepared["holes"]
+        calls = [{"i": i, "exprs": h} for i, h in enumerate(holes) if h is not None]
+        judged_index = [i for i, h in enumerate(holes) if h is None]
         run = run_checked(
             code,
             calls=calls or None,
-            judged=[asserts[i] for i in judged_index] or None,
+            judged=[tests["asserts"][i] for i in judged_index] or None,
             stop_on_failure=reward == "pass_all",
             **sandbox,
         )
-        for i, plan in enumerate(plans):
-            if plan is None:
-                continue
-            outcome = run.calls.get(i)
-            if outcome is None:
-                outcomes[i] = (False, "not run")
-            elif not outcome.ok:
-                outcomes[i] = (False, outcome.reason)
-            else:
-                outcomes[i] = _judge_assert(plan, outcome.values)
-        for t in run.tests:
-            if 0 <= t.index < len(judged_index):
-                outcomes[judged_index[t.index]] = (t.passed, t.reason)
-        for i in judged_index:
-            outcomes.setdefault(i, (False, "not run"))
+    outcomes: dict[int, tuple[bool, str]] = {}
+    if not run.output_limit_exceeded:  # else the score is 0 whatever the values say
+        spec = {
+            "kind": kind,
+            "outputs": tests.get("outputs"),
+            "fn_name": tests.get("fn_name"),
+            "asserts": tests.get("asserts"),
+            "holes": prepared["holes"],
+            "setup": setup if kind == "asserts" else "",  # to plan the asserts again (the holes' checks)
+            "code": code if kind == "asserts" else "",
+            "stdout_compare": stdout_compare,
+        }
+        data, run.values_data = run.values_data, b""
+        try:
+            judged = call_bounded(
+                f"{__name__}:_judge_sample",
+                (spec,),
+                blob=data,
+                wall_s=max(budget_start + timeout_s - time.monotonic(), 0.0) + JUDGE_ALLOWANCE_S,
+                what="decoding and judging the returned values",
+            )
+        except HostLimitExceeded as exc:
+            return VerifyResult(0.0, 0, total, str(exc), time.monotonic() - start)
+        del data
+        outcomes = {int(i): (bool(ok), str(why)) for i, ok, why in judged["outcomes"]}
+        if judged["error"] and not run.error:
+            run.error = judged["error"]
+    for t in run.tests:
+        if 0 <= t.index < len(judged_index):
+            outcomes[judged_index[t.index]] = (t.passed, t.reason)
+    for i in judged_index:
+        outcomes.setdefault(i, (False, "not run"))
 
     passed_list = [outcomes.get(i, (False, "not run"))[0] for i in range(total)]
     passed = sum(passed_list)
@@ -1100,6 +1135,101 @@ def verify_code_detailed(
     return VerifyResult(score, passed, total, reason, time.monotonic() - start)
 
 
+# ----------------------------------------------------------------------------- host-side bounds
+#
+# What the candidate controls reaches the host twice: its response (extraction, planning the
+# asserts against its code) and what its code sends back (decoding the values, comparing them
+# with the expected ones). Both steps run in a child of the bounded helper
+# (iprime.verifiers.bounded: its own address-space limit, CPU and wall-clock limits, killed at
+# its deadline), never in the caller's process: values that all hash alike, huge integers in the
+# test's arithmetic, a format string with a huge width, tens of MiB of tiny lines, payloads that
+# decode to many times their size each stop at a limit and score 0 with the reason. What stays in
+# the caller is bounded by sizes: the sandbox's channels are read with caps (result_bytes,
+# output_bytes, 4 MiB of report) and the scoring of the outcomes is linear in the test count.
+# docs/security.md ("Host-side cost") has the numbers (benchmarks/host_bounds.py).
+
+# Judging gets what is left of the sample's time plus this, so the values of a run that used all
+# of its time are still judged; verify_code returns within timeout_s + _STARTUP_ALLOWANCE_S (the
+# sandbox's, 2 s) + this + REPLY_GRACE_S + a few tens of ms.
+JUDGE_ALLOWANCE_S = 2.0
+
+
+def _prepare_sample(response: str, kind: str, asserts: list[str] | None, setup: str) -> dict:
+    """In the bounded helper: the response's code (None: no code block) and, for assert tests,
+    each assert's holes (:func:`plan_assert`; None: the judge process runs it)."""
+    code = extract_code(response)
+    if code is None or not code.strip():
+        return {"code": None, "holes": None}
+    holes = None
+    if kind == "asserts":
+        plans = [plan_assert(a, setup, code) for a in asserts or []]
+        holes = [None if p is None else p.exprs for p in plans]
+    return {"code": code, "holes": holes}
+
+
+def _judge_sample(spec: dict, values: bytes) -> dict:
+    """In the bounded helper: decode the values channel (:func:`~iprime.verifiers.sandbox.apply_values`)
+    and judge each host-judged test; ``{"outcomes": [[index, passed, reason], ...], "error": ...}``
+    (``error``: the code's load error, if it sent one)."""
+    run = SandboxRun()
+    kind = spec["kind"]
+    outcomes: list[list] = []
+    if kind == "stdio":
+        expected = spec["outputs"]
+        apply_values(run, values, len(expected))
+        for i, want in enumerate(expected):
+            got = run.outputs[i]
+            if got is None or not run.output_ok[i]:
+                outcomes.append([i, False, run.output_reasons[i]])
+            elif outputs_match(got, want, spec["stdout_compare"]):
+                outcomes.append([i, True, "passed"])
+            else:
+                outcomes.append([i, False, f"wrong output: got {_short(got)}, expected {_short(want)}"])
+    elif kind == "call":
+        apply_values(run, values, None, decode=False)
+        del values
+        for i, want in enumerate(spec["outputs"]):
+            outcome = _decoded(run, i)
+            if outcome is None:
+                outcomes.append([i, False, "not run"])
+            elif not outcome.ok:
+                outcomes.append([i, False, outcome.reason])
+            elif len(outcome.values) != 1:
+                outcomes.append([i, False, "malformed result"])
+            elif call_output_matches(outcome.values[0], want):
+                outcomes.append([i, True, "passed"])
+            else:
+                got = _short(outcome.values[0])
+                outcomes.append([i, False, f"wrong result: {spec['fn_name']} returned {got}, expected {_short(want)}"])
+    else:
+        apply_values(run, values, None, decode=False)
+        del values
+        for i, (source, holes) in enumerate(zip(spec["asserts"], spec["holes"])):
+            if holes is None:
+                continue
+            plan = plan_assert(source, spec["setup"], spec["code"])  # the plan the holes came from
+            if plan is None or plan.exprs != holes:
+                raise RuntimeError(f"assert {i} planned differently twice")  # pragma: no cover
+            outcome = _decoded(run, i)
+            if outcome is None:
+                outcomes.append([i, False, "not run"])
+            elif not outcome.ok:
+                outcomes.append([i, False, outcome.reason])
+            else:
+                outcomes.append([i, *_judge_assert(plan, outcome.values)])
+    return {"outcomes": outcomes, "error": run.error}
+
+
+def _decoded(run: SandboxRun, index: int) -> CallOutcome | None:
+    """Call ``index``'s outcome with its values decoded, one call at a time (each call's values,
+    up to ``file_size_bytes`` of JSON, are decoded only when judged: an honest sample with
+    several large results never holds them all decoded at once)."""
+    outcome = run.calls.pop(index, None)
+    if outcome is None or not outcome.ok:
+        return outcome
+    return decode_call(outcome)
+
+
 # How the runner marks tests that the sample's time limit left unrun (sandbox/runner.py).
 _SAMPLE_LIMIT = "not run: sample time limit reached"
 
@@ -1107,6 +1237,8 @@ _SAMPLE_LIMIT = "not run: sample time limit reached"
 def _judge_assert(plan: _HostAssert, values: list) -> tuple[bool, str]:
     try:
         ok = bool(plan.check(values))
+    except MemoryError:
+        raise  # the bounded helper's memory limit: reported as such (iprime.verifiers.bounded)
     except Exception as exc:  # noqa: BLE001 - e.g. comparing a str with an int
         return False, f"{type(exc).__name__} evaluating {_short(plan.source, 120)}: {str(exc)[:100]}"
     if ok:

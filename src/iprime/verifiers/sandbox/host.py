@@ -56,6 +56,8 @@ __all__ = [
     "CallOutcome",
     "SandboxRun",
     "run_tests",
+    "apply_values",
+    "decode_call",
     "check_isolation_available",
     "resolve_isolation",
 ]
@@ -161,6 +163,10 @@ class SandboxRun:
     stderr: bytes = b""
     exit_code: int | None = None
     elapsed_s: float = 0.0
+    # With ``decode=False`` (run_checked): the values channel's raw bytes, left for the caller to
+    # decode where that is bounded (:func:`apply_values`; iprime.verifiers.code does it in a
+    # bounded process, iprime.verifiers.bounded); ``calls`` and ``outputs`` are then empty.
+    values_data: bytes = field(default=b"", repr=False)
 
 
 # ----------------------------------------------------------------------------- isolation
@@ -390,8 +396,13 @@ def run_tests(
     return _run(code, setup, calls, stdin_inputs, judged, limits, test_timeout_s, stop_on_failure, concrete)
 
 
-def run_checked(code: str, *, isolation: str, **kwargs) -> SandboxRun:
-    """:func:`run_tests` for a caller that already ran :func:`check_isolation_available`."""
+def run_checked(code: str, *, isolation: str, decode: bool = True, **kwargs) -> SandboxRun:
+    """:func:`run_tests` for a caller that already ran :func:`check_isolation_available`.
+
+    ``decode=False``: the values channel is not decoded here but returned raw in
+    ``SandboxRun.values_data``, for :func:`apply_values` in a process whose time and memory
+    are bounded (decoding untrusted values is the one unbounded step of the host's reading).
+    """
     return _run(
         code,
         kwargs.get("setup", ""),
@@ -402,6 +413,7 @@ def run_checked(code: str, *, isolation: str, **kwargs) -> SandboxRun:
         kwargs.get("test_timeout_s"),
         kwargs.get("stop_on_failure", True),
         isolation,
+        decode,
     )
 
 
@@ -438,7 +450,9 @@ def _temp_file(data: bytes) -> int:
     return fd
 
 
-def _run(code, setup, calls, stdin_inputs, judged, limits, test_timeout_s, stop_on_failure, isolation) -> SandboxRun:
+def _run(
+    code, setup, calls, stdin_inputs, judged, limits, test_timeout_s, stop_on_failure, isolation, decode=True
+) -> SandboxRun:
     start = time.monotonic()
     rng = random.SystemRandom()
     uid_solution = rng.randint(*_UID_RANGE)
@@ -486,17 +500,11 @@ def _run(code, setup, calls, stdin_inputs, judged, limits, test_timeout_s, stop_
         else:
             cmd = [sys.executable, "-I", str(_RUNNER)]
         uids = (uid_solution, uid_judge) if switch_uid else ()
-        run, stdio = _supervise(cmd, job, judged, setup, limits, uids)
-        if stdin_inputs is not None:
-            run.outputs = [None] * len(stdin_inputs)
-            run.output_ok = [False] * len(stdin_inputs)
-            run.output_reasons = ["not run"] * len(stdin_inputs)
-            for message in stdio:
-                i = message["i"]
-                if 0 <= i < len(stdin_inputs) and run.outputs[i] is None:
-                    run.outputs[i] = message["stdout"]
-                    run.output_ok[i] = message["ok"]
-                    run.output_reasons[i] = message["reason"]
+        run, values = _supervise(cmd, job, judged, setup, limits, uids)
+        if decode:
+            apply_values(run, values, None if stdin_inputs is None else len(stdin_inputs))
+        else:
+            run.values_data = values
         run.elapsed_s = time.monotonic() - start
         return run
     finally:
@@ -587,7 +595,9 @@ def _supervise(cmd, job: dict, judged, setup, limits: SandboxLimits, uids) -> tu
     run.stdout = bytes(buffers["stdout"][: limits.output_bytes])
     run.stderr = bytes(buffers["stderr"][: limits.output_bytes])
     _parse_report(run, bytes(buffers["report"]))
-    return run, _parse_values(run, bytes(buffers["values"]))
+    values = bytes(buffers["values"])
+    del buffers
+    return run, values
 
 
 def _parse_report(run: SandboxRun, data: bytes) -> None:
@@ -617,7 +627,40 @@ def _parse_report(run: SandboxRun, data: bytes) -> None:
         )
 
 
-def _parse_values(run: SandboxRun, data: bytes) -> list[dict]:
+def apply_values(run: SandboxRun, data: bytes, num_inputs: int | None, *, decode: bool = True) -> None:
+    """Decode the values channel ``data`` into ``run``: ``calls`` (call tests) and, in stdin/stdout
+    mode (``num_inputs``: how many inputs the run had), ``outputs``, ``output_ok`` and
+    ``output_reasons``, the first message for each input. ``decode=False`` leaves each call's
+    values encoded (``CallOutcome.values`` is then the JSON text) for :func:`decode_call`."""
+    stdio = _parse_values(run, data, decode)
+    if num_inputs is None:
+        return
+    run.outputs = [None] * num_inputs
+    run.output_ok = [False] * num_inputs
+    run.output_reasons = ["not run"] * num_inputs
+    for message in stdio:
+        i = message["i"]
+        if 0 <= i < num_inputs and run.outputs[i] is None:
+            run.outputs[i] = message["stdout"]
+            run.output_ok[i] = message["ok"]
+            run.output_reasons[i] = message["reason"]
+
+
+def decode_call(outcome: CallOutcome) -> CallOutcome:
+    """A call's outcome as :func:`apply_values` gives it with ``decode=True``, from one it left
+    encoded."""
+    if not outcome.ok or type(outcome.values) is not str:
+        return outcome
+    try:
+        values = loads_plain(outcome.values)
+        if type(values) is not list:
+            raise PlainDataError("not a list of values")
+    except PlainDataError as exc:
+        return CallOutcome(False, [], f"result is not plain data ({exc})")
+    return CallOutcome(True, values, "")
+
+
+def _parse_values(run: SandboxRun, data: bytes, decode: bool = True) -> list[dict]:
     """What the candidate's side sent. Untrusted: any line may be forged or garbage, so
     only well-formed messages count, the first one per test, and values are decoded
     into fresh builtin objects (they can only be wrong answers, never a verdict)."""
@@ -645,14 +688,8 @@ def _parse_values(run: SandboxRun, data: bytes) -> list[dict]:
         if index in run.calls:
             continue
         if type(message.get("v")) is str:
-            try:
-                values = loads_plain(message["v"])
-                if type(values) is not list:
-                    raise PlainDataError("not a list of values")
-            except PlainDataError as exc:
-                run.calls[index] = CallOutcome(False, [], f"result is not plain data ({exc})")
-            else:
-                run.calls[index] = CallOutcome(True, values, "")
+            encoded = CallOutcome(True, message["v"], "")  # type: ignore[arg-type] - decoded below
+            run.calls[index] = decode_call(encoded) if decode else encoded
         elif type(message.get("error")) is str:
             run.calls[index] = CallOutcome(False, [], message["error"][:1000])
     return stdio
