@@ -121,7 +121,7 @@ class PrimeTrainer:
     ) -> None:
         self.cfg = cfg = config
         self.dist, self.device = D.init_distributed(cfg.model.device)
-        self.log = log if self.dist.is_main else None  # rank 0 speaks for the run
+        self.log, self.eval_dataset, self.eval_fn = (log if self.dist.is_main else None), eval_dataset, eval_fn
         D.check_config(cfg, self.dist)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
@@ -137,7 +137,6 @@ class PrimeTrainer:
         # where the policy started: the reference a saved PRM is read against (model.reference=sft)
         self.model_source = str(model) if isinstance(model, (str, Path)) else (cfg.model.policy or None)
         prompts = [render_prompt(self.tokenizer, prompt) for prompt in self.data.prompts]
-        self.eval_dataset, self.eval_fn = eval_dataset, eval_fn
         # FSDP2 roots (data-parallel runs only): id(model) -> the module whose forward gives log-probs
         roots = D.shard_models([self.policy, self.reference, self.prm], self.dist, self.device)
         self.passes = ForwardPasses(cfg, self.dist, self.device, roots)
