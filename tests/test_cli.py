@@ -136,7 +136,7 @@ class FakeTrainer:
 
     calls: list = []
 
-    def __init__(self, model, cfg, records):
+    def __init__(self, model, cfg, records, log=None):
         self.cfg, self.prm = cfg, object()
         self.dist = types.SimpleNamespace(is_main=True)
         FakeTrainer.calls.append(("init", model, len(records)))
@@ -146,6 +146,7 @@ class FakeTrainer:
         out = Path(self.cfg.train.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, out / "config.yaml")
+        return []  # the metrics of the steps run: none here
 
     def save_pretrained(self, directory):
         for name in ("policy", "prm"):

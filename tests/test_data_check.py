@@ -55,7 +55,7 @@ def test_good_eurus_parquet_exits_0_with_summary(tmp_path, fake_verifiers):
     for source in ("numina_olympiads", "numina_cn_k12", "taco", "apps"):
         assert source in out
     assert "reference key: reward_model.ground_truth (auto)" in out
-    assert "prompts: 0 strings, 4 message lists" in out
+    assert "prompts of 4 usable rows: 4 chat message lists" in out
     assert "characters" in out and "give --tokenizer for tokens" in out
     assert "OK: 4 of 4 rows usable" in out
     assert fake_verifiers == [
@@ -99,7 +99,7 @@ def test_reference_key_auto_failure_and_explicit_keys(tmp_path, fake_verifiers):
     result = run(path, "--prompt-key", "question", "--reference-key", "solution", "--system-prompt", "Be brief.")
     assert result.exit_code == 0, result.output
     assert "reference key: solution\n" in result.output
-    assert "prompts: 0 strings, 1 message lists" in result.output  # the system prompt made it a list
+    assert "prompts of 1 usable row: 1 chat message list" in result.output  # the system prompt made it a list
     assert "(none)" in result.output  # no ability / data_source field
 
 

@@ -7,7 +7,7 @@ from importlib import resources
 
 import pytest
 
-from iprime.data.jsonl import JsonlError
+from iprime.data.sources import DataError
 from iprime.eval.benchmarks import CODE_SUFFIX, MATH_SUFFIX, benchmark_names, load_benchmark
 
 EXPECTED_ROWS = {
@@ -95,8 +95,10 @@ def test_custom_jsonl_benchmark(tmp_path):
     assert rows[0]["prompt"] == "What is 1+1?" + MATH_SUFFIX
     raw = load_benchmark(str(path), prompt_key="q", answer_key="a", add_suffix=False)
     assert raw[0]["prompt"] == "What is 1+1?" and raw[1]["id"] == "3"  # line numbers
-    with pytest.raises(JsonlError, match=r"mine.jsonl:1: missing field 'answer'"):
+    with pytest.raises(DataError, match=r"neither 'answer' nor 'reward_model.ground_truth'.*--answer-key"):
         load_benchmark(str(path), prompt_key="q")
+    with pytest.raises(DataError, match=r"mine.jsonl line 1: answer: field 'answer' is missing"):
+        load_benchmark(str(path), prompt_key="q", answer_key="answer")
     code = tmp_path / "code.jsonl"
     code.write_text(
         json.dumps({"prompt": "Write f.", "tests": {"asserts": ["assert f() == 1"]}})
@@ -104,7 +106,7 @@ def test_custom_jsonl_benchmark(tmp_path):
         + json.dumps({"prompt": "Write g.", "tests": "assert g()"})
         + "\n"
     )
-    with pytest.raises(JsonlError, match=r"code.jsonl:2: .*tests dict"):
+    with pytest.raises(DataError, match=r"code.jsonl line 2: tests: .*tests dict"):
         load_benchmark(str(code), answer_key="tests", kind="code")
-    with pytest.raises(ValueError, match="only apply to .jsonl"):
+    with pytest.raises(ValueError, match="only apply to benchmark files"):
         load_benchmark("math500", prompt_key="q")

@@ -53,6 +53,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # the top: commands, presets, the demo
     "iprime.presets": ANYTHING,
     "iprime.quickstart": ANYTHING,
+    "iprime.starter": ANYTHING,  # `iprime model tiny`, `iprime data example`
     "iprime.config_show": ANYTHING,
     "iprime.data_check": ANYTHING,
     "iprime.preflight": ANYTHING,  # the pre-flight check: config, machine, data check, sandbox
@@ -81,11 +82,16 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.cli", "iprime.quickstart"): LIGHT_CLI,
     ("iprime.cli", "iprime.presets"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.prime"): LIGHT_CLI,
+    ("iprime.cli", "iprime.train.progress"): LIGHT_CLI,  # the empty-steps summary at the end of a run
     ("iprime.cli", "iprime.train.sft"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.distributed"): LIGHT_CLI,  # `iprime sft` joins torchrun's process group
     ("iprime.cli", "iprime.train.identity"): LIGHT_CLI,  # it imports iprime.config (the estimator registry)
     ("iprime.cli", "iprime.preflight"): LIGHT_CLI,  # it imports torch and iprime.config
     ("iprime.config_show", "iprime.config"): LIGHT_CLI,
+    ("iprime.starter", "iprime.presets"): LIGHT_CLI,
+    ("iprime.starter", "iprime.models"): LIGHT_CLI,
+    ("iprime.starter", "iprime.train.sft"): LIGHT_CLI,
+    ("iprime.starter", "pyarrow"): "parquet writing only; " + LIGHT_CLI,
     ("iprime.config_show", "iprime.preflight"): LIGHT_CLI,  # the memory estimate block
     ("iprime.data_check", "iprime.models"): LIGHT_CLI + "; the tokenizer, with --tokenizer only",
     ("iprime.data_check", "iprime.verifiers"): VERIFIERS,

@@ -4,7 +4,6 @@ read them (prm score, prm rerank, eval --prm) without flags."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -228,5 +227,5 @@ def test_a_runs_prm_metadata_comes_from_its_config(tmp_path):
     assert run_prm_metadata(cfg, "org/sft", tmp_path).reference == "org/sft"  # a hub id is kept
     assert run_prm_metadata(cfg, None, tmp_path).reference is None  # the start is unknown
     on_policy = load_config(None, ["model.reference=policy"])
-    assert run_prm_metadata(on_policy, str(sft), "final").reference == str((Path("final") / "policy").resolve())
+    assert run_prm_metadata(on_policy, str(sft), "final").reference == "../policy"  # beside the PRM: relative
     assert run_prm_metadata(load_config(None, ["model.reference=/models/ref"]), None, "x").reference == "/models/ref"

@@ -313,9 +313,11 @@ def _fail(kind: str, err: object) -> NoReturn:
     raise typer.Exit(2)
 
 
-def final_model_lines(final_dir: Path, has_prm: bool) -> list[str]:
-    """Where the run's final models are, and how to load them: the run's last words."""
-    lines = [f"final policy: {final_dir / 'policy'}  (transformers.AutoModelForCausalLM.from_pretrained)"]
+def final_model_lines(final_dir: Path, has_prm: bool, *, trained: bool = True) -> list[str]:
+    """Where the run's final models are, and how to load them: the run's last words.
+    ``trained=False`` (every step was empty) says that the policy is the starting model."""
+    note = "" if trained else "  (unchanged: no step trained it)"
+    lines = [f"final policy: {final_dir / 'policy'}  (transformers.AutoModelForCausalLM.from_pretrained){note}"]
     if has_prm:
         lines.append(f"final PRM:    {final_dir / 'prm'}  (with iprime_prm.json; iprime prm score --prm ...)")
     return lines
@@ -328,6 +330,7 @@ def push_final(final_dir: Path, repo_id: str, private: bool) -> list[str]:
 
 TRAIN_EXAMPLES = """Examples:
 iprime train --config configs/eurus2_7b_prime.yaml
+iprime train --model models/tiny-sft --data mine.parquet train.steps=3   (no config file: PrimeConfig's defaults)
 iprime train --config run.yaml train.steps=200 rollout.n=8 train.out_dir=runs/n8
 iprime train --config run.yaml --resume                 (continue from the newest checkpoint in train.out_dir)
 iprime train --config run.yaml --resume optim.lr=5e-7   (a changeable key: applied, recorded in config_history.jsonl)
@@ -368,6 +371,15 @@ def train(
         "on purpose; repeat for more keys. It is recorded in config_history.jsonl. Changeable keys (optim.lr, "
         "train.steps, eval and logging settings) need no flag",
     ),
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="the starting (SFT) model, path or hub id: sets model.policy; the PRM and the reference start "
+        "from it too unless model.prm / model.reference say otherwise",
+    ),
+    data: str = typer.Option(
+        None, "--data", help="the training data (file, directory or hf:NAME): sets data.train_path"
+    ),
 ) -> None:
     """Run PRIME (or a baseline): iprime train --config FILE.yaml \\[dotted.key=value ...]
 
@@ -381,7 +393,7 @@ def train(
     from iprime.config import ConfigError, load_config
 
     try:
-        cfg = load_config(config, list(ctx.args))
+        cfg = load_config(config, shortcut_overrides(list(ctx.args), model=model, data=data))
     except ConfigError as err:
         _fail("config error", err)
     if world_size is not None and not dry_run:
@@ -398,9 +410,9 @@ def train(
     if dry_run:  # every problem in one report, a missing model or data included
         raise typer.Exit(_dry_run(cfg, world_size, resume=resume, overwrite=overwrite, config_file=config))
     if not cfg.model.policy:
-        _fail("config error", "model.policy: set the path (or hub id) of the SFT model")
+        _fail("config error", "model.policy: set the path (or hub id) of the SFT model (--model PATH)")
     if not cfg.data.train_path:
-        _fail("config error", "data.train_path: set the training data (file, directory or hf:NAME)")
+        _fail("config error", "data.train_path: set the training data (file, directory or hf:NAME; --data PATH)")
     _preflight(cfg)
     lock = None
     if is_main_process():  # rank 0 alone locks, looks at (and may delete) the folder the run writes
@@ -422,24 +434,29 @@ def _train_run(cfg, resume: bool, allow_change: list[str]) -> None:
     train, save and print where the final models are."""
     from iprime.train.identity import ConfigChangeError
     from iprime.train.prime import PrimeTrainer
+    from iprime.train.progress import empty_steps_summary
 
     out_dir = Path(cfg.train.out_dir)
     try:  # every row is read and checked before the model loads
         records = read_records(cfg.data.train_path, max_row_bytes=cfg.data.max_row_bytes)
         _preflight_sandbox(cfg, records)
-        trainer = PrimeTrainer(cfg.model.policy, cfg, records)
+        trainer = PrimeTrainer(cfg.model.policy, cfg, records, log=say)
     except (DataError, FileNotFoundError) as err:
         _fail("data error", err)
     except ValueError as err:  # e.g. train.eval_every with nothing to evaluate
         _fail("error", err)
     try:
-        trainer.train(resume=resume, progress=cfg.train.progress, allow_change=allow_change)
+        history = trainer.train(resume=resume, progress=cfg.train.progress, allow_change=allow_change)
     except ConfigChangeError as err:  # a resume that would change the run: nothing was written
         _fail("resume refused", err)
     final = trainer.save_pretrained(out_dir / "final")
     if not trainer.dist.is_main:
         return
-    for line in final_model_lines(final, trainer.prm is not None):
+    # a run that trained little must not end as if all went well
+    if empty := empty_steps_summary(cfg, history, out_dir):
+        say(("warning: ", "yellow"), empty)
+    trained = not history or any(not m.get("empty") for m in history)
+    for line in final_model_lines(final, trainer.prm is not None, trained=trained):
         say(line)
     if cfg.train.push_to_hub:
         try:
@@ -449,6 +466,27 @@ def _train_run(cfg, resume: bool, allow_change: list[str]) -> None:
             raise typer.Exit(1) from None
         for url in urls:
             say(f"pushed: {url}")
+
+
+SHORTCUTS = {"model": "model.policy", "data": "data.train_path"}
+"""``iprime train``'s options that stand for a config key: ``--model`` and ``--data``."""
+
+
+def shortcut_overrides(overrides: list[str], **given: str | None) -> list[str]:
+    """``overrides`` with ``--model`` / ``--data`` (``given``, by option name) as the dotted
+    overrides they stand for (:data:`SHORTCUTS`), put last. Raises :class:`ConfigError` when an
+    option and its key are both given (which of the two was meant is not for us to guess)."""
+    from iprime.config import ConfigError
+
+    extra = []
+    for option, value in given.items():
+        if value is None:
+            continue
+        key = SHORTCUTS[option]
+        if any(o.split("=", 1)[0].strip() == key for o in overrides):
+            raise ConfigError(f"--{option} sets {key}: give one of --{option} and {key}=")
+        extra.append(f"{key}={value}")
+    return [*overrides, *extra]
 
 
 def is_node_main() -> bool:
@@ -652,6 +690,7 @@ from iprime.data_check import data_app, scan_data, verifier_counts, verifier_hoo
 from iprime.eval.commands import EVAL_EXAMPLES, RERANK_EXAMPLES, eval_command, rerank_command  # noqa: E402
 from iprime.plots import plot_command  # noqa: E402
 from iprime.prm.commands import prm_app  # noqa: E402
+from iprime.starter import EXAMPLE_EPILOG, example_command, model_app  # noqa: E402
 from iprime.train.export import export_command, push_to_hub  # noqa: E402
 
 
@@ -682,6 +721,8 @@ app.command(
 app.add_typer(prm_app, name="prm")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+data_app.command("example", epilog=EXAMPLE_EPILOG)(example_command)
+app.add_typer(model_app, name="model")
 
 
 def main() -> None:

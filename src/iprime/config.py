@@ -325,6 +325,10 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/prime"
     save_every: int = 10
+    keep_checkpoints: int = 2
+    """Checkpoints kept in ``out_dir/checkpoints``, the newest ones (each with its ``hf/`` models,
+    ``train.save_hf``); older ones are deleted as a new one is published. At least 1; 2 keeps a
+    fallback for a newest checkpoint that turns out bad."""
     eval_every: int = 0
     """Evaluate every this many steps (and after the last) on ``data.eval_path`` and
     ``eval_benchmarks``; 0: never. Results go to metrics.jsonl, TensorBoard and wandb as
@@ -496,6 +500,7 @@ def validate(cfg: PrimeConfig) -> None:
     need(cfg.train.steps >= 0, "train.steps", "must be >= 0")
     need(cfg.train.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
     need(cfg.train.max_empty_steps >= 1, "train.max_empty_steps", "must be >= 1")
+    need(cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1 (the newest checkpoint is kept)")
     need(cfg.verify.workers >= 0, "verify.workers", "must be >= 0")
     need(cfg.verify.timeout_s > 0, "verify.timeout_s", "must be > 0")
     need(cfg.verify.code_reward in ("pass_all", "prime"), "verify.code_reward", 'must be "pass_all" or "prime"')

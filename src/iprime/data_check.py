@@ -166,6 +166,21 @@ def _count_table(title: str, column: str, counts: Counter) -> Table:
     return table
 
 
+def prompt_kinds_line(prompts: Sequence, rows: int) -> str:
+    """What the usable rows' prompts are: ``prompts of 12 usable rows: 4 strings, 8 chat
+    message lists``; with no usable row, says so and points at the bad rows instead of
+    counting zeros."""
+    if not prompts:
+        return f"prompts: none usable: all {rows} rows are bad (the table below says why)"
+
+    def count(n: int, what: str) -> str:
+        return f"{n} {what}" + ("" if n == 1 else "s")
+
+    n_str = sum(isinstance(p, str) for p in prompts)
+    kinds = [count(n, what) for n, what in ((n_str, "string"), (len(prompts) - n_str, "chat message list")) if n]
+    return f"prompts of {count(len(prompts), 'usable row')}: {', '.join(kinds)}"
+
+
 @data_app.command("check", epilog=CHECK_EXAMPLES)
 def check(
     path: str = typer.Argument(
@@ -235,8 +250,7 @@ def check(
     except (DataError, FileNotFoundError, ValueError, OSError) as err:
         fail(str(err))
     console.print(Text(f"reference key: {found.reference_key}" + (" (auto)" if reference_key == "auto" else "")))
-    n_str = sum(isinstance(p, str) for p in found.prompts)
-    console.print(Text(f"prompts: {n_str} strings, {len(found.prompts) - n_str} message lists"))
+    console.print(Text(prompt_kinds_line(found.prompts, len(records))))
     if hooks.check_row is None:
         console.print(Text(f"note: references not checked by a verifier (--verifier {verifier} scores every row)"))
 

@@ -143,6 +143,15 @@ def benchmark_preset(name: str) -> QuickstartPreset:
         raise ValueError(f"unknown preset {name!r}; known: {sorted(BENCHMARK_PRESETS)}") from None
 
 
+def tiny_quickstart_model(out: str | Path, preset: QuickstartPreset | None = None) -> Path:
+    """The preset's tiny model before SFT, written to ``out``: :func:`make_tiny_model` with the
+    preset's sizes, its tokenizer fit on the task's texts, both seeded by ``preset.seed``
+    (``iprime model tiny`` writes it too)."""
+    preset = preset or QUICKSTART
+    corpus = preset.make_task().corpus(preset.corpus_examples, seed=preset.seed)
+    return make_tiny_model(out, corpus=corpus, seed=preset.seed, **preset.model)
+
+
 def run_preset_sft(out: str | Path, preset: QuickstartPreset | None = None, *, log=print) -> dict:
     """Tiny model -> SFT -> greedy held-out accuracy; the first half of the quickstart.
 
@@ -154,9 +163,7 @@ def run_preset_sft(out: str | Path, preset: QuickstartPreset | None = None, *, l
     t0 = time.perf_counter()
     out = Path(out)
     task = preset.make_task()
-    model_dir = make_tiny_model(
-        out / "init", corpus=task.corpus(preset.corpus_examples, seed=preset.seed), seed=preset.seed, **preset.model
-    )
+    model_dir = tiny_quickstart_model(out / "init", preset)
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
     rows = task.sft_rows(preset.sft_examples, seed=preset.seed)
     sft = run_sft(model, tok, rows, preset.sft, log=log)

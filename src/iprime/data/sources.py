@@ -38,9 +38,12 @@ __all__ = [
     "Record",
     "get_field",
     "iter_jsonl_lines",
+    "problem_message",
     "prepare_rows",
+    "prompt_problems",
     "read_records",
     "resolve_reference_key",
+    "with_system",
 ]
 
 DEFAULT_MAX_ROW_BYTES = 16 << 20
@@ -440,7 +443,7 @@ class _Examined:
     bad: set[str]
 
 
-def _prompt_problems(prompt: Any, prompt_key: str) -> list[tuple[str, str]]:
+def prompt_problems(prompt: Any, prompt_key: str) -> list[tuple[str, str]]:
     """``(field, problem)`` for a prompt that is neither a non-empty string nor a non-empty list
     of ``{"role", "content"}`` messages with string contents."""
     if isinstance(prompt, str):
@@ -466,7 +469,9 @@ def _prompt_problems(prompt: Any, prompt_key: str) -> list[tuple[str, str]]:
     return [(prompt_key, f"must be a string or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}")]
 
 
-def _with_system(prompt: str | Sequence[Mapping], system_prompt: str | None) -> str | list[dict]:
+def with_system(prompt: str | Sequence[Mapping], system_prompt: str | None) -> str | list[dict]:
+    """A string prompt with ``system_prompt`` before it as a system message (two messages), or
+    as it is without one; a message list as it is (it says its own system message, if any)."""
     if isinstance(prompt, str):
         if system_prompt is None:
             return prompt
@@ -498,7 +503,7 @@ def _examine(
             except MissingField as err:
                 problems.append((prompt_key, str(err)))
             else:
-                problems += _prompt_problems(prompt, prompt_key)
+                problems += prompt_problems(prompt, prompt_key)
             try:
                 reference = get_field(row, key)
             except MissingField as err:
@@ -510,7 +515,8 @@ def _examine(
                     problems.append((key, "reference is an empty string"))
                 elif check_row is not None:
                     try:
-                        problems += [(key, str(p)) for p in check_row(reference, row) or ()]
+                        # a problem may name its own field (an unknown ability is not the reference's fault)
+                        problems += [(getattr(p, "field", key), str(p)) for p in check_row(reference, row) or ()]
                     except Exception as err:  # a verifier's check must not hide the other rows' problems
                         problems.append((key, f"row check failed: {type(err).__name__}: {err}"))
         if problems:
@@ -518,7 +524,7 @@ def _examine(
             found.problems += [(where, f, p) for f, p in problems]
             continue
         found.records.append(record)
-        found.prompts.append(_with_system(prompt, system_prompt))
+        found.prompts.append(with_system(prompt, system_prompt))
         found.references.append(reference)
     return found
 
@@ -548,7 +554,7 @@ def _count_tokens(
     return counts, problems
 
 
-def _problem_message(problems: Sequence[tuple[str, str, str]], n_rows: int, n_bad: int) -> str:
+def problem_message(problems: Sequence[tuple[str, str, str]], n_rows: int, n_bad: int) -> str:
     head = f"{len(problems)} problem(s) in {n_bad} of {n_rows} rows:"
     lines = [f"  {w}: {f}: {p}" for w, f, p in problems[:MAX_LISTED_PROBLEMS]]
     if len(problems) > MAX_LISTED_PROBLEMS:
@@ -606,7 +612,7 @@ def prepare_rows(
             found.bad |= {w for w, _ in over}
     if found.problems:
         raise DataError(
-            _problem_message(found.problems, len(records), len(found.bad)),
+            problem_message(found.problems, len(records), len(found.bad)),
             where=found.problems[0][0],
             field=found.problems[0][1],
             problems=found.problems,

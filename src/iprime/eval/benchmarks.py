@@ -19,7 +19,8 @@ Names (:data:`BENCHMARKS`): ``math500`` (500), ``aime2024`` (30; ``aime`` = 2022
 ``aimeYYYY`` any year in the file), ``amc`` (AMC 2022-2023, 83; ``amc2022``/``amc2023``),
 ``minerva`` (272), ``olympiadbench`` (text-only English, 675), ``humaneval`` (164), ``mbpp``
 (399), ``leetcode`` (180), ``arithmetic`` (the quickstart's 200 held-out problems). Any
-``.jsonl`` path is a custom benchmark (:func:`load_jsonl_benchmark`).
+``.jsonl`` / ``.json`` / ``.parquet`` file, directory of them or ``hf:NAME[:SPLIT]`` is a custom
+benchmark, read as the training data is (:func:`load_file_benchmark`).
 """
 
 from __future__ import annotations
@@ -30,9 +31,19 @@ import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from iprime.data.arithmetic import held_out_rows
-from iprime.data.jsonl import JsonlError, iter_jsonl
+from iprime.data.sources import (
+    DEFAULT_MAX_ROW_BYTES,
+    DataError,
+    MissingField,
+    get_field,
+    prepare_rows,
+    problem_message,
+    read_records,
+    with_system,
+)
 from iprime.verifiers import rows as adapters
 
 __all__ = [
@@ -40,7 +51,10 @@ __all__ = [
     "CODE_SUFFIX",
     "MATH_SUFFIX",
     "benchmark_names",
+    "file_benchmark_name",
+    "is_file_benchmark",
     "load_benchmark",
+    "load_file_benchmark",
     "load_jsonl_benchmark",
     "read_data_file",
 ]
@@ -191,25 +205,43 @@ def benchmark_names() -> list[str]:
     return list(BENCHMARKS)
 
 
-def load_benchmark(name: str, *, limit: int | None = None, **jsonl_options) -> list[dict]:
-    """Rows of a shipped benchmark, or of a ``.jsonl`` file (``jsonl_options`` go to
-    :func:`load_jsonl_benchmark`). ``limit`` keeps the first rows. Ids are checked unique,
-    since resuming an evaluation keys on them."""
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+"""A benchmark named by a file of one of these kinds (or a directory, or ``hf:NAME[:SPLIT]``) is
+read by :func:`load_file_benchmark`: the reader of the training data."""
+
+
+def is_file_benchmark(name: str) -> bool:
+    """Whether ``name`` is a data file / directory / ``hf:`` dataset rather than a shipped name."""
+    return name.endswith(FILE_SUFFIXES) or name.startswith("hf:") or Path(name).is_dir()
+
+
+def load_benchmark(
+    name: str, *, limit: int | None = None, system_prompt: str | None = None, **file_options
+) -> list[dict]:
+    """Rows of a shipped benchmark, or of a data file (``.jsonl(.gz)``, ``.json``, ``.parquet``,
+    a directory of them or ``hf:NAME[:SPLIT]``; ``file_options`` go to
+    :func:`load_file_benchmark`). ``limit`` keeps the first rows. ``system_prompt`` goes before
+    every string prompt as a system message (a message-list prompt is kept as it is). Ids are
+    checked unique, since resuming an evaluation keys on them."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     yearly = re.fullmatch(r"(aime|amc)(\d{4})", name)
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        rows = load_jsonl_benchmark(name, **jsonl_options)
+    is_file = is_file_benchmark(name)
+    if file_options and not is_file:
+        raise ValueError(f"options {sorted(file_options)} only apply to benchmark files, not {name!r}")
+    if is_file:
+        rows = load_file_benchmark(name, limit=limit, **file_options)
     elif name in BENCHMARKS:
         rows = BENCHMARKS[name](name)
     elif yearly:
         rows = _contest_loader(*_YEARLY[yearly.group(1)], (int(yearly.group(2)),))(name)
     else:
         raise ValueError(
-            f"unknown benchmark {name!r}; shipped: {benchmark_names()} (or aimeYYYY, amcYYYY, a .jsonl path)"
+            f"unknown benchmark {name!r}; shipped: {benchmark_names()} (or aimeYYYY, amcYYYY, a .jsonl / .json / "
+            ".parquet file, a directory of them, hf:NAME[:SPLIT])"
         )
-    if jsonl_options and not name.endswith((".jsonl", ".jsonl.gz")):
-        raise ValueError(f"options {sorted(jsonl_options)} only apply to .jsonl benchmarks, not {name!r}")
+    if system_prompt is not None:
+        rows = [{**r, "prompt": with_system(r["prompt"], system_prompt)} for r in rows]
     seen: set[str] = set()
     for r in rows:
         if r["id"] in seen:
@@ -218,53 +250,96 @@ def load_benchmark(name: str, *, limit: int | None = None, **jsonl_options) -> l
     return rows[:limit] if limit is not None else rows
 
 
-def load_jsonl_benchmark(
+def file_benchmark_name(spec: str) -> str:
+    """The name a data file's rows are reported under: a file's name up to its first dot
+    (``data/validation.parquet`` -> ``validation``), a directory's name, or ``hf:org/name:split``
+    -> ``name_split`` (also the ``eval/<name>/...`` of ``data.eval_path`` in training)."""
+    if spec.startswith("hf:"):
+        name, _, split = spec[3:].partition(":")
+        base = name.rstrip("/").rsplit("/", 1)[-1].split(".")[0]
+        return f"{base}_{split}" if split else base
+    return Path(spec).name.split(".")[0] or spec
+
+
+def _code_tests(answer: Any) -> dict | None:
+    """A code row's tests dict: given as a dict, or as the JSON string Eurus-2-RL-Data stores in
+    ``reward_model.ground_truth``; ``None`` when it is neither."""
+    if isinstance(answer, str):
+        try:
+            answer = json.loads(answer)
+        except json.JSONDecodeError:
+            return None
+    ok = isinstance(answer, dict) and ({"asserts"} <= answer.keys() or {"inputs", "outputs"} <= answer.keys())
+    return answer if ok else None
+
+
+def load_file_benchmark(
     path: str | Path,
     *,
     prompt_key: str = "prompt",
-    answer_key: str = "answer",
+    answer_key: str = "auto",
     id_key: str | None = None,
     kind: str = "math",
     add_suffix: bool = True,
+    system_prompt: str | None = None,
     name: str | None = None,
+    limit: int | None = None,
+    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
 ) -> list[dict]:
-    """A user's jsonl file as eval rows.
+    """A user's data as eval rows, read as training reads ``data.train_path`` / ``data.eval_path``
+    (:func:`iprime.data.sources.read_records` and :func:`~iprime.data.sources.prepare_rows`: one
+    reader): ``.jsonl(.gz)``, ``.json``, ``.parquet``, a directory of them or ``hf:NAME[:SPLIT]``;
+    dotted keys (``reward_model.ground_truth``); prompts as a string or a list of
+    ``{"role", "content"}`` chat messages. PRIME's own validation split reads with the defaults.
 
-    kind ``"math"``: ``answer_key`` holds a gold answer (string/number) or a list of accepted
-    golds. kind ``"code"``: it holds a tests dict for :func:`iprime.verifiers.verify_code`
-    (``{"asserts": [...], "setup": "..."}`` or ``{"inputs": [...], "outputs": [...]}``).
-    ``add_suffix`` appends the paper's math/code instruction to the prompt. ``id_key`` names
-    a unique id field (default: the line number). The benchmark name is the file's stem.
-    """
-    path = Path(path)
+    ``answer_key``: ``auto`` takes ``answer``, else ``reward_model.ground_truth``. kind
+    ``"math"``: it holds a gold answer (string/number) or a list of accepted golds. kind
+    ``"code"``: a tests dict for :func:`iprime.verifiers.verify_code` (``{"asserts": [...]}`` or
+    ``{"inputs": [...], "outputs": [...]}``), or that dict as a JSON string. ``add_suffix``
+    appends the paper's math/code instruction to a *string* prompt (a message list, as
+    Eurus-2-RL-Data's, carries its own instruction and is used as it is). ``system_prompt``
+    puts a system message before string prompts (as ``data.system_prompt`` does). ``id_key``
+    names a unique id field (default: the line number of a jsonl file, the row number of a
+    parquet file, the full location for a directory). The benchmark name is
+    :func:`file_benchmark_name`."""
     if kind not in ("math", "code"):
         raise ValueError(f"kind must be 'math' or 'code', got {kind!r}")
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark file {str(path)!r} does not exist")
-    name = name or path.name.split(".")[0]
+    spec = str(path)
+    records = read_records(spec, max_row_bytes=max_row_bytes, limit=limit)
+    try:
+        data = prepare_rows(records, prompt_key=prompt_key, reference_key=answer_key)
+    except DataError as err:
+        if err.field != "reference_key":
+            raise
+        raise DataError(f"{spec}: {err} (with iprime eval: --answer-key)", field=err.field) from None
+    one_file = not spec.startswith("hf:") and Path(spec).is_file()
+    name = name or file_benchmark_name(spec)
+    problems: list[tuple[str, str, str]] = []
     out = []
-    for lineno, raw in iter_jsonl(path):
-        for key in (prompt_key, answer_key) + ((id_key,) if id_key else ()):
-            if raw.get(key) is None:
-                raise JsonlError(path, lineno, f"missing field {key!r}")
-        prompt, answer = raw[prompt_key], raw[answer_key]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise JsonlError(path, lineno, f"field {prompt_key!r} must be a non-empty string")
+    for row, prompt, answer, where in zip(data.rows, data.prompts, data.references, data.where):
         if kind == "math":
-            golds = [str(a) for a in answer] if isinstance(answer, list) else [adapters._answer_str(answer)]
-            if not golds or not all(g.strip() for g in golds):
-                raise JsonlError(path, lineno, f"field {answer_key!r} has an empty gold answer")
-            reference = golds
+            reference: Any = [str(a) for a in answer] if isinstance(answer, list) else [adapters._answer_str(answer)]
+            if not reference or not all(g.strip() for g in reference):
+                problems.append((where, data.reference_key, "empty gold answer"))
         else:
-            if not isinstance(answer, dict) or not (
-                {"asserts"} <= answer.keys() or {"inputs", "outputs"} <= answer.keys()
-            ):
-                raise JsonlError(
-                    path, lineno, f"field {answer_key!r} must be a tests dict with 'asserts' or 'inputs'/'outputs'"
-                )
-            reference = answer
-        suffix = (MATH_SUFFIX if kind == "math" else CODE_SUFFIX) if add_suffix else ""
-        out.append(_row(name, raw[id_key] if id_key else lineno, prompt + suffix, reference, kind))
-    if not out:
-        raise ValueError(f"{path} has no rows")
+            reference = _code_tests(answer)
+            if reference is None:
+                problem = "must be a tests dict with 'asserts' or 'inputs'/'outputs'"
+                problems.append((where, data.reference_key, problem))
+        if id_key is not None:
+            try:
+                id_ = get_field(row, id_key)
+            except MissingField as err:
+                problems.append((where, id_key, str(err)))
+                continue
+        else:
+            id_ = where.rsplit(" ", 1)[-1] if one_file else where
+        if isinstance(prompt, str) and add_suffix:
+            prompt += MATH_SUFFIX if kind == "math" else CODE_SUFFIX
+        out.append(_row(name, id_, with_system(prompt, system_prompt), reference, kind))
+    if problems:
+        raise DataError(problem_message(problems, len(records), len({w for w, _, _ in problems})), problems=problems)
     return out
+
+
+load_jsonl_benchmark = load_file_benchmark  # the name before parquet and directories were read

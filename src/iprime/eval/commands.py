@@ -20,6 +20,8 @@ iprime eval --model runs/x/final/policy --benchmarks math500,aime2024,amc --out 
 iprime eval --model DIR --benchmarks math500 --n 8 --temperature 0.7 --k 1,4,8 --out runs/eval-k8
 iprime eval --model DIR --benchmarks math500 --n 8 --temperature 0.7 --prm runs/x/final/prm --out runs/eval-prm
 iprime eval --model DIR --benchmarks mine.jsonl --prompt-key question --answer-key answer --out runs/mine
+iprime eval --model DIR --benchmarks data/validation.parquet --out runs/val      (PRIME's validation split)
+iprime eval --model DIR --benchmarks v.parquet --answer-key reward_model.ground_truth --system-prompt "Think." --out o
 iprime eval --model DIR --benchmarks arithmetic --limit 50 --out runs/eval --resume                (after a kill)
 iprime eval --model DIR --benchmarks math500,aime2024 --engine vllm --dtype bfloat16 --out runs/eval   (vLLM, GPU)
 iprime eval --model DIR --benchmarks math500 --engine vllm --tensor-parallel-size 4 --dtype bfloat16 --out runs/eval"""
@@ -47,7 +49,8 @@ def eval_command(
     benchmarks: str = typer.Option(
         ...,
         help="comma-separated: math500,aime2024,aime,amc,minerva,olympiadbench,"
-        "humaneval,mbpp,leetcode,arithmetic, aimeYYYY/amcYYYY, or a .jsonl path",
+        "humaneval,mbpp,leetcode,arithmetic, aimeYYYY/amcYYYY, or your data as training reads it: a .jsonl / "
+        ".json / .parquet file, a directory of them, hf:NAME[:SPLIT]",
     ),
     out: str = typer.Option(..., help="output directory (generations.jsonl, summary.json, summary.md)"),
     n: int = typer.Option(1, help="samples per prompt"),
@@ -68,11 +71,23 @@ def eval_command(
     vote_weight: str = typer.Option("sigmoid", help="PRM vote weight: sigmoid | exp | one"),
     equivalence: str = typer.Option("math", help="answer grouping for votes: math (math-verify merges) | exact"),
     workers: int = typer.Option(2, help="verifier worker processes (0 = inline)"),
-    prompt_key: str = typer.Option("prompt", help=".jsonl benchmarks: prompt field"),
-    answer_key: str = typer.Option("answer", help=".jsonl benchmarks: gold answer(s) / tests field"),
-    id_key: str = typer.Option(None, help=".jsonl benchmarks: unique id field (default: line number)"),
-    kind: str = typer.Option("math", help=".jsonl benchmarks: math | code"),
-    prompt_suffix: bool = typer.Option(True, help=".jsonl benchmarks: append the paper's math/code instruction"),
+    prompt_key: str = typer.Option(
+        "prompt", help="benchmark files: prompt field (dotted keys reach nested fields; a string or chat messages)"
+    ),
+    answer_key: str = typer.Option(
+        "auto",
+        help="benchmark files: gold answer(s) / tests field; auto: answer, else reward_model.ground_truth",
+    ),
+    id_key: str = typer.Option(None, help="benchmark files: unique id field (default: line / row number)"),
+    kind: str = typer.Option("math", help="benchmark files: math | code"),
+    prompt_suffix: bool = typer.Option(
+        True, help="benchmark files: append the paper's math/code instruction to string prompts"
+    ),
+    system_prompt: str = typer.Option(
+        None,
+        help="a system message before every string prompt, shipped benchmarks and files alike (as "
+        "data.system_prompt in training; the paper's evaluation used Eurus's system prompt)",
+    ),
     dtype: str = typer.Option("float32", help="weights of the model (and the PRM): float32 | bfloat16 | float16"),
     device: str = typer.Option("cpu", help="device of the hf engine and the PRM (vLLM picks its own GPUs)"),
     resume: bool = typer.Option(False, "--resume", help="continue: skip rows already in generations.jsonl"),
@@ -119,6 +134,7 @@ def eval_command(
                 "kind": kind,
                 "add_suffix": prompt_suffix,
             },
+            system_prompt=system_prompt,
         )
         run_eval(config, console=console)
     except (ValueError, FileExistsError, FileNotFoundError, VLLMNotInstalled) as err:

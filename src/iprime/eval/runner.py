@@ -47,7 +47,7 @@ from iprime.rollout.vllm import EVAL_HINT, VLLMGenerator, require_vllm
 from iprime.verifiers import VerifierPool, verify_batch
 
 from .answers import EQUIVALENCES, equality_for, extract_answer, group_answers
-from .benchmarks import load_benchmark
+from .benchmarks import is_file_benchmark, load_benchmark
 from .loop import chunked, scored_chunks
 from .metrics import VOTE_WEIGHTS, summarize_rows
 
@@ -67,9 +67,10 @@ _GENERATION_KEYS = (
     "beta",
     "equivalence",
     "engine",
+    "system_prompt",
 )
 # what a run saved before a setting existed ran with (its config.json lacks the key)
-_SAVED_BEFORE = {"engine": "hf"}
+_SAVED_BEFORE = {"engine": "hf", "system_prompt": None}
 
 ENGINES = ("hf", "vllm")
 
@@ -78,7 +79,7 @@ ENGINES = ("hf", "vllm")
 class EvalConfig:
     """Settings of one evaluation run.
 
-    model: policy directory (or hub id). benchmarks: names or .jsonl paths
+    model: policy directory (or hub id). benchmarks: names, or data files / directories / hf: datasets
     (:func:`iprime.eval.benchmarks.load_benchmark`). n / temperature / top_p /
     max_new_tokens / seed: sampling (temperature 0 = greedy, then use n=1). ks: the k of
     pass@k / maj@k / bon@k / wvote@k (default 1 and n). batch_size: rows per generation
@@ -89,7 +90,9 @@ class EvalConfig:
     :data:`~iprime.prm.metadata.DEFAULT_BETA`.
     vote_weight: ``sigmoid`` | ``exp`` | ``one``. equivalence: ``math`` (merge answers
     math-verify finds equal) | ``exact``. verify_workers: verifier processes (0 = inline).
-    jsonl_options: prompt_key / answer_key / id_key / kind / add_suffix for .jsonl benchmarks.
+    jsonl_options: prompt_key / answer_key / id_key / kind / add_suffix for benchmark files
+    (:func:`iprime.eval.benchmarks.load_file_benchmark`). system_prompt: a system message
+    before every string prompt, of shipped benchmarks and files alike.
     engine: ``hf`` (the built-in sampler, ``device`` / ``dtype``) | ``vllm`` (a vLLM engine in
     ``dtype``, :meth:`~iprime.rollout.vllm.VLLMGenerator.for_eval`; vLLM picks its GPUs);
     tensor_parallel_size: GPUs one vLLM engine spreads the model over; gpu_memory_utilization:
@@ -119,6 +122,7 @@ class EvalConfig:
     device: str = "cpu"
     resume: bool = False
     jsonl_options: dict = field(default_factory=dict)
+    system_prompt: str | None = None
     engine: str = "hf"
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
@@ -348,7 +352,10 @@ def run_eval(
     # Load rows first: a bad benchmark name fails before minutes of model loading.
     benchmarks = {
         name: load_benchmark(
-            name, limit=config.limit, **(config.jsonl_options if name.endswith((".jsonl", ".jsonl.gz")) else {})
+            name,
+            limit=config.limit,
+            system_prompt=config.system_prompt,
+            **(config.jsonl_options if is_file_benchmark(name) else {}),
         )
         for name in config.benchmarks
     }

@@ -16,11 +16,13 @@ from rich.table import Table
 from rich.text import Text
 
 from iprime.data.jsonl import read_jsonl
+from iprime.data.sources import DataError, problem_message, prompt_problems, read_records
 from iprime.prm.html import SampleView, render_html, render_samples_html
 from iprime.prm.metadata import (
     DEFAULT_BETA,
     DEFAULT_STEP_DELIMITER,
     PRMMetadata,
+    portable_reference,
     resolve_prm_settings,
     save_prm_metadata,
 )
@@ -69,7 +71,11 @@ iprime prm score --samples runs/x/samples.jsonl --step 40 --out heat.html"""
 def score(
     prm: str = typer.Option(None, help="PRM model directory (not with --samples)"),
     ref: str = typer.Option(None, help="reference model directory (default: the one the PRM's iprime_prm.json names)"),
-    data: str = typer.Option(None, help="jsonl with prompt/response rows (optional label, ended)"),
+    data: str = typer.Option(
+        None,
+        help="rows with prompt (a string or chat messages, as in training) and response (optional label, "
+        "ended): .jsonl, .parquet or a directory; checked before any model loads",
+    ),
     samples: str = typer.Option(
         None, help="a training run's samples.jsonl: draw the token rewards it recorded (loads no model)"
     ),
@@ -107,6 +113,31 @@ def score(
     _score_with_model(prm, ref, data, out, beta, _unescape(step_delimiter), batch_size, limit)
 
 
+def read_score_rows(data: str, limit: int | None = None) -> list[dict]:
+    """The rows ``prm score --data`` scores, every one checked before any model loads: a
+    ``.jsonl(.gz)`` / ``.json`` / ``.parquet`` file or a directory
+    (:func:`iprime.data.sources.read_records`) whose rows hold a ``prompt`` as training takes it
+    (a non-empty string, or a list of ``{"role", "content"}`` chat messages rendered with the
+    chat template) and a ``response`` string; optional ``label`` and ``ended``. All problems come
+    in one :class:`~iprime.data.sources.DataError` naming row and field."""
+    records = read_records(data, limit=limit)
+    if not records:
+        raise DataError(f"{data}: no rows")
+    problems: list[tuple[str, str, str]] = []
+    bad = set()
+    for record in records:
+        row, where = record.row, record.where
+        found = prompt_problems(row.get("prompt"), "prompt") if "prompt" in row else [("prompt", "missing")]
+        response = row.get("response")
+        if not isinstance(response, str):
+            found.append(("response", "missing" if "response" not in row else "must be a string"))
+        problems += [(where, f, p) for f, p in found]
+        bad |= {where} if found else set()
+    if problems:
+        raise DataError(problem_message(problems, len(records), len(bad)), problems=problems)
+    return [r.row for r in records]
+
+
 def _out_paths(out: str) -> tuple[Path, Path | None]:
     """``(html file, json file or None)`` for ``--out``: a path ending in ``.html`` is the page
     itself (no JSON beside it); anything else is a directory for scores.html and scores.json."""
@@ -134,9 +165,9 @@ def _score_with_model(
     """``prm score --prm --data``: score the rows with the PRM and write the page and the JSON."""
     from iprime.prm.scoring import ImplicitPRM
 
-    try:
+    try:  # the data and the settings first: a bad row costs a second, not a model load
+        rows = read_score_rows(data, limit)
         settings = resolve_prm_settings(prm, beta=beta, reference=ref, step_delimiter=step_delimiter)
-        rows = read_jsonl(data, required=("prompt", "response"))[:limit]
         scorer = ImplicitPRM.from_pretrained(prm, settings.reference, settings.beta, batch_size=batch_size)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
@@ -392,7 +423,7 @@ def train(
         delim = _unescape(step_delimiter)
         meta = PRMMetadata(
             beta=config.beta,
-            reference=_model_id(ref or model),
+            reference=portable_reference(_model_id(ref or model), out),
             step_delimiter=DEFAULT_STEP_DELIMITER if delim is None else delim,
             loss=config.loss,
         )

@@ -28,6 +28,7 @@ __all__ = [
     "METADATA_FILE",
     "PRMMetadata",
     "load_prm_metadata",
+    "portable_reference",
     "prm_reference",
     "resolve_prm_settings",
     "run_prm_metadata",
@@ -46,7 +47,9 @@ METADATA_FILE = "iprime_prm.json"
 @dataclass
 class PRMMetadata:
     """beta: the reward scale. reference: path (or hub id) of the reference model the rewards
-    are read against, ``None`` if unknown. step_delimiter: text that ends a step (``""``: the
+    are read against, ``None`` if unknown; in the file a reference beside the PRM is written
+    relative to the PRM's folder (``../policy``: :func:`portable_reference`), and read back
+    resolved against it. step_delimiter: text that ends a step (``""``: the
     whole response is one step). granularity: ``token`` | ``step`` | ``whole``, how the PRM's
     rewards were placed in training. loss: ``ce`` | ``dpo``, the objective it was trained with."""
 
@@ -122,7 +125,55 @@ def load_prm_metadata(directory: str | Path) -> PRMMetadata | None:
     problems = _problems(data)
     if problems:
         raise ValueError(f"{path}: {'; '.join(problems)}")
-    return PRMMetadata(**{**data, "beta": float(data["beta"])})
+    reference = _resolved_reference(data["reference"], Path(directory))
+    return PRMMetadata(**{**data, "beta": float(data["beta"]), "reference": reference})
+
+
+RELATIVE = ("./", "../")
+"""How a reference written relative to the PRM's folder starts (a hub id ``org/name`` does not)."""
+
+
+def portable_reference(reference: str | Path | None, prm_dir: str | Path) -> str | None:
+    """``reference`` as ``iprime_prm.json`` stores it, so that a PRM copied elsewhere still finds
+    it: a local model inside the folder that holds the PRM's folder (a run's ``final/policy``
+    beside ``final/prm``) relative to the PRM's folder (``../policy``), so the two travel
+    together; another existing local path made absolute (it means the same from any working
+    directory on this machine; elsewhere the PRM's loaders say it is missing and ask for
+    ``--ref``); anything else (a hub id) as given. ``None`` stays ``None``."""
+    if reference is None:
+        return None
+    path = Path(reference)
+    if not path.exists():
+        return str(reference)
+    target, home = path.resolve(), Path(prm_dir).resolve()
+    if target.is_relative_to(home.parent):
+        rel = os.path.relpath(target, home)
+        return rel if rel.startswith("..") else f"./{rel}"
+    return str(target)
+
+
+def _resolved_reference(reference: str | None, prm_dir: Path) -> str | None:
+    """A stored reference as a loader uses it, tried relative to the PRM's folder first: one
+    written so (:data:`RELATIVE`) made absolute against ``prm_dir``, as is any other relative
+    path that exists there (a file edited by hand); else as stored (an absolute path, a hub id)."""
+    if reference is None or Path(reference).is_absolute():
+        return reference
+    beside = prm_dir / reference
+    if reference.startswith(RELATIVE) or beside.exists():
+        return str(beside.resolve())
+    return reference
+
+
+def _check_saved_reference(reference: str | None, prm_dir: str | Path) -> None:
+    """A saved local reference that is not on this machine is an error naming what to do (a
+    PRM's rewards mean nothing against another model): the PRM was copied without it."""
+    if reference is None or not Path(reference).is_absolute() or Path(reference).exists():
+        return
+    raise ValueError(
+        f"{Path(prm_dir) / METADATA_FILE}: the PRM's reference model {reference} (the model its rewards are read "
+        "against) is not on this machine: copy it there (a reference saved beside the PRM, as a run's final/policy, "
+        "is found relative to the PRM's folder), or give its path with --ref"
+    )
 
 
 def resolve_prm_settings(
@@ -137,6 +188,8 @@ def resolve_prm_settings(
     :data:`DEFAULT_STEP_DELIMITER`; ``reference`` stays ``None`` when given nowhere).
     ``granularity`` and ``loss`` come from the metadata, else their defaults."""
     saved = load_prm_metadata(prm_dir)
+    if saved is not None and reference is None:
+        _check_saved_reference(saved.reference, prm_dir)
     meta = saved or PRMMetadata(beta=DEFAULT_BETA, reference=None, step_delimiter=DEFAULT_STEP_DELIMITER)
     return dataclasses.replace(
         meta,
@@ -147,19 +200,16 @@ def resolve_prm_settings(
 
 
 def prm_reference(cfg, model_source: str | None, directory: str | Path) -> str | None:
-    """The model a PRIME run's saved PRM is read against (``iprime_prm.json``'s ``reference``),
-    by ``cfg.model.reference``: ``sft``, the policy's starting model ``model_source`` (a local
-    path made absolute, a hub id kept; ``None`` when unknown); ``policy``, the saved policy
-    beside the PRM (``directory/policy``); else the configured path."""
-    ref = cfg.model.reference
+    """The model a PRIME run's saved PRM (``directory/prm``) is read against, as
+    ``iprime_prm.json`` stores it (:func:`portable_reference`), by ``cfg.model.reference``:
+    ``sft``, the policy's starting model ``model_source`` (``None`` when unknown); ``policy``,
+    the saved policy beside the PRM, ``../policy``; else the configured path."""
+    ref, prm_dir = cfg.model.reference, Path(directory) / "prm"
     if ref == "sft":
-        if not model_source:
-            return None
-        source = Path(model_source)
-        return str(source.resolve()) if source.exists() else model_source
-    if ref == "policy":
-        return str((Path(directory) / "policy").resolve())
-    return ref
+        return portable_reference(model_source, prm_dir) if model_source else None
+    if ref == "policy":  # written beside the PRM (maybe not yet: the relative path needs no look)
+        return "../policy"
+    return portable_reference(ref, prm_dir)
 
 
 def run_prm_metadata(cfg, model_source: str | None, directory: str | Path) -> PRMMetadata:

@@ -61,7 +61,8 @@ def encode_response(
     ``prompt`` is a user message string or a list of chat messages. ``max_response_tokens``
     truncates the response (the EOS is then dropped: a cut response did not end).
     """
-    prompt_ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    rendered = render_prompt(tokenizer, prompt)
+    prompt_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
     ids, spans = list(enc["input_ids"]), [tuple(s) for s in enc["offset_mapping"]]
     if max_response_tokens is not None and len(ids) + int(ended) > max_response_tokens:
@@ -73,7 +74,8 @@ def encode_response(
         raise ValueError("response is empty (no tokens and no EOS): nothing to score")
     if not prompt_ids:
         raise ValueError("prompt renders to no tokens")
-    return EncodedResponse(str(prompt), response, prompt_ids, ids, spans, ended)
+    # a message list is kept as the text the model read (its chat-template rendering)
+    return EncodedResponse(prompt if isinstance(prompt, str) else rendered, response, prompt_ids, ids, spans, ended)
 
 
 def collate_responses(batch: Sequence[EncodedResponse], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

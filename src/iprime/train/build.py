@@ -94,17 +94,43 @@ def _prm(cfg: PrimeConfig, policy, reference, prm_model, device: torch.device):
     return prm.train(), reference
 
 
+def loading_lines(cfg: PrimeConfig, model) -> dict[str, str]:
+    """What :func:`build_models` is about to load, by role, as the run says it before the
+    load (``loading policy from runs/sft``): where each model comes from."""
+    source = str(model) if isinstance(model, (str, Path)) else "the given model"
+    ref = cfg.model.reference
+    lines = {"policy": f"loading policy from {source}"}
+    if ref == "sft":
+        lines["reference"] = "loading reference: a frozen copy of the starting policy (model.reference=sft)"
+    elif ref != "policy":
+        lines["reference"] = f"loading reference from {ref}"
+    if cfg.prm.enabled:
+        if cfg.prm.lora:
+            lines["prm"] = "loading PRM: a LoRA adapter on the reference (prm.lora=true)"
+        elif cfg.model.prm:
+            lines["prm"] = f"loading PRM from {cfg.model.prm}"
+        else:
+            lines["prm"] = "loading PRM: a copy of the starting policy (model.prm not set)"
+    return lines
+
+
 def build_models(
-    cfg: PrimeConfig, model, device: torch.device, *, tokenizer=None, prm_model=None, ref_model=None
+    cfg: PrimeConfig, model, device: torch.device, *, tokenizer=None, prm_model=None, ref_model=None, log=None
 ) -> Models:
     """Policy from ``model`` (a path / hub id, or a loaded causal LM with ``tokenizer``); the
     reference per ``model.reference``; the PRM per ``prm`` and ``model.prm`` (the policy's
-    starting weights by default); a value model when the estimator needs one."""
+    starting weights by default); a value model when the estimator needs one. ``log(line)``,
+    when given, hears :func:`loading_lines` as each load starts."""
+    say = (lambda role: log(lines[role]) if role in lines else None) if log is not None else (lambda role: None)
+    lines = loading_lines(cfg, model)
+    say("policy")
     policy, tokenizer = _load_policy(cfg, model, tokenizer, device)
     policy.train()
+    say("reference")
     reference = _reference(cfg, policy, ref_model, device)
     prm = None
     if cfg.prm.enabled:
+        say("prm")
         prm, reference = _prm(cfg, policy, reference, prm_model, device)
     value = ValueModel(policy).to(device) if get_advantage_estimator(cfg.algo.estimator).needs_values else None
     return Models(

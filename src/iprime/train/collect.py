@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -89,6 +89,19 @@ def group_stats(
     tally = GroupTally.for_rows(sampled, ability_key, source_key)
     tally.add(sampled, every.tensors["outcome"].tolist())
     return tally.metrics("rollout")
+
+
+def round_line(
+    step: int, index: int, rounds: int, batch: RolloutBatch, keep: torch.Tensor, K: int, n_kept: int, want: int
+) -> str:
+    """The line a generation round logs: ``step 1: round 2 of 4: 32 prompts x 4 sampled,
+    accuracy 0.125, kept 3 groups (5 of 16 for the step)``. ``index`` counts from 1; ``keep``
+    is the round's ``[B]`` keep-mask, ``n_kept`` the step's kept groups so far."""
+    acc = float(batch.tensors["outcome"].mean()) if len(batch) else float("nan")
+    return (
+        f"step {step}: round {index} of {rounds}: {len(batch) // K} prompts x {K} sampled, accuracy {acc:.3f}, "
+        f"kept {int(keep.sum()) // K} groups ({min(n_kept, want)} of {want} for the step)"
+    )
 
 
 def _json_safe(value: Any) -> Any:
@@ -181,6 +194,8 @@ class RolloutCollector:
         self.stream = PromptStream(len(rows), config.train.seed, config.data.shuffle)
         self.buffer: RolloutBatch | None = None  # rollout.buffer=rollouts: surplus groups
         self.prompt_buffer: list[int] = []  # rollout.buffer=prompts: dataset rows of surplus groups
+        self.last_generated: RolloutBatch | None = None  # an empty step's rounds, before the filter
+        self.log: Callable[[str], None] | None = None  # hears one line per round (rank 0's trainer sets it)
 
     def _sampling_params(self, step: int, round_index: int) -> SamplingParams:
         r = self.cfg.rollout
@@ -259,10 +274,16 @@ class RolloutCollector:
                 kept.append(batch.select(keep))
                 n_kept += int(keep.sum()) // K
             rounds += 1
+            if self.log is not None:
+                self.log(round_line(step + 1, rounds, self.cfg.rollout.max_rounds, batch, keep, K, n_kept, want))
         stats["rollout/rounds"] = rounds
         stats.update(rollout_stats(generated, seen, passed))
         stats.update(group_stats(generated, self.rows, self.cfg.data.ability_key, self.cfg.data.source_key))
-        return self._take(kept, n_kept, stats, step)
+        train, stats = self._take(kept, n_kept, stats, step)
+        # an empty step keeps what it generated, for its samples.jsonl rows; a step that trains
+        # keeps nothing (the rounds would hold memory through the updates)
+        self.last_generated = RolloutBatch.cat(generated) if train is None and generated else None
+        return train, stats
 
     def _served_buffer(self) -> RolloutBatch:
         """The buffered groups as this step serves them: marked as having come through the buffer."""

@@ -30,14 +30,13 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from iprime.data.sources import Record, prepare_rows, read_records
-from iprime.eval.benchmarks import load_benchmark
+from iprime.eval.benchmarks import file_benchmark_name, load_benchmark
 from iprime.eval.loop import AccuracyTally, GroupTally, chunked, evaluate_accuracy, scored_chunks
 from iprime.rollout import SamplingParams
 from iprime.train import distributed as D
@@ -76,15 +75,9 @@ class EvalSet:
         return len(self.prompts)
 
 
-def eval_path_name(spec: str) -> str:
-    """The metric name of ``data.eval_path``: a file's name up to its first dot
-    (``data/test.jsonl.gz`` -> ``test``), a directory's name, or ``hf:org/name:split`` ->
-    ``name_split``."""
-    if spec.startswith("hf:"):
-        name, _, split = spec[3:].partition(":")
-        base = name.rstrip("/").rsplit("/", 1)[-1].split(".")[0]
-        return f"{base}_{split}" if split else base
-    return Path(spec).name.split(".")[0] or spec
+eval_path_name = file_benchmark_name
+"""The metric name of ``data.eval_path`` (``data/test.jsonl.gz`` -> ``test``): the name ``iprime
+eval`` reports the same file under."""
 
 
 def _prepared_set(name: str, records: Sequence, cfg, tokenizer, model, scorer) -> EvalSet:

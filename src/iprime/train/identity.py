@@ -163,6 +163,7 @@ CHANGEABLE: dict[str, tuple[str, ...]] = {
     "checkpoints, evaluation and logging": (
         "train.out_dir",
         "train.save_every",
+        "train.keep_checkpoints",
         "train.save_hf",
         "train.checkpoint_format",
         "train.eval_every",

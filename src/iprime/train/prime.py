@@ -24,6 +24,7 @@ data parallelism come from :mod:`iprime.train.microbatches`. Models and optimize
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -65,7 +66,7 @@ from iprime.train.logging import MetricsLogger
 from iprime.train.passes import ForwardPasses
 from iprime.train.ppo_update import PolicyUpdate, update_value, value_estimates
 from iprime.train.prm_update import process_rewards, score_and_update, step_delimiter_ids
-from iprime.train.progress import batch_metrics, progress_bar
+from iprime.train.progress import batch_metrics, empty_step_message, progress_bar
 from iprime.train.record import StepRecord
 from iprime.train.scoring import RolloutScorer
 
@@ -94,6 +95,13 @@ class PrimeTrainer:
     is evaluated on ``eval_dataset`` (rows like the training rows), ``data.eval_path`` and
     ``train.eval_benchmarks``, logged as ``eval/<name>/acc`` (a fresh run also logs the starting
     policy as step 0), and ``eval_fn(trainer)`` returns metrics logged as ``eval/<key>``.
+
+    ``log(line)`` (rank 0's; ``None``: silent) hears what the run is doing before its first step
+    line: the models as they load, the dataset against ``rollout.prompts_per_step``, each
+    generation round (``step 1: round 2 of 4: kept 3 groups, 5 of 16``); these info lines are
+    left out when ``train.progress=none``. Warnings (an empty step, prompts per step over the
+    dataset's size) go to ``log`` always, as ``warning: ...``, or to :func:`warnings.warn`
+    without a ``log``.
     """
 
     def __init__(
@@ -109,9 +117,11 @@ class PrimeTrainer:
         eval_dataset: Sequence[Mapping[str, Any]] | None = None,
         eval_fn: Callable[[PrimeTrainer], dict[str, float]] | None = None,
         generator=None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg = config
         self.dist, self.device = D.init_distributed(cfg.model.device)
+        self.log, self.eval_dataset, self.eval_fn = (log if self.dist.is_main else None), eval_dataset, eval_fn
         D.check_config(cfg, self.dist)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
@@ -123,13 +133,10 @@ class PrimeTrainer:
         self.eval_sets = build_eval_sets(
             cfg, eval_dataset, tokenizer, self.scorer, model=model, has_eval_fn=eval_fn is not None
         )
-        self.models = build_models(
-            cfg, model, self.device, tokenizer=tokenizer, prm_model=prm_model, ref_model=ref_model
-        )
+        self.models = self._load_models(model, tokenizer, prm_model, ref_model)
         # where the policy started: the reference a saved PRM is read against (model.reference=sft)
         self.model_source = str(model) if isinstance(model, (str, Path)) else (cfg.model.policy or None)
         prompts = [render_prompt(self.tokenizer, prompt) for prompt in self.data.prompts]
-        self.eval_dataset, self.eval_fn = eval_dataset, eval_fn
         # FSDP2 roots (data-parallel runs only): id(model) -> the module whose forward gives log-probs
         roots = D.shard_models([self.policy, self.reference, self.prm], self.dist, self.device)
         self.passes = ForwardPasses(cfg, self.dist, self.device, roots)
@@ -146,6 +153,7 @@ class PrimeTrainer:
             self.scorer,
             roots.get(id(self.policy)) if sampler_runs_policy else None,
         )
+        self.collector.log = self._info
         self.reuse_sampling_logprobs = reuses_sampling_logprobs(cfg, self.generator, self.policy)
         self.optimizers = build_optimizers(cfg, self.models)
         self.delimiter_ids = step_delimiter_ids(self.tokenizer, cfg)
@@ -156,6 +164,47 @@ class PrimeTrainer:
         # an update far outside the run's history (a loss, gradient or weight-norm spike) is not checkpointed
         self.guard = UpdateGuard()
         self.config_changes: list[Change] = []  # a resume's changes of the checkpoint's config
+
+    # what the run says (rank 0)
+    def _info(self, line: str) -> None:
+        """An info line to ``log``; none with ``train.progress=none``."""
+        if self.log is not None and self.cfg.train.progress != "none":
+            self.log(line)
+
+    def _warn(self, message: str) -> None:
+        """A warning: to ``log`` (always: it says something went wrong), else :func:`warnings.warn`."""
+        if self.log is not None:
+            self.log(f"warning: {message}")
+        elif self.dist.is_main:
+            warnings.warn(message, stacklevel=3)
+
+    def _announce_data(self, rows: int) -> None:
+        """The data and a step's shape, as an info line; ``rollout.prompts_per_step`` over the
+        dataset's size is a warning: every round then samples rows more than once (the prompt
+        stream runs through its epochs), so a step's groups repeat."""
+        r = self.cfg.rollout
+        per_round = math.ceil(r.prompts_per_step * r.oversample)
+        self._info(
+            f"training data: {rows} rows; a step wants {r.prompts_per_step} prompts of medium difficulty x "
+            f"{r.n} responses, from up to {r.max_rounds} round{'s' * (r.max_rounds != 1)} of {per_round} prompts"
+        )
+        if r.prompts_per_step > rows:
+            self._warn(
+                f"rollout.prompts_per_step={r.prompts_per_step} exceeds the {rows} rows of the training data: each "
+                f"round samples {per_round} prompts (x oversample {r.oversample}), every row about "
+                f"{per_round / rows:.0f} times; set rollout.prompts_per_step={rows} or less for a small dataset"
+            )
+
+    def _load_models(self, model, tokenizer, prm_model, ref_model):
+        """:func:`build_models`, saying what loads and how long it took; first, a dataset
+        smaller than a step's prompts is a warning (the data is read, the models not yet)."""
+        self._announce_data(len(self.data.rows))
+        t0 = time.perf_counter()
+        models = build_models(
+            self.cfg, model, self.device, tokenizer=tokenizer, prm_model=prm_model, ref_model=ref_model, log=self._info
+        )
+        self._info(f"models loaded in {time.perf_counter() - t0:.1f} s")
+        return models
 
     # the models and optimizers by role
     policy = property(lambda self: self.models.policy)
@@ -185,6 +234,7 @@ class PrimeTrainer:
             self._sync_weights(step)  # an external engine (vLLM) samples the next step
             self._observe(step)  # diagnostics: PRM ranking, process share, first error; samples
         self._end(step)  # the schedule, the step counter, the stop counters
+        self._empty_step_samples(step)  # an empty step shows what was generated, when samples are due
         self._review(step)  # the update guard, evaluation, the log; a stop is raised here
         self._checkpoint()  # when due, unless the guard rejected the update
         return step.metrics
@@ -305,12 +355,34 @@ class PrimeTrainer:
                 lowest_tokens=t.log_sample_tokens,
             )
 
+    def _empty_step_samples(self, step: StepRecord) -> None:
+        """On a step that trained nothing (no group passed the filter), the rows it generated go
+        to ``samples.jsonl`` when samples are due: the one moment a user needs to see them. The
+        first ``train.log_sample_groups`` groups, before the filter, without PRM rewards (no
+        PRM pass ran)."""
+        t, generated = self.cfg.train, self.collector.last_generated
+        if step.rollouts is not None or generated is None or not len(generated):
+            return
+        if t.log_samples_every and t.log_sample_groups and step.index % t.log_samples_every == 0:
+            step.samples = sample_records(
+                generated,
+                self.collector.references,
+                self.tokenizer,
+                groups=t.log_sample_groups,
+                group_size=self.cfg.rollout.n,
+            )
+
     def _end(self, step: StepRecord) -> None:
         """Advance the schedule and the step counter; count bad and empty steps in a row, and
-        note a stop (``step.stop``) when either run reaches its limit."""
-        self.optimizers.scheduler.step()
-        self.step += 1
+        note a stop (``step.stop``) when either run reaches its limit. The schedule advances
+        only on a step that ran the policy's optimizer: a step with nothing to train on, or
+        whose every update was skipped as non-finite, leaves the learning rate where it was (and
+        torch's ``lr_scheduler.step() before optimizer.step()`` warning never fires); so
+        ``optim.schedule`` counts steps that updated the policy."""
         m = step.metrics
+        if step.rollouts is not None and m.get("policy/updates", 1) > m.get("policy/skipped_updates", 0):
+            self.optimizers.scheduler.step()
+        self.step += 1
         m["time/step"] = time.perf_counter() - step.started
         self._check_not_blind(step)
         if step.rollouts is None:
@@ -334,6 +406,7 @@ class PrimeTrainer:
             return
         self.empty_steps += 1
         metrics["empty"] = "every reward was 0" if all_zero else "no group passed the filter"
+        self._warn(empty_step_message(self.cfg, metrics, self.step))
         if self.empty_steps < self.cfg.train.max_empty_steps:
             return
         c = self.cfg
@@ -393,7 +466,15 @@ class PrimeTrainer:
             "world_size": self.dist.world_size,
             "model_source": self.model_source,  # lets `iprime export` find the architecture
         }
-        path = save_run_checkpoint(self.out_dir, self.step, self.checkpoint_format, *self._parts(), meta, self.dist)
+        path = save_run_checkpoint(
+            self.out_dir,
+            self.step,
+            self.checkpoint_format,
+            *self._parts(),
+            meta,
+            self.dist,
+            keep=self.cfg.train.keep_checkpoints,
+        )
         if self.cfg.train.save_hf:
             self._save_hf(path)
         return path

@@ -571,6 +571,18 @@ def _gym_self_check(verifier: Verifier, entry: Mapping[str, Any]) -> list[str]:
     return []
 
 
+class FieldProblem(str):
+    """A :func:`check_row` problem about another field than the reference: the text, with the
+    field (``.field``) that a data check reports it under."""
+
+    field: str
+
+    def __new__(cls, text: str, field: str = "") -> FieldProblem:
+        problem = super().__new__(cls, text)
+        problem.field = field
+        return problem
+
+
 def check_row(reference: Any, row: Mapping[str, Any], scoring: RowScoring | None = None) -> list[str]:
     """Problems that keep ``row`` from being scored, found before training (empty list: none).
 
@@ -586,8 +598,8 @@ def check_row(reference: Any, row: Mapping[str, Any], scoring: RowScoring | None
     scoring = scoring or RowScoring()
     try:
         name, verifier = verifier_for_row(row, scoring)
-    except ValueError as err:
-        return [str(err)]
+    except ValueError as err:  # the row's kind is at fault, not its reference: said under the ability field
+        return [FieldProblem(str(err), scoring.ability_key)]
     try:
         prepared = _prepare_reference(name, reference, row, _reference_key(row, scoring))
     except _RowProblem as err:
