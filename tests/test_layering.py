@@ -57,6 +57,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "iprime.data_check": ANYTHING,
     "iprime.preflight": ANYTHING,  # the pre-flight check: config, machine, data check, sandbox
     "iprime.cli": ANYTHING,
+    "iprime.clean_stop": ANYTHING,  # a long command's failures as messages and exit statuses
     "iprime.__main__": ANYTHING,
 }
 
@@ -81,6 +82,8 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.cli", "iprime.quickstart"): LIGHT_CLI,
     ("iprime.cli", "iprime.presets"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.prime"): LIGHT_CLI,
+    ("iprime.cli", "iprime.clean_stop"): LIGHT_CLI,
+    ("iprime.cli", "iprime.train.signals"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.sft"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.distributed"): LIGHT_CLI,  # `iprime sft` joins torchrun's process group
     ("iprime.cli", "iprime.preflight"): LIGHT_CLI,  # it imports torch and iprime.config

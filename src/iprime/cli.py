@@ -243,6 +243,35 @@ def prepare_out_dir(
     return f"--overwrite: deleted the previous run in {path}"
 
 
+def check_writable(path: Path) -> None:
+    """Make ``train.out_dir`` (and its parents) and write a file there, or raise
+    :class:`OutDirError` saying why not (a read-only file system, no permission, a parent that
+    is a file): found before any model loads, not at the run's first write."""
+    probe = path / f".iprime-write-check-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
+        raise OutDirError(
+            f"train.out_dir {path} cannot be written ({reason}); set another train.out_dir, or make it writable"
+        ) from None
+
+
+def writable_finding(path: Path) -> str | None:
+    """Why ``path`` could not be made and written, judged without writing (``--dry-run``): the
+    nearest existing folder on the way must be a writable folder. ``None``: looks fine."""
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be made: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be written: no permission to write in {parent} (or it is on a read-only file system)"
+    return None
+
+
 def say(*parts: str | tuple[str, str]) -> None:
     """Print one message as it is: never parsed as rich markup, and not wrapped at 80 columns
     when the output is a file (a log keeps each message, and each path, on one line)."""
@@ -308,7 +337,10 @@ def train(
     size, memory) lists every problem in one message (exit 2); --dry-run runs only that and the
     data check. A non-empty train.out_dir is refused unless --resume or --overwrite is given. On
     a terminal progress is a bar; in a log file one line per step (train.progress). The final
-    models go to train.out_dir/final (policy/, prm/).
+    models go to train.out_dir/final (policy/, prm/). SIGTERM or Ctrl-C: the step under way
+    finishes, a checkpoint is written, exit 143 / 130 (train.checkpoint_on_signal). Any other
+    stop is one message, the traceback in train.out_dir/error.log: exit 2 for bad input or the
+    machine (config, data, disk, permissions, the run's own stops), 1 for a bug.
     """
     from iprime.config import ConfigError, load_config
 
@@ -329,10 +361,21 @@ def train(
     if is_main_process():  # rank 0 alone looks at (and may delete) the folder the run writes
         try:
             note = prepare_out_dir(out_dir, resume=resume, overwrite=overwrite, config_file=config)
+            check_writable(out_dir)  # before any model loads, not at the first write
         except OutDirError as err:
             _fail("error", err)
         if note:
             say(note)
+    from iprime.clean_stop import clean_stop
+    from iprime.train.signals import interrupt_on_signals
+
+    # from here every failure is one message and exit 2 (1: a bug), the traceback in out_dir/error.log
+    with clean_stop(out_dir, say) as state, interrupt_on_signals():
+        _train_run(cfg, out_dir, resume, state)
+
+
+def _train_run(cfg, out_dir: Path, resume: bool, state) -> None:
+    """Read and check the data, load the models, train, write the final models (and push them)."""
     from iprime.train.prime import PrimeTrainer
 
     try:  # every row is read and checked before the model loads
@@ -343,6 +386,7 @@ def train(
         _fail("data error", err)
     except ValueError as err:  # e.g. train.eval_every with nothing to evaluate
         _fail("error", err)
+    state.running = True
     trainer.train(resume=resume, progress=cfg.train.progress)
     final = trainer.save_pretrained(out_dir / "final")
     if not trainer.dist.is_main:
@@ -412,6 +456,8 @@ def _dry_run(cfg, world_size: int | None, *, resume: bool, overwrite: bool, conf
         )
     except OutDirError as err:
         out_dir, note = pf.Finding(f"train.out_dir={cfg.train.out_dir}", str(err)), None
+    if out_dir is None and (why := writable_finding(Path(cfg.train.out_dir))):
+        out_dir = pf.Finding(f"train.out_dir={cfg.train.out_dir}", why, "set another train.out_dir")
     report = pf.dry_run_report(
         cfg, machine, pf.model_size(cfg.model.policy), scan, pf.sandbox_reason() if needs_sandbox else None, out_dir
     )
@@ -504,9 +550,12 @@ def sft(
         check_sft_out(Path(out), resume=resume)
     except OutDirError as err:
         _fail("error", err)
-    tokenizer, sft_data = _sft_data(model, data, config.max_length)
-    run, summary = _sft_run(model, sft_data, config, out, device, resume)
-    run.save_pretrained(out, tokenizer)
+    from iprime.clean_stop import clean_stop
+
+    with clean_stop(Path(out), say):  # every failure: one message, exit 2 (1: a bug), out/error.log
+        tokenizer, sft_data = _sft_data(model, data, config.max_length)
+        run, summary = _sft_run(model, sft_data, config, out, device, resume)
+        run.save_pretrained(out, tokenizer)
     if run.dist.is_main:
         console.print(metrics_table(summary, "SFT", keys=SFT_SUMMARY_KEYS))
         say(f"saved the fine-tuned model to {out}")

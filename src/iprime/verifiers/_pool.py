@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -44,6 +45,11 @@ class TaskOutcome:
 
 def _worker_main(conn: Connection, memory_limit_bytes: int | None, warmup: Callable[[], None] | None) -> None:
     """Worker loop: announce readiness, then run ``fn(*args)`` until the pipe closes."""
+    # SIGTERM / Ctrl-C reach every process of a job: the training process decides what they do
+    # (finish the step, checkpoint: iprime.train.signals); a worker killed by them would fail its
+    # samples and change that step. The pool stops its workers with SIGKILL or by closing the pipe.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     try:
         if memory_limit_bytes is not None:
             import resource  # POSIX only: the pool itself imports on every platform
