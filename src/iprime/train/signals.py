@@ -14,9 +14,11 @@ at once, with no checkpoint.
 
 The handler only records the signal and writes one line with ``os.write`` (a ``print`` from a
 signal handler can re-enter a stream that the interrupted code was writing). The verifier's
-worker processes ignore both signals (:mod:`iprime.verifiers._pool`): a scheduler signals every
-process of the job, and a killed worker would fail its samples and change the step being
-finished.
+worker processes ignore SIGINT (:mod:`iprime.verifiers._pool`; Ctrl-C reaches the whole process
+group), so the step finished after a Ctrl-C, or after a SIGTERM sent to the training process
+alone (``kill PID``, Kubernetes, torchrun forwarding it), is the uninterrupted run's step. A
+scheduler that sends SIGTERM to every process of the job (Slurm) also ends the workers: the
+pool replaces them, and the samples they held score 0 as failures (``verify/failed``).
 """
 
 from __future__ import annotations

@@ -45,11 +45,11 @@ class TaskOutcome:
 
 def _worker_main(conn: Connection, memory_limit_bytes: int | None, warmup: Callable[[], None] | None) -> None:
     """Worker loop: announce readiness, then run ``fn(*args)`` until the pipe closes."""
-    # SIGTERM / Ctrl-C reach every process of a job: the training process decides what they do
-    # (finish the step, checkpoint: iprime.train.signals); a worker killed by them would fail its
-    # samples and change that step. The pool stops its workers with SIGKILL or by closing the pipe.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    # Ctrl-C reaches every process of the terminal's process group: the training process decides
+    # what it does (finish the step, checkpoint: iprime.train.signals); a worker killed by it would
+    # fail its samples and change that step. SIGTERM keeps its default: multiprocessing stops
+    # leftover workers with it at exit (the pool itself closes the pipe, then SIGKILLs).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if memory_limit_bytes is not None:
             import resource  # POSIX only: the pool itself imports on every platform
