@@ -159,8 +159,11 @@ class PrimeTrainer:
         self.logger: MetricsLogger | None = None
         # an update far outside the run's history (a loss, gradient or weight-norm spike) is not checkpointed
         self.guard = UpdateGuard()
-        self.saved: tuple[int, Path | None] = (-1, None)  # the step and path of the last checkpoint written
-        self._out_dir_id: tuple[int, int] | None = None  # rank 0: out_dir's (device, inode) once train() made it
+
+    saved: tuple[int, Path | None] = (-1, None)
+    """The step and path of the last checkpoint this trainer wrote (``-1``: none yet)."""
+    _out_dir_id: tuple[int, int] | None = None
+    """Rank 0: ``out_dir``'s (device, inode) once :meth:`train` made it (:meth:`_check_out_dir`)."""
 
     # the models and optimizers by role
     policy = property(lambda self: self.models.policy)
