@@ -58,6 +58,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "iprime.data_check": ANYTHING,
     "iprime.preflight": ANYTHING,  # the pre-flight check: config, machine, data check, sandbox
     "iprime.cli": ANYTHING,
+    "iprime.clean_stop": ANYTHING,  # a long command's failures as messages and exit statuses
     "iprime.__main__": ANYTHING,
 }
 
@@ -83,6 +84,8 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("iprime.cli", "iprime.presets"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.prime"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.progress"): LIGHT_CLI,  # the empty-steps summary at the end of a run
+    ("iprime.cli", "iprime.clean_stop"): LIGHT_CLI,
+    ("iprime.cli", "iprime.train.signals"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.sft"): LIGHT_CLI,
     ("iprime.cli", "iprime.train.distributed"): LIGHT_CLI,  # `iprime sft` joins torchrun's process group
     ("iprime.cli", "iprime.train.identity"): LIGHT_CLI,  # it imports iprime.config (the estimator registry)

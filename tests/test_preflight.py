@@ -213,7 +213,7 @@ def test_model_size_reads_a_directory_then_the_cache_then_the_table(tmp_path):
 
 def test_policy_findings(tmp_path):
     assert pf.model_findings(load_config(None, [f"model.policy={tmp_path}"]))[0].text.startswith(
-        "the directory has no config.json"
+        f"no config.json in {tmp_path}"
     )
     (found,) = pf.model_findings(load_config(None, ["model.policy=../nowhere/at/all"]))
     assert found.text == "no such directory, and not a hub id (user/name)"

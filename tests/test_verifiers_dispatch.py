@@ -281,6 +281,11 @@ def nan_reward(response, row):
 
 def none_reward(response, row):
     return None
+
+def fails_on_third(response, row):
+    if row["extra_info"]["index"] % 3 == 0:
+        raise ZeroDivisionError("division by zero")
+    return 0.0
 """
 
 
@@ -317,8 +322,9 @@ def test_reward_functions_by_import_path_with_weights(rewards_module) -> None:
     with VerifierPool(workers=1, preload=(m,)) as pool:
         pooled = score_rows(list(cases), [row] * len(cases), scoring, pool=pool)
         assert [r.score for r in pooled] == pytest.approx(list(cases.values()))
-        with pytest.raises(ValueError, match=f"{m}:nan_reward"):
-            score_rows([RIGHT_MATH], [row], RowScoring(reward_functions=(f"{m}:nan_reward",)), pool=pool)
+        # a bad value fails its sample only: 0, the reason naming the function (counted, not fatal)
+        (failed,) = score_rows([RIGHT_MATH], [row], RowScoring(reward_functions=(f"{m}:nan_reward",)), pool=pool)
+        assert failed.score == 0.0 and failed.reason.startswith(f"verifier failed: reward function '{m}:nan_reward'")
 
 
 def test_bad_reward_functions_are_errors_naming_them(rewards_module) -> None:
@@ -327,8 +333,8 @@ def test_bad_reward_functions_are_errors_naming_them(rewards_module) -> None:
         scoring = RowScoring(reward_functions=(f"{m}:{fn}",))
         with pytest.raises(ValueError, match=f"reward function '{m}:{fn}' returned {returned}.*finite float"):
             score_row(RIGHT_MATH, math_row(), scoring)
-        with pytest.raises(ValueError, match=f"{m}:{fn}"):
-            score_rows([RIGHT_MATH], [math_row()], scoring, workers=0)
+        (failed,) = score_rows([RIGHT_MATH], [math_row()], scoring, workers=0)
+        assert failed.score == 0.0 and f"reward function '{m}:{fn}' returned {returned}" in failed.reason
     with pytest.raises(ValueError, match="has no 'missing'"):
         score_row(RIGHT_MATH, math_row(), RowScoring(reward_functions=(f"{m}:missing",)))
     with pytest.raises(ValueError, match="cannot import"):
@@ -339,6 +345,24 @@ def test_bad_reward_functions_are_errors_naming_them(rewards_module) -> None:
         RowScoring(reward_functions=(f"{m}:format_bonus",), reward_weights=(1.0, 2.0))
     with pytest.raises(ValueError, match="finite"):
         RowScoring(reward_functions=(f"{m}:format_bonus",), reward_weights=(math.inf,))
+
+
+def test_a_reward_function_failing_on_some_samples_fails_only_those(rewards_module) -> None:
+    """A third of the rows make the function raise: those samples score 0 with the reason (as the
+    trainer counts them in verify/failed); the others keep their verifier's score; score_row
+    alone still raises."""
+    m = rewards_module
+    scoring = RowScoring(reward_functions=(f"{m}:fails_on_third",))
+    rows = [dict(math_row(), extra_info={"index": i}) for i in range(6)]
+    for kwargs in ({"workers": 0}, {"workers": 1}):
+        results = score_rows([RIGHT_MATH] * 6, rows, scoring, **kwargs)
+        assert [r.score for r in results] == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+        assert results[0].reason == (
+            f"verifier failed: reward function '{m}:fails_on_third' raised ZeroDivisionError: division by zero"
+        )
+        assert not results[0].timed_out and results[1].reason.startswith("correct")
+    with pytest.raises(ValueError, match="raised ZeroDivisionError"):
+        score_row(RIGHT_MATH, rows[0], scoring)
 
 
 # ------------------------------------------------------------------ deadlines

@@ -292,6 +292,7 @@ def claim_out_dir(
         else "A second process would write the same checkpoints and metrics."
     )
     prepare_out_dir(path, resume=resume, overwrite=overwrite, config_file=config_file, dry_run=True)
+    check_writable(path)  # before any model loads, not at the run's first write
     lock = acquire_run_lock(path, command, doing)
     try:
         note = prepare_out_dir(path, resume=resume, overwrite=overwrite, config_file=config_file)
@@ -299,6 +300,35 @@ def claim_out_dir(
         lock.release()
         raise
     return lock, note
+
+
+def check_writable(path: Path) -> None:
+    """Make ``train.out_dir`` (and its parents) and write a file there, or raise
+    :class:`OutDirError` saying why not (a read-only file system, no permission, a parent that
+    is a file): found before any model loads, not at the run's first write."""
+    probe = path / f".iprime-write-check-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
+        raise OutDirError(
+            f"train.out_dir {path} cannot be written ({reason}); set another train.out_dir, or make it writable"
+        ) from None
+
+
+def writable_finding(path: Path) -> str | None:
+    """Why ``path`` could not be made and written, judged without writing (``--dry-run``): the
+    nearest existing folder on the way must be a writable folder. ``None``: looks fine."""
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be made: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be written: no permission to write in {parent} (or it is on a read-only file system)"
+    return None
 
 
 def say(*parts: str | tuple[str, str]) -> None:
@@ -388,7 +418,10 @@ def train(
     size, memory) lists every problem in one message (exit 2); --dry-run runs only that and the
     data check. A non-empty train.out_dir is refused unless --resume or --overwrite is given. On
     a terminal progress is a bar; in a log file one line per step (train.progress). The final
-    models go to train.out_dir/final (policy/, prm/).
+    models go to train.out_dir/final (policy/, prm/). SIGTERM or Ctrl-C: the step under way
+    finishes, a checkpoint is written, exit 143 / 130 (train.checkpoint_on_signal). Any other
+    stop is one message, the traceback in train.out_dir/error.log: exit 2 for bad input or the
+    machine (config, data, disk, permissions, the run's own stops), 1 for a bug.
     """
     from iprime.config import ConfigError, load_config
 
@@ -422,16 +455,21 @@ def train(
             _fail("error", err)
         if note:
             say(note)
-    try:
-        _train_run(cfg, resume, allow_change)
+    from iprime.clean_stop import clean_stop
+    from iprime.train.signals import interrupt_on_signals
+
+    try:  # from here every failure is one message and exit 2 (1: a bug), the traceback in out_dir/error.log
+        with clean_stop(Path(cfg.train.out_dir), say) as state, interrupt_on_signals():
+            _train_run(cfg, resume, allow_change, state)
     finally:  # the lock goes with the process anyway; a clean end also removes its file
         if lock is not None:
             lock.release()
 
 
-def _train_run(cfg, resume: bool, allow_change: list[str]) -> None:
+def _train_run(cfg, resume: bool, allow_change: list[str], state) -> None:
     """``iprime train`` once the run folder is this process's: read the data, build the trainer,
-    train, save and print where the final models are."""
+    train, save and print where the final models are. ``state``: the clean stop's
+    (:func:`iprime.clean_stop.clean_stop`), told when training has started."""
     from iprime.train.identity import ConfigChangeError
     from iprime.train.prime import PrimeTrainer
     from iprime.train.progress import empty_steps_summary
@@ -445,6 +483,7 @@ def _train_run(cfg, resume: bool, allow_change: list[str]) -> None:
         _fail("data error", err)
     except ValueError as err:  # e.g. train.eval_every with nothing to evaluate
         _fail("error", err)
+    state.running = True
     try:
         history = trainer.train(resume=resume, progress=cfg.train.progress, allow_change=allow_change)
     except ConfigChangeError as err:  # a resume that would change the run: nothing was written
@@ -542,6 +581,8 @@ def _dry_run(cfg, world_size: int | None, *, resume: bool, overwrite: bool, conf
         )
     except OutDirError as err:
         out_dir, note = pf.Finding(f"train.out_dir={cfg.train.out_dir}", str(err)), None
+    if out_dir is None and (why := writable_finding(Path(cfg.train.out_dir))):
+        out_dir = pf.Finding(f"train.out_dir={cfg.train.out_dir}", why, "set another train.out_dir")
     report = pf.dry_run_report(
         cfg, machine, pf.model_size(cfg.model.policy), scan, pf.sandbox_reason() if needs_sandbox else None, out_dir
     )
@@ -637,10 +678,13 @@ def sft(
             lock = acquire_run_lock(out, "iprime sft")
     except (OutDirError, RunLockedError) as err:
         _fail("error", err)
+    from iprime.clean_stop import clean_stop
+
     try:
-        tokenizer, sft_data = _sft_data(model, data, config.max_length)
-        run, summary = _sft_run(model, sft_data, config, out, device, resume)
-        run.save_pretrained(out, tokenizer)
+        with clean_stop(Path(out), say):  # every failure: one message, exit 2 (1: a bug), out/error.log
+            tokenizer, sft_data = _sft_data(model, data, config.max_length)
+            run, summary = _sft_run(model, sft_data, config, out, device, resume)
+            run.save_pretrained(out, tokenizer)
     finally:
         if lock is not None:
             lock.release()

@@ -8,6 +8,7 @@ stops with a :class:`ConfigError` that names the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -315,6 +316,13 @@ class VerifyConfig:
     1,000 frames, run as they did there."""
     memory_limit_mb: int | None = 4096
     """Address-space cap of each verifier worker (the code sandbox has its own limits)."""
+    max_failed_share: float = 0.5
+    """The run stops when more than this share of a round's samples (all ranks together) fail to
+    be scored: the verifier or a ``data.reward_functions`` function raised, crashed its worker or
+    returned a bad value (timeouts are counted apart, in ``verify/timeouts``). Below it each such
+    sample scores 0, its reason goes to ``samples.jsonl`` and it counts in ``verify/failed``. A
+    round where every sample fails always stops. 0.5: past half, most rewards would be the
+    scorer's bugs, not the policy's answers; 1.0 stops only on a whole failed round."""
 
 
 @dataclass
@@ -379,6 +387,11 @@ class TrainConfig:
     """A hub repo id (``user/name``): the final policy is pushed there at the end of ``iprime
     train`` (the PRM to ``<id>-prm``); needs the network and a token (``huggingface-cli login``)."""
     hub_private: bool = True
+    checkpoint_on_signal: bool = True
+    """On the first SIGTERM or SIGINT (what a scheduler sends before it kills a job; Ctrl-C), finish
+    the step under way, write a checkpoint of it, say how to resume, and exit with 128 + the signal's
+    number (143, 130); a second signal stops at once. ``false``: stop at once with a message and
+    no checkpoint (the last periodic one stays)."""
     checkpoint_format: Literal["auto", "torch", "dcp"] = "auto"
     """``torch``: one ``state.pt``; ``dcp``: ``torch.distributed.checkpoint`` shards (loadable at
     any world size); ``auto``: ``dcp`` under torchrun (world size > 1), else ``torch``."""
@@ -497,7 +510,14 @@ def validate(cfg: PrimeConfig) -> None:
         "optim.micro_batch_tokens",
         "must be >= 1 (or null)",
     )
-    need(cfg.train.steps >= 0, "train.steps", "must be >= 0")
+    need(
+        cfg.train.steps >= 1,
+        "train.steps",
+        f"must be >= 1, got {cfg.train.steps} (a run of 0 steps would write the untrained model to final/ as if "
+        "trained; to evaluate a model use iprime eval)",
+    )
+    for key, lr in (("optim.lr", cfg.optim.lr), ("prm.lr", cfg.prm.lr), ("optim.value_lr", cfg.optim.value_lr)):
+        need(math.isfinite(lr) and lr > 0, key, f"must be a finite number > 0, got {lr}")
     need(cfg.train.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
     need(cfg.train.max_empty_steps >= 1, "train.max_empty_steps", "must be >= 1")
     need(cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1 (the newest checkpoint is kept)")
@@ -511,6 +531,7 @@ def validate(cfg: PrimeConfig) -> None:
     )
     need(cfg.verify.stdout_compare in ("tokens", "lines"), "verify.stdout_compare", 'must be "tokens" or "lines"')
     need(cfg.verify.code_prelude in ("none", "prime"), "verify.code_prelude", 'must be "none" or "prime"')
+    need(0.0 <= cfg.verify.max_failed_share <= 1.0, "verify.max_failed_share", "must lie in [0, 1]")
     need(
         not cfg.data.reward_weights or len(cfg.data.reward_weights) == len(cfg.data.reward_functions),
         "data.reward_weights",
@@ -657,6 +678,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"config file {str(p)!r}: the top level must be a mapping of sections (model:, data:, train:, ...), "
+                f"got a {type(data).__name__}"
+            )
     for assignment in overrides:
         apply_override(data, assignment)
     return config_from_dict(data)

@@ -557,18 +557,32 @@ def _cached_config(repo_id: str) -> str | None:
 
 
 def model_findings(cfg: PrimeConfig) -> list[Finding]:
-    """``model.policy``: a directory needs a ``config.json``; a name that is neither a
-    directory nor a hub id (``user/name``) cannot be loaded."""
+    """``model.policy``, ``model.prm`` and a ``model.reference`` path: a directory needs a
+    ``config.json`` (else transformers fails later with a text about tokenizers); a name that
+    is neither a directory nor a hub id (``user/name``) cannot be loaded."""
     policy = cfg.model.policy
     if not policy:
         return [Finding("model.policy", "not set", "the path (or hub id) of the SFT model the policy starts from")]
-    key = f"model.policy={policy}"
-    if Path(policy).is_dir():
-        if not (Path(policy) / "config.json").is_file():
-            return [Finding(key, "the directory has no config.json: not a Hugging Face model", "a saved model")]
+    roles = {"policy": policy, "prm": cfg.model.prm}
+    if cfg.model.reference not in ("sft", "policy"):
+        roles["reference"] = cfg.model.reference
+    return [f for role, path in roles.items() if path for f in _model_path_findings(f"model.{role}", path)]
+
+
+def _model_path_findings(key: str, path: str) -> list[Finding]:
+    where = f"{key}={path}"
+    if Path(path).is_dir():
+        if not (Path(path) / "config.json").is_file():
+            return [
+                Finding(
+                    where,
+                    f"no config.json in {path}: the folder is not a Hugging Face model",
+                    f"point {key} at a saved model (a folder with config.json and the weights)",
+                )
+            ]
         return []
-    if not HUB_ID.match(policy):
-        return [Finding(key, "no such directory, and not a hub id (user/name)", "point model.policy at the SFT model")]
+    if not HUB_ID.match(path):
+        return [Finding(where, "no such directory, and not a hub id (user/name)", f"point {key} at a model")]
     return []
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,10 @@ SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
 MAX_LISTED_PROBLEMS = 20
 """Problems spelled out in one :class:`DataError`; the rest are counted."""
+
+
+class DataWarning(UserWarning):
+    """Something in the data was left out on purpose (files a data directory does not read)."""
 
 
 class DataError(ValueError):
@@ -154,6 +159,15 @@ def read_records(
                 raise DataError(
                     f"data directory {text!r} holds no {', '.join(SUFFIXES)} files (has {listing})", path=text
                 )
+            skipped = skipped_entries(path)
+            if skipped:  # a README or a plot beside the data is fine; a data file in a subfolder is not read
+                warnings.warn(
+                    f"data directory {text}: read {len(files)} data file(s), skipped {len(skipped)} other entries: "
+                    f"{', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''} (only {', '.join(SUFFIXES)} "
+                    "files directly in it are read)",
+                    DataWarning,
+                    stacklevel=2,
+                )
         else:
             if _kind(path) is None:
                 raise DataError(
@@ -171,6 +185,21 @@ def read_records(
     if not out:
         raise DataError(f"{text} has no rows", path=text)
     return out
+
+
+def skipped_entries(directory: Path) -> list[str]:
+    """The entries of a data directory that :func:`read_records` does not read, sorted: files of
+    another kind (``README.md``, ``plot.png``) and subfolders (named with a trailing ``/``);
+    hidden entries are left out."""
+    names = []
+    for p in directory.iterdir():
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            names.append(p.name + "/")
+        elif _kind(p) is None:
+            names.append(p.name)
+    return sorted(names)
 
 
 def _kind(path: Path) -> str | None:

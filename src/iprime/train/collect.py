@@ -37,7 +37,7 @@ from iprime.data.prompts import PromptStream
 from iprime.eval.loop import GroupTally
 from iprime.rollout import RolloutBatch, SamplingParams
 from iprime.train import distributed as D
-from iprime.train.scoring import RolloutScorer
+from iprime.train.scoring import RolloutScorer, failures
 
 VERIFY_COUNTS = ("verify/timeouts", "verify/failed")
 MAX_REASON_CHARS = 500  # a verifier's reason kept with each sample (buffer, checkpoints, samples.jsonl)
@@ -216,7 +216,7 @@ class RolloutCollector:
         shares = D.group_shares(len(indices), self.dist.world_size)
         start, end = shares[self.dist.rank]
         mine = indices[start:end]
-        batch, t_gen, t_ver = None, 0.0, 0.0
+        batch, t_gen, t_ver, first_failure = None, 0.0, 0.0, None
         verify_stats = dict.fromkeys(VERIFY_COUNTS, 0)
         if mine:
             t0 = time.perf_counter()
@@ -233,13 +233,24 @@ class RolloutCollector:
             scores = [float(r.score) for r in results]
             batch.tensors["outcome"] = torch.tensor(scores, dtype=torch.float32, device=batch.response_ids.device)
             batch.meta["reason"] = [r.reason[:MAX_REASON_CHARS] for r in results]
+            first_failure = next(iter(failures(results)), None)
             t_ver = time.perf_counter() - t0
         batch = D.all_gather_rollouts(batch, [s for s, _ in shares], self.dist, self.device)
         batch.meta["sampled_step"] = [step] * len(batch)
         batch.meta["from_buffer"] = [int(p) < len(buffered) for p in batch.prompt_index]
         counts = D.all_reduce(torch.tensor([verify_stats[k] for k in VERIFY_COUNTS], device=self.device))
         stats = {"time/generate": t_gen, "time/verify": t_ver, "generated_tokens": int(batch.response_mask.sum())}
-        return batch, {**stats, **dict(zip(VERIFY_COUNTS, counts.tolist()))}
+        stats.update(zip(VERIFY_COUNTS, counts.tolist()))
+        self._check_failures(
+            int(stats["verify/failed"]), len(batch), first_failure, f"step {step + 1}'s round {round_index + 1}"
+        )
+        return batch, stats
+
+    def _check_failures(self, failed: int, total: int, first: str | None, what: str) -> None:
+        """The scorer's stop rule on the round's global counts (the same on every rank, so every rank
+        stops together); each rank's first failure is gathered only when it stops."""
+        if failed and (failed == total or failed / total > self.cfg.verify.max_failed_share):
+            self.scorer.check_failures(failed, total, D.all_gather_objects(first, self.dist), what)
 
     def _keep_mask(self, batch: RolloutBatch) -> torch.Tensor:
         f = self.cfg.filter

@@ -41,6 +41,7 @@ from iprime.eval.loop import AccuracyTally, GroupTally, chunked, evaluate_accura
 from iprime.rollout import SamplingParams
 from iprime.train import distributed as D
 from iprime.train.build import context_length
+from iprime.train.scoring import failures
 from iprime.verifiers import check_row
 
 __all__ = [
@@ -202,6 +203,8 @@ def _score(eval_set: EvalSet, index: Sequence[int], texts: Sequence[str], scorer
         rows = [eval_set.rows[i] for i in index]
         refs = [eval_set.references[i] for i in index]
         results, _ = scorer.verify(texts, rows, refs, index)
+        failed = failures(results)  # this rank's chunk: a scorer failing on all of it is broken
+        scorer.check_failures(len(failed), len(results), failed[:1], f"an eval chunk of {eval_set.name}")
         return [float(r.score) for r in results]
     scores = [0.0] * len(texts)
     by_name: dict[str, list[int]] = {}

@@ -24,8 +24,10 @@ data parallelism come from :mod:`iprime.train.microbatches`. Models and optimize
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,6 +51,7 @@ from iprime.train.build import (
     reuses_sampling_logprobs,
 )
 from iprime.train.checkpoint import load_run_checkpoint, rng_state, save_run_checkpoint, set_rng_state
+from iprime.train.checkpoint_store import resume_candidates, write_error
 from iprime.train.collect import RolloutCollector, sample_records
 from iprime.train.diagnostics import sampler_gap_metrics, step_diagnostics
 from iprime.train.evaluate import build_eval_sets, eval_due, preserved_training_state, run_evals
@@ -69,6 +72,16 @@ from iprime.train.prm_update import process_rewards, score_and_update, step_deli
 from iprime.train.progress import batch_metrics, empty_step_message, progress_bar
 from iprime.train.record import StepRecord
 from iprime.train.scoring import RolloutScorer
+from iprime.train.signals import RunInterrupted, SignalStop
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of a folder (``None``: it does not exist): the same path made again is another folder."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 class NonFiniteError(RuntimeError):
@@ -205,6 +218,11 @@ class PrimeTrainer:
         )
         self._info(f"models loaded in {time.perf_counter() - t0:.1f} s")
         return models
+
+    saved: tuple[int, Path | None] = (-1, None)
+    """The step and path of the last checkpoint this trainer wrote (``-1``: none yet)."""
+    _out_dir_id: tuple[int, int] | None = None
+    """Rank 0: ``out_dir``'s (device, inode) once :meth:`train` made it (:meth:`_check_out_dir`)."""
 
     # the models and optimizers by role
     policy = property(lambda self: self.models.policy)
@@ -393,7 +411,7 @@ class PrimeTrainer:
         if self.bad_steps >= self.cfg.train.max_bad_steps:
             step.stop = NonFiniteError(
                 f"{self.bad_steps} consecutive steps had a non-finite loss or gradient (train.max_bad_steps="
-                f"{self.cfg.train.max_bad_steps}); the last checkpoint is in {self.out_dir / 'checkpoints'}"
+                f"{self.cfg.train.max_bad_steps}); {self.checkpoint_note()}"
             )
 
     def _check_not_blind(self, step: StepRecord) -> None:
@@ -432,7 +450,8 @@ class PrimeTrainer:
         if self.guard.rejected_in_a_row >= cfg.train.max_bad_steps and step.stop is None:
             step.stop = NonFiniteError(
                 f"{self.guard.rejected_in_a_row} updates in a row were far outside the run's history ({reason}); "
-                f"the last good checkpoint is in {self.out_dir / 'checkpoints'}"
+                f"{self.checkpoint_note()}. Lower optim.lr / prm.lr, or look at the loss and gradient metrics of "
+                f"these steps in {self.out_dir / 'metrics.jsonl'}"
             )
         if eval_due(self.step, cfg.train.steps, cfg.train.eval_every):
             m.update(self.evaluate())
@@ -444,6 +463,16 @@ class PrimeTrainer:
         if self.cfg.train.save_every and self.step % self.cfg.train.save_every == 0:
             self._save_unless_rejected()
 
+    def checkpoint_note(self) -> str:
+        """What a stopped run can resume from, as it is on disk now: ``the last good checkpoint is
+        <path> (resume it with --resume)``, or that none has been written yet and why."""
+        found = resume_candidates(self.out_dir)
+        if found:
+            return f"the last good checkpoint is {found[0]} (continue from it with --resume)"
+        every = self.cfg.train.save_every
+        when = f"the first is due at step {every}" if every else "train.save_every=0: only at the end"
+        return f"no checkpoint has been written yet ({when}); the run starts again from the beginning"
+
     # ------------------------------------------------------------------ checkpoints
     def _parts(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
         models, optimizers = {"policy": self.policy}, {"policy": self.optimizers.policy}
@@ -452,8 +481,25 @@ class PrimeTrainer:
                 models[role], optimizers[role] = getattr(self.models, role), getattr(self.optimizers, role)
         return models, optimizers
 
+    def _check_out_dir(self) -> None:
+        """Rank 0: ``train.out_dir`` is still the folder the run started in. Deleted or replaced
+        under a live run (by hand, by another run's ``--overwrite``), the run would go on writing
+        its metrics into a deleted file and its next checkpoint into a new empty folder: stop."""
+        if self._out_dir_id is None:
+            return
+        now = _folder_id(self.out_dir)
+        if now != self._out_dir_id:
+            what = "deleted or moved" if now is None else "replaced by another folder"
+            raise FileNotFoundError(
+                errno.ENOENT,
+                f"train.out_dir {self.out_dir} was {what} while the run was using it (its metrics and checkpoints "
+                "went with it)",
+                str(self.out_dir),
+            )
+
     def save(self) -> Path:
         """Checkpoint everything a resumed run needs to reproduce the next step."""
+        self._check_out_dir()
         meta = {
             "step": self.step,
             "bad_steps": self.bad_steps,
@@ -477,13 +523,18 @@ class PrimeTrainer:
         )
         if self.cfg.train.save_hf:
             self._save_hf(path)
+        self.saved = (self.step, path)
         return path
 
     def _save_hf(self, checkpoint: Path) -> Path:
         """The checkpoint's models in HF format too (``hf/{policy,prm}``, renamed into place: complete or
         absent; not in the manifest, resuming never reads them). Collective under torchrun."""
         final, tmp = checkpoint / "hf", checkpoint / ".hf-partial"
-        self._write_pretrained(tmp, final)
+        try:
+            self._write_pretrained(tmp, final, what="Hugging Face copy of the checkpoint's models")
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # complete or absent; the checkpoint itself is whole
+            raise
         if self.dist.is_main:
             os.replace(tmp, final)
         D.barrier(self.dist)
@@ -542,6 +593,7 @@ class PrimeTrainer:
         cfg, main = self.cfg, self.dist.is_main  # rank 0 writes config, metrics and samples
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._out_dir_id = _folder_id(self.out_dir)
         D.barrier(self.dist)
         if resume and not self.resume(allow_change):
             raise FileNotFoundError(f"--resume: no checkpoint in {self.out_dir / 'checkpoints'}")
@@ -553,12 +605,16 @@ class PrimeTrainer:
         self.guard.begin(self._parts()[0])
         try:
             mode = cfg.train.progress if (progress and main) else "none"
-            with progress_bar(mode, cfg.train.steps, self.step, every_s=cfg.train.log_every_s) as advance:
+            signals = SignalStop(cfg.train.checkpoint_on_signal, announce=main)
+            with signals, progress_bar(mode, cfg.train.steps, self.step, every_s=cfg.train.log_every_s) as advance:
                 if self.step == 0 and self.eval_sets:  # where the curves start: the policy before training
                     start = {"step": 0, **self.evaluate(eval_fn=False)}
                     self._log(start)
                     advance(0, start)
                 while self.step < cfg.train.steps:
+                    self._check_out_dir()
+                    if signum := signals.requested(self.dist, self.device):  # a step finished since the signal
+                        raise self._stopped_by(signum)
                     metrics = self.train_step()
                     history.append(metrics)
                     advance(self.step, metrics)
@@ -605,12 +661,23 @@ class PrimeTrainer:
             if samples:
                 self.logger.log_samples(int(metrics["step"]), samples)
 
-    def _save_unless_rejected(self) -> None:
+    def _save_unless_rejected(self) -> Path | None:
         """Checkpoint, unless the last update was rejected by the guard (a spike is never the newest state)."""
         if self.guard.last_reason:
             warnings.warn(f"step {self.step}: not checkpointed: {self.guard.last_reason}", stacklevel=2)
-            return
-        self.save()
+            return None
+        return self.save()
+
+    def _stopped_by(self, signum: int) -> RunInterrupted:
+        """After a SIGTERM / SIGINT: a checkpoint of the last completed step (unless it was just
+        written, or the guard rejected that step), as :class:`RunInterrupted` to raise."""
+        if self.step == 0:
+            return RunInterrupted(signum, 0, None, "before the first step: nothing to save")
+        if self.saved[0] == self.step:
+            return RunInterrupted(signum, self.step, self.saved[1])
+        path = self._save_unless_rejected()
+        note = "" if path else f"step {self.step} was not checkpointed (the update guard rejected it); "
+        return RunInterrupted(signum, self.step, path, note + ("" if path else self.checkpoint_note()))
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the policy (and the PRM, if any) as ordinary Hugging Face model directories; the
@@ -618,16 +685,23 @@ class PrimeTrainer:
         command that loads a PRM reads them. Collective under torchrun: rank 0 writes."""
         return self._write_pretrained(Path(directory), Path(directory))
 
-    def _write_pretrained(self, d: Path, final: Path) -> Path:
+    def _write_pretrained(self, d: Path, final: Path, what: str = "final model") -> Path:
         """:meth:`save_pretrained` into ``d``; ``final``: where it will be read from (a
-        ``model.reference=policy`` PRM names ``final/policy`` as its reference)."""
+        ``model.reference=policy`` PRM names ``final/policy`` as its reference). A failed write
+        (a full disk: safetensors' ``SafetensorError``, an ``OSError``) raises
+        :func:`~iprime.train.checkpoint_store.write_error`'s ``OSError`` naming ``what``."""
         for name, model in (("policy", self.policy), ("prm", self.prm)):
             if model is None:
                 continue
             state = D.full_state_dict(model, self.passes.roots.get(id(model)), every_rank=False)
             if self.dist.is_main:
-                model.save_pretrained(d / name, state_dict=state)
-                self.tokenizer.save_pretrained(d / name)
+                try:
+                    model.save_pretrained(d / name, state_dict=state)
+                    self.tokenizer.save_pretrained(d / name)
+                except Exception as err:
+                    if isinstance(err, OSError) or type(err).__name__ == "SafetensorError":  # no OSError, errno in text
+                        raise write_error(err, d / name, what) from err
+                    raise
         if self.prm is not None and self.dist.is_main:
             save_prm_metadata(d / "prm", run_prm_metadata(self.cfg, self.model_source, final))
         D.barrier(self.dist)

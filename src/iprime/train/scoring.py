@@ -36,6 +36,16 @@ def row_scoring(cfg: PrimeConfig) -> RowScoring:
     )
 
 
+class VerifierFailureError(RuntimeError):
+    """Too many of a round's samples could not be scored (``verify.max_failed_share``, or all of them)."""
+
+
+def failures(results: Sequence[VerifyResult]) -> list[str]:
+    """The reasons of the samples whose verifier or reward function failed (raised, crashed its
+    worker, returned a bad value); timeouts are not failures (``verify/timeouts``)."""
+    return [r.reason for r in results if r.reason.startswith("verifier failed") and not r.timed_out]
+
+
 class RolloutScorer:
     """``score(texts, rows, references) -> (scores, metrics)``; owns the verifier pool."""
 
@@ -74,10 +84,35 @@ class RolloutScorer:
             results = verify_batch(self.verifier, texts, references, pool=pool, workers=0, timeout_s=timeout)
         for result, row in zip(results, row_ids):
             checked_score(result, row)
-        failed = [r.reason for r in results if r.reason.startswith("verifier failed") and not r.timed_out]
-        if failed and len(failed) == len(results):  # a broken verifier must stop the run, not train on zeros
-            raise RuntimeError(f"the verifier failed on every sample of this round; the first: {failed[0]}")
+        failed = failures(results)
         return results, {"verify/timeouts": sum(r.timed_out for r in results), "verify/failed": len(failed)}
+
+    def check_failures(self, failed: int, total: int, firsts: Sequence[str | None], what: str) -> None:
+        """Raise :class:`VerifierFailureError` when ``failed`` of ``total`` samples (a round, all
+        ranks together) is every sample or more than ``verify.max_failed_share`` of them: a broken
+        scorer must stop the run, not train on its zeros. ``firsts``: each rank's first failure
+        reason (``None``: none there); ``what``: the round, for the message."""
+        limit = self.cfg.verify.max_failed_share
+        if not (total and failed) or (failed < total and failed / total <= limit):
+            return
+        first = next((f for f in firsts if f), "(not recorded)")
+        rule = "every sample" if failed == total else f"more than verify.max_failed_share={limit:g} of the samples"
+        raise VerifierFailureError(
+            f"scoring failed on {failed} of {total} samples of {what} ({rule}); scored by {self.describe()}; "
+            f"the first failure: {first.removeprefix('verifier failed: ')}. Fix the function (iprime.verifiers."
+            "score_row(response, row, RowScoring(...)) scores one sample in this process and shows the error), or "
+            "raise verify.max_failed_share to train on with those samples scored 0"
+        )
+
+    def describe(self) -> str:
+        """What scores the samples, for messages: the verifier callable, or the rows' verifiers and reward functions."""
+        if self.verifier is not None:
+            return f"the verifier {getattr(self.verifier, '__qualname__', repr(self.verifier))}"
+        d = self.cfg.data
+        text = f"data.verifier={d.verifier}" if d.verifier else "each row's verifier (by ability / data source)"
+        if d.reward_functions:
+            text += f" + data.reward_functions={list(d.reward_functions)}"
+        return text
 
     def score(
         self, texts: Sequence[str], rows: Sequence[Mapping[str, Any]], references: Sequence[Any], row_ids: Sequence[int]

@@ -26,6 +26,7 @@ from iprime.data.boxed import last_boxed
 from .batch import VerifierPool, score_rows, verify_batch
 from .code import parse_tests, verify_code, verify_code_detailed
 from .dispatch import (
+    RewardFunctionError,
     RowScoring,
     check_row,
     register_row_verifier,
@@ -48,6 +49,7 @@ __all__ = [
     "GymTask",
     "GymVerifier",
     "MathVerifier",
+    "RewardFunctionError",
     "RowScoring",
     "SandboxError",
     "SandboxLimits",

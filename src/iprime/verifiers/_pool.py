@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -44,6 +45,11 @@ class TaskOutcome:
 
 def _worker_main(conn: Connection, memory_limit_bytes: int | None, warmup: Callable[[], None] | None) -> None:
     """Worker loop: announce readiness, then run ``fn(*args)`` until the pipe closes."""
+    # Ctrl-C reaches every process of the terminal's process group: the training process decides
+    # what it does (finish the step, checkpoint: iprime.train.signals); a worker killed by it would
+    # fail its samples and change that step. SIGTERM keeps its default: multiprocessing stops
+    # leftover workers with it at exit (the pool itself closes the pipe, then SIGKILLs).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if memory_limit_bytes is not None:
             import resource  # POSIX only: the pool itself imports on every platform

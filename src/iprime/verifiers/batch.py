@@ -21,6 +21,7 @@ from typing import Any
 from ._pool import DeadlinePool, TaskOutcome
 from .dispatch import (
     _MISSING,
+    RewardFunctionError,
     RowScoring,
     _Plan,
     _plan,
@@ -30,6 +31,7 @@ from .dispatch import (
     _score_planned,
     _score_task,
     _with_code_options,
+    reward_failure,
 )
 from .math import _warm_math_worker
 from .registry import SandboxRefusal, Verifier, _resolve, _verify_one
@@ -246,10 +248,10 @@ def score_rows(
         code_prelude: ``"none"`` or ``"prime"``, replacing ``scoring.code_prelude``.
 
     Every row is checked here, before any sample is sent: a row that cannot
-    be scored raises ``ValueError`` naming its index, and so does a reward
-    function's bad return value. A sample whose verifier raises, crashes its
-    worker or overruns scores 0 with the reason, ``timed_out`` set for
-    overruns; the other samples are unaffected.
+    be scored raises ``ValueError`` naming its index. A sample whose verifier
+    or reward function raises (or returns a bad value), crashes its worker or
+    overruns scores 0 with the reason (``"verifier failed: ..."``),
+    ``timed_out`` set for overruns; the other samples are unaffected.
     """
     if len(responses) != len(rows):
         raise ValueError(f"{len(responses)} responses but {len(rows)} rows")
@@ -281,6 +283,8 @@ def score_rows(
             start = time.monotonic()
             try:
                 results.append(_score_planned(*task))
+            except RewardFunctionError as err:  # this sample's 0, with the reason
+                results.append(reward_failure(err, time.monotonic() - start))
             except _RowProblem as err:
                 raise ValueError(f"sample {i}: {err}") from err
             except SandboxUnavailable:  # no sandbox here: one loud refusal, never a silent 0

@@ -63,8 +63,10 @@ each called as ``fn(response, row) -> float``. With any given, a sample scores::
 (``w_i`` from ``reward_weights``, 1.0 each by default). Each ``f_i`` must
 return a finite real number, of either sign (a penalty may be negative; the
 sum is clipped); anything else (``None``, NaN, a string, a tensor), or an
-exception, is a ``ValueError`` naming the function. ``passed``/``total`` and
-``timed_out`` stay the verifier's.
+exception, is a :class:`RewardFunctionError` (a ``ValueError``) naming the function:
+:func:`score_row` raises it, while a batch (``score_rows``, the trainer) scores that sample 0
+with ``"verifier failed: reward function '...' raised ..."`` as its reason, counted like a
+verifier's crash (``verify/failed``). ``passed``/``total`` and ``timed_out`` stay the verifier's.
 """
 
 from __future__ import annotations
@@ -439,6 +441,14 @@ class _RowProblem(ValueError):
     """A row or setting that cannot be scored: raised, never scored 0."""
 
 
+class RewardFunctionError(ValueError):
+    """A ``reward_functions`` entry raised, or returned anything but a finite number, on one sample.
+
+    :func:`score_row` raises it; in a batch (:func:`~iprime.verifiers.batch.score_rows`, the
+    trainer) it fails only its sample: a 0 with ``"verifier failed: <this message>"`` as the
+    reason, counted like a verifier's own failure."""
+
+
 _MATH_TYPES = (str, int, float)
 
 
@@ -647,9 +657,9 @@ def _with_rewards(result: VerifyResult, response: str, row: Mapping[str, Any], s
         try:
             value = fn(response, row)
         except Exception as err:
-            raise _RowProblem(f"reward function {path!r} raised {type(err).__name__}: {err}") from err
+            raise RewardFunctionError(f"reward function {path!r} raised {type(err).__name__}: {err}") from err
         if not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-            raise _RowProblem(
+            raise RewardFunctionError(
                 f"reward function {path!r} returned {value!r} ({type(value).__name__}); it must return a finite float"
             )
         total += weight * float(value)
@@ -680,6 +690,11 @@ def _score_planned(
     return result
 
 
+def reward_failure(err: RewardFunctionError, elapsed_s: float = 0.0) -> VerifyResult:
+    """The result of a sample whose reward function failed: 0, the reason starting ``verifier failed:``."""
+    return VerifyResult(0.0, 0, 0, f"verifier failed: {err}", elapsed_s)
+
+
 @dataclass(frozen=True)
 class _Refused:
     """A worker's report of a :class:`_RowProblem` (raised again in the parent)."""
@@ -693,6 +708,8 @@ def _score_task(
     """The pool's task (module-level, so picklable). A verifier's own exception fails only its sample."""
     try:
         return _score_planned(response, row, scoring, name, verifier, reference)
+    except RewardFunctionError as err:  # this sample's 0, with the reason
+        return reward_failure(err)
     except _RowProblem as err:
         return _Refused(str(err))
     except SandboxUnavailable as err:  # raised in the parent by _to_result: never a silent 0
