@@ -4,7 +4,7 @@ the response itself (extracting and planning) is bounded in time and memory.
 
 Each class is one family of attacks on the host, several variants each (some the issue names,
 some it does not): every one must score 0 with a reason, return within its timeout plus
-:data:`HARD_SLACK_S`, and leave the caller's peak resident memory under :data:`CALLER_PEAK`.
+:data:`HARD_SLACK_S`, and grow the caller's resident memory by less than :data:`CALLER_GROWTH`.
 Honest controls of the same shapes must still score 1.0. On the code before the change the
 attacks hang the caller (quadratic set building, long multiplications and divisions, tens of
 millions of ``json.loads``), or take it past 1 GiB (payloads that decode to 25 times their size)."""
@@ -12,7 +12,6 @@ millions of ``json.loads``), or take it past 1 GiB (payloads that decode to 25 t
 from __future__ import annotations
 
 import json
-import resource
 import time
 
 import pytest
@@ -29,9 +28,11 @@ TIMEOUT = 2.0
 # JUDGE_ALLOWANCE_S (2 s) past the sample's time, and the caller waits REPLY_GRACE_S (0.5 s) more
 # for the reply (test_the_cap_is_what_the_tests_allow checks the sum).
 HARD_SLACK_S = 5.0
-# The caller (this test process: pytest, the verifiers, the values it read, at most 64 MiB held
-# twice) stays far below the 1 GiB the attacks took it past.
-CALLER_PEAK = 600 << 20
+# What the caller (this test process) may grow by while it scores one attack: the values it read,
+# at most 64 MiB held twice, and the verifier's own buffers; the attacks took it past 1 GiB.
+# Measured from the attack's start (the peak is reset first), so whatever earlier tests of the
+# same pytest process loaded (models, datasets) does not count.
+CALLER_GROWTH = 400 << 20
 M61 = 2**61 - 1  # every multiple of it hashes to 0 (CPython's int hash is n mod 2**61 - 1)
 
 
@@ -39,22 +40,41 @@ def py(code: str) -> str:
     return f"```python\n{code}\n```\n"
 
 
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+class CallerPeak:
+    """The caller's resident memory growth, in bytes, over a ``with`` block: the kernel's peak
+    (``VmHWM``) is reset at the start (``/proc/self/clear_refs``: ``5``), read at the end."""
+
+    def __enter__(self) -> CallerPeak:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        self.start = _status_kib("VmRSS") << 10
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.growth = (_status_kib("VmHWM") << 10) - self.start
 
 
 def attack(code: str, tests, timeout_s: float = TIMEOUT, detailed: bool = True) -> VerifyResult | float:
     """Score ``code``; assert it scored 0 within the hard cap and the caller's memory stayed low."""
     start = time.monotonic()
-    if detailed:
-        result = verify_code_detailed(py(code), tests, timeout_s=timeout_s)
-        score = result.score
-    else:
-        result = score = verify_code(py(code), tests, timeout_s=timeout_s)
+    with CallerPeak() as peak:
+        if detailed:
+            result = verify_code_detailed(py(code), tests, timeout_s=timeout_s)
+            score = result.score
+        else:
+            result = score = verify_code(py(code), tests, timeout_s=timeout_s)
     elapsed = time.monotonic() - start
     assert score == 0.0, result
     assert elapsed <= timeout_s + HARD_SLACK_S, (elapsed, result)
-    assert peak_rss() < CALLER_PEAK, peak_rss() >> 20
+    assert peak.growth < CALLER_GROWTH, peak.growth >> 20
     return result
 
 

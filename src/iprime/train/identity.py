@@ -188,6 +188,8 @@ CHANGEABLE: dict[str, tuple[str, ...]] = {
         "train.hub_private",
         "train.max_bad_steps",
         "train.max_empty_steps",
+        "train.checkpoint_on_signal",  # what a stop writes, not what a step computes
+        "verify.max_failed_share",  # when failures stop the run; a failing sample scores 0 either way
     ),
     "the machine: devices, memory and workers (the same numbers, computed elsewhere or in other pieces)": (
         "model.device",
