@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from iprime.cli import app
 from iprime.data.sources import DataWarning, read_records
+from iprime.train.run_lock import RunLockedError
 
 ENV = {"COLUMNS": "200"}
 
@@ -450,8 +451,7 @@ def test_failures_are_classified_with_what_to_do(tmp_path):
     assert classify(MemoryError(), out).label == "out of memory"
     oom = type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 2 GiB")
     assert classify(oom, out).code == 2 and "micro_batch_size" in classify(oom, out).hint
-    locked = type("RunLockedError", (RuntimeError,), {})("run/ is used by pid 7")
-    assert classify(locked, out).code == 2
+    assert classify(RunLockedError("run/ is used by pid 7"), out).code == 2
     assert classify(KeyError("policy"), out).code == 1 and classify(RuntimeError("x"), out).label == "internal error"
     (out / "gone").mkdir()
     gone = out / "gone"

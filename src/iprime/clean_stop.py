@@ -43,15 +43,14 @@ from iprime.config import ConfigError
 from iprime.data.sources import DataError
 from iprime.train.checkpoint_store import CheckpointError, resume_candidates
 from iprime.train.prime import EmptyStepsError, NonFiniteError
+from iprime.train.run_lock import RunLockedError
 from iprime.train.scoring import VerifierFailureError
 from iprime.train.signals import RunInterrupted, signal_name
 from iprime.verifiers import SandboxError
 
 RUN_STOPS = (ConfigError, DataError, NonFiniteError, EmptyStepsError, VerifierFailureError)
 """Stops every rank reaches together (the same config, data, global batch and metrics)."""
-USER_ERRORS = (ValueError, CheckpointError, SandboxError, *RUN_STOPS)
-USER_ERROR_NAMES = frozenset({"RunLockedError"})
-"""User errors known by name: the run folder's lock (a ``RuntimeError`` of the trainer's)."""
+USER_ERRORS = (ValueError, CheckpointError, SandboxError, RunLockedError, *RUN_STOPS)
 DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 NO_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
@@ -133,7 +132,7 @@ def classify(err: BaseException, out_dir: Path) -> Stop:
             return Stop(2, name, str(err), every_rank=not isinstance(err, RUN_STOPS))
     if isinstance(err, (NonFiniteError, EmptyStepsError, VerifierFailureError)):
         return Stop(2, "run stopped", str(err), every_rank=False)
-    if isinstance(err, USER_ERRORS) or _named(err, USER_ERROR_NAMES):
+    if isinstance(err, USER_ERRORS):
         return Stop(2, "error", str(err))
     return Stop(
         1,
