@@ -17,8 +17,14 @@ Three classes:
 from __future__ import annotations
 
 import errno
+import json
+import os
 import struct
+import subprocess
+import sys
+import sysconfig
 import warnings
+from pathlib import Path
 
 import pytest
 from sandbox_available import needs_sandbox
@@ -545,3 +551,43 @@ class TestHonestProgramsStillWork:
         code = HONEST["multiprocessing_pipe_and_queue"] + "\ndef answer():\n    return probe()\n"
         tests = {"setup": "", "asserts": ["assert answer() == 49"]}
         assert verify_code(f"```python\n{code}\n```", tests, timeout_s=10) == 1.0
+
+
+PROBE_FROM_A_VENV = """
+import json, sys
+from iprime.verifiers.sandbox import SandboxLimits, run_tests
+code = sys.argv[1]
+run = run_tests(code, calls=[{"i": 0, "exprs": ["probe()"]}], limits=SandboxLimits(wall_s=20), isolation="namespaces")
+outcome = run.calls.get(0)
+print(json.dumps([outcome.ok, outcome.values, outcome.reason] if outcome else [False, [], run.error]))
+"""
+
+
+@needs_sandbox
+def test_an_interpreter_under_tmp_stays_visible_inside(tmp_path: Path) -> None:
+    """The sandbox's /tmp is a fresh tmpfs; a virtual environment that lives under the host's
+    /tmp (a CI checkout there) must still be visible inside it: its third-party packages, and
+    the interpreter that multiprocessing re-executes (``shared_memory``'s resource tracker).
+    Mounted over them, they were gone: the tracker's exec failed silently and the program got
+    ``BrokenPipeError``, and every third-party import ``ModuleNotFoundError``."""
+    if not str(tmp_path).startswith("/tmp/") or os.geteuid() != 0:
+        pytest.skip("needs a temporary folder under /tmp and root (isolation='namespaces')")
+    venv = tmp_path / "venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    purelib = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
+    Path(purelib, "probe_third_party.py").write_text("VALUE = 'third-party'\n")
+    code = HONEST["shared_memory_small"] + "\nimport probe_third_party\n_probe = probe\n"
+    code += "def probe():\n    return [_probe(), probe_third_party.VALUE]\n"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *sys.path[1:]])}
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", PROBE_FROM_A_VENV, code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ok, values, reason = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ok and values == [["abc", "third-party"]], reason

@@ -561,8 +561,16 @@ def build_root(boot: dict) -> None:
             mkdirs(path)
             _bind(path, inside(path))
             bound.append(path)
+    # The one writable place, with a size and an inode quota, mounted before the Python
+    # installation is bound: an interpreter or virtual environment that lives under /tmp (a CI
+    # checkout in /tmp) is bound on top of it and stays visible; mounted after, it would hide
+    # them (the multiprocessing helpers that re-execute sys.executable, and every third-party
+    # package, would be gone inside the sandbox).
+    mkdirs("/tmp")
+    quota = f"size={int(boot['tmp_bytes'])},nr_inodes={int(boot['max_files'])},mode=1777"
+    _mount("tmpfs", inside("/tmp"), "tmpfs", _MS_NOSUID | _MS_NODEV, quota)
     for path in _python_paths():
-        if not os.path.isdir(path) or covered(path):
+        if path in ("/", "/tmp") or not os.path.isdir(path) or covered(path):
             continue
         if os.path.islink(inside(path)) or os.path.exists(inside(path)) and not os.path.isdir(inside(path)):
             continue
@@ -589,13 +597,9 @@ def build_root(boot: dict) -> None:
     mkdirs("/proc")
     _mount("proc", inside("/proc"), "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
 
-    # The one writable place, with a size and an inode quota.
-    mkdirs("/tmp")
-    quota = f"size={int(boot['tmp_bytes'])},nr_inodes={int(boot['max_files'])},mode=1777"
-    _mount("tmpfs", inside("/tmp"), "tmpfs", _MS_NOSUID | _MS_NODEV, quota)
     for alias in ("/var/tmp", "/dev/shm"):
         mkdirs(alias)
-        _mount(inside("/tmp"), inside(alias), None, _MS_BIND)
+        _mount(inside("/tmp"), inside(alias), None, _MS_BIND)  # not recursive: the /tmp tmpfs alone
     for empty in ("/run", "/var/run", "/home"):
         mkdirs(empty)  # empty, on the read-only root: sockets and homes are not there
 
