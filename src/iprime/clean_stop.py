@@ -33,7 +33,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -74,7 +74,6 @@ class RunState:
     started (a stop then says which checkpoint to resume from)."""
 
     running: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def _named(err: BaseException, names: frozenset[str]) -> bool:

@@ -292,9 +292,12 @@ def claim_out_dir(
         else "A second process would write the same checkpoints and metrics."
     )
     prepare_out_dir(path, resume=resume, overwrite=overwrite, config_file=config_file, dry_run=True)
-    check_writable(path)  # before any model loads, not at the run's first write
-    lock = acquire_run_lock(path, command, doing)
-    try:
+    try:  # the lock's file is the first write: a folder that cannot be written is found here
+        lock = acquire_run_lock(path, command, doing)
+    except OSError as err:
+        raise not_writable(path, err) from None
+    try:  # after the lock, which must see whether it made the folder (it removes one made for nothing)
+        check_writable(path)  # before any model loads, not at the run's first write
         note = prepare_out_dir(path, resume=resume, overwrite=overwrite, config_file=config_file)
     except BaseException:
         lock.release()
@@ -312,10 +315,15 @@ def check_writable(path: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
-        raise OutDirError(
-            f"train.out_dir {path} cannot be written ({reason}); set another train.out_dir, or make it writable"
-        ) from None
+        raise not_writable(path, err) from None
+
+
+def not_writable(path: Path, err: OSError) -> OutDirError:
+    """The refusal of a ``train.out_dir`` that could not be made or written (``err``)."""
+    reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
+    return OutDirError(
+        f"train.out_dir {path} cannot be written ({reason}); set another train.out_dir, or make it writable"
+    )
 
 
 def writable_finding(path: Path) -> str | None:
