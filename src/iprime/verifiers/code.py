@@ -908,7 +908,17 @@ def _bound_names(source: str) -> tuple[set[str], set[str], bool]:
     return names, imports, star
 
 
-def plan_assert(source: str, setup: str = "", code: str = "") -> _HostAssert | None:
+def assert_scope(setup: str = "", code: str = "") -> _Scope:
+    """The names an assert plan resolves against (:class:`_Scope`): the setup's (less its
+    stubs), its imports and star import, and the candidate code's. It depends on ``setup`` and
+    ``code`` only, so a sample's asserts share one (parsing the code once, not once per assert)."""
+    setup_names, setup_imports, setup_star = _bound_names(setup)
+    setup_names -= stub_names(setup)
+    code_names, _, _ = _bound_names(code)
+    return _Scope(frozenset(setup_names), frozenset(setup_imports & setup_names), setup_star, frozenset(code_names))
+
+
+def plan_assert(source: str, setup: str = "", code: str = "", *, scope: _Scope | None = None) -> _HostAssert | None:
     """How the host judges assert snippet ``source`` (one ``assert`` statement, its message
     ignored), or None where the judge process must run it (the rule in the comment above).
 
@@ -918,6 +928,7 @@ def plan_assert(source: str, setup: str = "", code: str = "") -> _HostAssert | N
     evaluates and returns as plain data; ``assert f(3)`` is one hole, judged by its truth value
     here. None when a hole would hold a comparison, a builtin, or a name of the test (a setup
     helper, a module), or when there is no hole at all (nothing of the candidate's to ask).
+    ``scope``: :func:`assert_scope` of ``setup`` and ``code``, when the caller already has it.
     """
     try:
         tree = ast.parse(source)
@@ -925,10 +936,8 @@ def plan_assert(source: str, setup: str = "", code: str = "") -> _HostAssert | N
         return None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
         return None
-    setup_names, setup_imports, setup_star = _bound_names(setup)
-    setup_names -= stub_names(setup)
-    code_names, _, _ = _bound_names(code)
-    scope = _Scope(frozenset(setup_names), frozenset(setup_imports & setup_names), setup_star, frozenset(code_names))
+    if scope is None:
+        scope = assert_scope(setup, code)
     holes: list[str] = []
     try:
         check = _compile(tree.body[0].test, holes, scope, truth=True)
@@ -1178,7 +1187,8 @@ def _prepare_sample(response: str, kind: str, asserts: list[str] | None, setup: 
         return {"code": None, "holes": None}
     holes = None
     if kind == "asserts":
-        plans = [plan_assert(a, setup, code) for a in asserts or []]
+        scope = assert_scope(setup, code)
+        plans = [plan_assert(a, scope=scope) for a in asserts or []]
         holes = [None if p is None else p.exprs for p in plans]
     return {"code": code, "holes": holes}
 
@@ -1220,10 +1230,11 @@ def _judge_sample(spec: dict, values: bytes) -> dict:
     else:
         apply_values(run, values, None, decode=False)
         del values
+        scope = assert_scope(spec["setup"], spec["code"]) if any(h is not None for h in spec["holes"]) else None
         for i, (source, holes) in enumerate(zip(spec["asserts"], spec["holes"])):
             if holes is None:
                 continue
-            plan = plan_assert(source, spec["setup"], spec["code"])  # the plan the holes came from
+            plan = plan_assert(source, scope=scope)  # the plan the holes came from
             if plan is None or plan.exprs != holes:
                 raise RuntimeError(f"assert {i} planned differently twice")  # pragma: no cover
             outcome = _decoded(run, i)
